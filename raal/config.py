@@ -1,0 +1,421 @@
+"""The structured config: dataclasses for the schema, OmegaConf for YAML files and `key=value` overrides.
+
+Every knob of raal lives here with its default, so a Ray Tune sweep or a user can change any of them, and a typo is
+caught before any work starts (`ConfigError`, one line naming the key and what is allowed).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from raal.errors import ConfigError
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+DATA_SOURCES = ("animal_mnist", "digits", "image_folder", "parquet")
+PIPELINES = ("standard", "svpp", "asvp", "activeft", "peal")
+TRAIN_METHODS = ("ft", "lpft")
+DEVICES = ("auto", "cpu", "cuda")
+ORACLES = ("simulated", "files")
+EVAL_MODES = ("proxy", "lp", "ft", "lpft", "none")
+
+
+@dataclass
+class DataConfig:
+    """Where the pool and the held-out test set come from, and how images are shaped."""
+
+    source: str = "animal_mnist"  # animal_mnist | digits | image_folder | parquet
+    root: str = ""  # image_folder: the folder; parquet: the manifest file (id, path|image, [label])
+    test_root: str = ""  # optional separate test folder/manifest; otherwise a fixed-seed split of the pool
+    test_size: int = 2000  # held-out items when the test set is split off the pool
+    pool_size: int = 0  # 0 = every remaining item; >0 = a fixed-seed subsample (quick runs, tests)
+    split_seed: int = 0
+    image_size: int = 64
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    data_roots: list[str] = field(default_factory=list)  # paths in manifests/labels must lie under one of these
+    num_classes: int = 0  # 0 = inferred from the source
+
+
+@dataclass
+class ModelConfig:
+    """The backbone: a torchvision architecture and where its weights come from."""
+
+    arch: str = "mobilenet_v2"
+    weights: str = "imagenet-offline"  # imagenet-offline | none | a local checkpoint path (.pth/.pt, weights_only)
+    checkpoint_key: str = ""  # key inside the checkpoint dict that holds the state dict ("" = auto)
+
+
+@dataclass
+class EmbedConfig:
+    """The Ray Data embedding pass over the pool."""
+
+    batch_size: int = 256
+    num_actors: int = 0  # 0 = derive from the cluster's free resources
+    device: str = "auto"  # auto | cpu | cuda
+    autocast: str = "bf16"  # on CUDA: bf16 | fp16 | none
+    shard_rows: int = 4096  # rows per feature shard written to the store
+
+
+@dataclass
+class ALConfig:
+    """The active-learning experiment: which pipeline, which strategy, the query schedule, the baseline."""
+
+    pipeline: str = "svpp"
+    strategy: str = "margin"
+    compare: list[str] = field(default_factory=list)  # extra arms as "pipeline/strategy", e.g. ["svpp/margin"]
+    baseline: bool = True  # also run "<pipeline>/random" as the random baseline (needed for the saving ratio)
+    baseline_pipeline: str = ""  # pipeline for the baseline arm ("" = svpp)
+    initial: int = 100  # size of the initial uniformly random batch (ActiveFT(al) chooses its own)
+    schedule: str = "[100]*5"  # per-round query sizes, written as in the paper: "[200]*10+[500]*8"
+    seed: int = 0
+
+
+@dataclass
+class ProxyConfig:
+    """The MLP proxy of SVPp/ASVP (decisions.md §4)."""
+
+    epochs: int = 50
+    batch_size: int = 2048
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    device: str = "auto"
+    score_batch_size: int = 16384
+
+
+@dataclass
+class TrainConfig:
+    """FT / LP-FT of the backbone as Ray Train jobs (algorithms.md §3.4, §10)."""
+
+    method: str = "lpft"  # ft | lpft (standard AL and the final model; ASVP switches by itself)
+    epochs: int = 10  # FT epochs (FT alone gets lp_epochs + epochs, so both methods run as many steps)
+    lp_epochs: int = 2
+    lp_lr: float = 0.5
+    head_lr: float = 0.1
+    backbone_lr: float = 0.01
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    lpft_head_lr: Optional[float] = None  # LP-FT's own FT-stage recipe (None = the FT value above)
+    lpft_backbone_lr: Optional[float] = None
+    lpft_weight_decay: Optional[float] = None
+    milestones: list[int] = field(default_factory=lambda: [6, 8])
+    gamma: float = 0.1
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    augment: bool = True
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    max_failures: int = 2
+
+
+@dataclass
+class LoraConfig:
+    """PEAL's LoRA adapters (decisions.md §6)."""
+
+    rank: int = 16
+    alpha: float = 16.0
+    lr: float = 1e-3
+    epochs: int = 50
+    batch_size: int = 64
+
+
+@dataclass
+class PEDConfig:
+    dt: float = 0.1
+    nsigma: float = 0.6
+    exit_ratio: float = 0.5
+    max_steps: int = 6
+
+
+@dataclass
+class ASVPConfig:
+    """The ASVP refresh trigger (decisions.md §1)."""
+
+    threshold: float = 1.0
+    ped_max_steps_for_skip: int = 1
+    max_refreshes: int = -1  # -1 = unlimited
+    logme_variant: str = "fast"  # fast | exact
+    ped: PEDConfig = field(default_factory=PEDConfig)
+
+
+@dataclass
+class EvalConfig:
+    """How each round is evaluated on the test split, and how the final model is trained."""
+
+    every_round: str = "proxy"  # proxy | lp | ft | lpft | none
+    final: str = "none"  # none | ft | lpft
+
+
+@dataclass
+class CostConfig:
+    label_price: float = 0.12  # per label (3 annotations on a crowd platform)
+    gpu_hour_price: float = 3.06  # an AWS p3.2xlarge hour
+    cpu_hour_price: float = 0.10
+
+
+@dataclass
+class MetricsConfig:
+    exclude_random_rounds: bool = True
+
+
+@dataclass
+class OracleConfig:
+    kind: str = "simulated"  # simulated | files
+    allow_partial: bool = False
+
+
+@dataclass
+class RayConfig:
+    address: str = ""  # "" = RAY_ADDRESS or a private local Ray; "auto" = attach to a running cluster
+    num_cpus: int = 0  # local Ray only; 0 = all cores
+
+
+@dataclass
+class RunConfig:
+    name: str = "demo"
+    run_dir: str = ""  # local path or pyarrow.fs URI ("" = runs/<name>)
+    report: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    al: ALConfig = field(default_factory=ALConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    asvp: ASVPConfig = field(default_factory=ASVPConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    oracle: OracleConfig = field(default_factory=OracleConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+MAIN_KEYS = (
+    "run_dir", "data.source", "data.root", "data.pool_size", "data.image_size", "model.arch", "model.weights",
+    "al.pipeline", "al.strategy", "al.initial", "al.schedule", "al.seed", "proxy.lr", "train.method",
+    "asvp.threshold", "eval.every_round", "eval.final", "oracle.kind",
+)
+
+
+def conf_dir() -> Path:
+    """The folder of named configs: $RAAL_CONF_DIR, else ./conf, else the repository's conf/."""
+    env = os.environ.get("RAAL_CONF_DIR")
+    if env:
+        return Path(env)
+    cwd = Path.cwd() / "conf"
+    if cwd.is_dir():
+        return cwd
+    return Path(__file__).resolve().parent.parent / "conf"
+
+
+def available_configs() -> list[str]:
+    d = conf_dir()
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+_SCHEDULE_TERM = re.compile(r"^\[\s*(\d+(?:\s*,\s*\d+)*)\s*\](?:\s*\*\s*(\d+))?$")
+
+
+def parse_schedule(text: str) -> list[int]:
+    """Parse a query schedule written as in the paper, e.g. "[200]*10+[500]*8" or "[100,200]+[50]*2".
+
+    No eval(): a config string is untrusted input.
+    """
+    text = str(text).strip()
+    if not text:
+        return []
+    sizes: list[int] = []
+    for term in text.split("+"):
+        m = _SCHEDULE_TERM.match(term.strip())
+        if not m:
+            raise ConfigError(f"al.schedule: cannot parse {term.strip()!r} in {text!r}; "
+                              "allowed: terms like [200]*10 or [100,200] joined by +")
+        values = [int(v) for v in m.group(1).split(",")]
+        sizes.extend(values * int(m.group(2) or 1))
+    return sizes
+
+
+def parse_overrides(overrides: list[str], schema: DictConfig | None = None) -> DictConfig:
+    """`a.b=c` strings -> a config. Values are YAML scalars/lists, except for string-typed keys, which take the
+    text as written (so `al.schedule=[200]*10+[500]*8` needs no quoting)."""
+    import yaml
+
+    schema = schema if schema is not None else OmegaConf.structured(RunConfig)
+    out = OmegaConf.create()
+    for item in overrides:
+        key, _, text = item.partition("=")
+        key = key.strip()
+        if not key or not _:
+            raise ConfigError(f"{item!r}: overrides must look like key=value (e.g. al.seed=1)")
+        try:
+            default = OmegaConf.select(schema, key, throw_on_missing=False)
+        except OmegaConfBaseException:
+            default = None
+        if isinstance(default, str):
+            value = text
+        else:
+            try:
+                value = yaml.safe_load(text) if text != "" else ""
+            except yaml.YAMLError:
+                value = text
+        try:
+            OmegaConf.update(out, key, value, force_add=True)
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"{key}: {_one_line(err)}") from err
+    return out
+
+
+def _load_named(name: str, seen: list[str]) -> DictConfig:
+    """conf/NAME.yaml, merged over the config its `base:` key names (recursively), without the `base` key."""
+    path = conf_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"conf={name}: no such config; available: {', '.join(available_configs()) or 'none'}")
+    if name in seen:
+        raise ConfigError(f"conf={name}: circular base: {' -> '.join(seen + [name])}")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as err:  # malformed YAML
+        raise ConfigError(f"conf={name}: {path} is not valid YAML: {str(err).splitlines()[0]}") from err
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"conf={name}: {path} must hold a mapping of keys")
+    base = cfg.pop("base", None)
+    if base:
+        cfg = OmegaConf.merge(_load_named(str(base), seen + [name]), cfg)
+    return cfg
+
+
+def _one_line(err: OmegaConfBaseException) -> str:
+    msg = str(err).strip().splitlines()[0]
+    key = getattr(err, "full_key", None)
+    return f"{key}: {msg}" if key and not msg.startswith(str(key)) else msg
+
+
+def load_config(name: str | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load `conf/NAME.yaml` over the schema, apply `a.b=c` overrides, validate; return a typed RunConfig.
+
+    Raises ConfigError with one line naming the key for anything wrong.
+    """
+    name = name or "demo"
+    schema = OmegaConf.structured(RunConfig)
+    file_cfg = _load_named(name, [])
+    overrides = list(overrides or [])
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"{item!r}: overrides must look like key=value (e.g. al.seed=1)")
+    try:
+        merged = OmegaConf.merge(schema, file_cfg, parse_overrides(overrides, schema))
+        cfg: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as err:
+        raise ConfigError(_one_line(err)) from err
+    if not any(o.startswith("name=") for o in overrides):
+        cfg.name = name  # a config derived with `base:` is still known by its own name
+    validate(cfg)
+    return cfg
+
+
+def _check(cond: bool, key: str, allowed: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"{key}={value!r} is not allowed; {allowed}")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Semantic checks the schema cannot express. Pool-size checks happen in `validate_against_pool`."""
+    from raal import strategies
+
+    d = cfg.data
+    _check(d.source in DATA_SOURCES, "data.source", f"allowed: {', '.join(DATA_SOURCES)}", d.source)
+    _check(d.source not in ("image_folder", "parquet") or bool(d.root), "data.root",
+           f"data.source={d.source} needs data.root (a folder or manifest path)", d.root)
+    _check(d.image_size >= 16, "data.image_size", "must be >= 16", d.image_size)
+    _check(d.pool_size >= 0, "data.pool_size", "must be >= 0 (0 = all)", d.pool_size)
+    _check(d.test_size >= 0, "data.test_size", "must be >= 0", d.test_size)
+    _check(len(d.mean) == 3 and len(d.std) == 3 and all(s > 0 for s in d.std), "data.mean/data.std",
+           "three values each, std > 0", (d.mean, d.std))
+    _check(cfg.embed.device in DEVICES, "embed.device", f"allowed: {', '.join(DEVICES)}", cfg.embed.device)
+    _check(cfg.proxy.device in DEVICES, "proxy.device", f"allowed: {', '.join(DEVICES)}", cfg.proxy.device)
+    _check(cfg.embed.batch_size > 0, "embed.batch_size", "must be > 0", cfg.embed.batch_size)
+    _check(cfg.embed.num_actors >= 0, "embed.num_actors", "must be >= 0 (0 = auto)", cfg.embed.num_actors)
+    a = cfg.al
+    _check(a.pipeline in PIPELINES, "al.pipeline", f"allowed: {', '.join(PIPELINES)}", a.pipeline)
+    known = strategies.names()
+    _check(a.strategy in known, "al.strategy", f"allowed: {', '.join(known)}", a.strategy)
+    for arm in a.compare:
+        parts = str(arm).split("/")
+        _check(len(parts) == 2 and parts[0] in PIPELINES and parts[1] in known, "al.compare",
+               f"entries look like pipeline/strategy with pipeline in {PIPELINES} and strategy in {known}", arm)
+    _check(a.baseline_pipeline in ("",) + PIPELINES, "al.baseline_pipeline", f"allowed: '' or {PIPELINES}",
+           a.baseline_pipeline)
+    _check(a.initial >= 0, "al.initial", "must be >= 0", a.initial)
+    sizes = parse_schedule(a.schedule)
+    for s in sizes:
+        _check(s > 0, "al.schedule", "every query size must be > 0", a.schedule)
+    _check(a.initial + sum(sizes) > 0, "al.schedule", "the initial batch and the schedule ask for no labels at all",
+           a.schedule)
+    p = cfg.proxy
+    _check(p.epochs > 0 and p.batch_size > 0 and p.lr > 0, "proxy", "epochs, batch_size and lr must be > 0",
+           (p.epochs, p.batch_size, p.lr))
+    t = cfg.train
+    _check(t.method in TRAIN_METHODS, "train.method", f"allowed: {', '.join(TRAIN_METHODS)}", t.method)
+    _check(t.num_workers >= 1, "train.num_workers", "must be >= 1", t.num_workers)
+    _check(t.epochs >= 0 and t.lp_epochs >= 0, "train.epochs", "must be >= 0", (t.epochs, t.lp_epochs))
+    _check(cfg.eval.every_round in EVAL_MODES, "eval.every_round", f"allowed: {', '.join(EVAL_MODES)}",
+           cfg.eval.every_round)
+    _check(cfg.eval.final in ("none", "ft", "lpft"), "eval.final", "allowed: none, ft, lpft", cfg.eval.final)
+    _check(cfg.asvp.logme_variant in ("fast", "exact"), "asvp.logme_variant", "allowed: fast, exact",
+           cfg.asvp.logme_variant)
+    _check(cfg.asvp.threshold >= 0, "asvp.threshold", "must be >= 0", cfg.asvp.threshold)
+    _check(cfg.oracle.kind in ORACLES, "oracle.kind", f"allowed: {', '.join(ORACLES)}", cfg.oracle.kind)
+    for key in ("label_price", "gpu_hour_price", "cpu_hour_price"):
+        v = getattr(cfg.cost, key)
+        _check(v >= 0, f"cost.{key}", "must be >= 0", v)
+
+
+def validate_against_pool(cfg: RunConfig, pool_size: int) -> None:
+    """The budget must fit in the pool: checked as soon as the pool's size is known, before any work."""
+    budget = cfg.al.initial + sum(parse_schedule(cfg.al.schedule))
+    if budget > pool_size:
+        raise ConfigError(f"al.schedule: the budget (al.initial={cfg.al.initial} + schedule "
+                          f"{cfg.al.schedule!r} = {budget}) is larger than the pool ({pool_size} items)")
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def from_yaml(text: str) -> RunConfig:
+    """Read back a resolved config written by `to_yaml` (for resume checks and the report)."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(text))
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        raise ConfigError(_one_line(err)) from err
+
+
+def diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    out: list[str] = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, MISSING), b.get(key, MISSING)
+        full = f"{prefix}{key}"
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out.extend(diff_keys(va, vb, full + "."))
+        elif va != vb:
+            out.append(full)
+    return out
+
+
+def as_dictconfig(cfg: RunConfig) -> DictConfig:
+    return OmegaConf.structured(cfg)

@@ -1,0 +1,311 @@
+"""Pool sources -> an unlabeled pool (a Ray Data dataset with stable ids), a labelled test split, hidden truth.
+
+The pool never carries labels: ground truth (when a source has it) is handed to the simulated oracle alone, so no
+other code can peek at labels it did not pay for. Ids are stable across reads: the bundled set and manifests keep
+their own ids, an image folder numbers its files in sorted order.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raal.config import DataConfig
+from raal.errors import ConfigError, EmptyPoolError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+ANIMAL_MNIST_CLASSES = ["cat", "dog", "horse", "cow", "deer", "giraffe", "camel", "elephant", "monkey", "bird"]
+
+
+@dataclass
+class ImageSet:
+    """A set of images with stable int64 ids. `columns` holds one image column (image | bytes | path).
+
+    For a pool, labels live elsewhere (the oracle). For the test split, `labels` is filled.
+    """
+
+    name: str
+    ids: np.ndarray
+    columns: dict
+    class_names: list[str]
+    labels: np.ndarray | None = None
+    parquet: tuple[str, str] | None = None  # (manifest path, image column) when rows stay on disk
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_dataset(self, num_blocks: int | None = None):
+        """A Ray Data dataset with columns `id` and one image column, in id order of `self.ids`."""
+        import ray.data
+
+        n = len(self)
+        if n == 0:
+            raise EmptyPoolError(f"{self.name}: no items")
+        if self.parquet is not None:
+            path, col = self.parquet
+            ds = ray.data.read_parquet(path).select_columns(["id", col])
+            keep = self.ids
+            rename = {"image": "bytes"} if col == "image" else {}
+            return ds.map_batches(_KeepIds(keep, rename), batch_format="numpy")
+        num_blocks = num_blocks or max(1, min(64, n // 512))
+        bounds = np.linspace(0, n, num_blocks + 1).astype(int)
+        tables = []
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if b <= a:
+                continue
+            cols = {"id": pa.array(self.ids[a:b], type=pa.int64())}
+            for key, values in self.columns.items():
+                cols[key] = _arrow_column(values[a:b])
+            tables.append(pa.table(cols))
+        return ray.data.from_arrow(tables)
+
+    def take(self, positions: np.ndarray) -> dict:
+        """Rows at `positions` as a numpy batch (for training jobs on small labeled sets)."""
+        out = {"id": self.ids[positions]}
+        if self.parquet is not None:  # rows live in the manifest: read just these
+            import pyarrow.compute as pc
+
+            path, col = self.parquet
+            table = pq.read_table(path, columns=["id", col], filters=pc.field("id").isin(out["id"]))
+            got = table.column("id").to_numpy()
+            order = np.argsort(got)[np.searchsorted(np.sort(got), out["id"])]
+            values = table.column(col).to_pylist()
+            out["bytes" if col == "image" else "path"] = np.asarray([values[i] for i in order], dtype=object)
+            return out
+        for key, values in self.columns.items():
+            out[key] = values[positions] if isinstance(values, np.ndarray) else [values[i] for i in positions]
+        return out
+
+
+class _KeepIds:
+    """Filter a manifest stream to the ids of one split (pool or test)."""
+
+    def __init__(self, ids: np.ndarray, rename: dict | None = None):
+        self.ids = np.sort(np.asarray(ids, dtype=np.int64))
+        self.rename = rename or {}
+
+    def __call__(self, batch: dict) -> dict:
+        ids = np.asarray(batch["id"], dtype=np.int64)
+        pos = np.searchsorted(self.ids, ids).clip(0, len(self.ids) - 1)
+        keep = self.ids[pos] == ids
+        return {self.rename.get(k, k): np.asarray(v)[keep] for k, v in batch.items()}
+
+
+def _arrow_column(values):
+    if isinstance(values, np.ndarray) and values.ndim > 1:
+        from ray.data.extensions import ArrowTensorArray
+
+        return ArrowTensorArray.from_numpy(np.ascontiguousarray(values))
+    if isinstance(values, np.ndarray) and values.dtype == object:
+        return pa.array(list(values))
+    return pa.array(values)
+
+
+@dataclass
+class Dataset:
+    """What a pipeline gets: the unlabeled pool, the labelled test split and the hidden truth for the oracle."""
+
+    pool: ImageSet
+    test: ImageSet
+    truth: dict[int, int] = field(repr=False, default_factory=dict)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.pool.class_names
+
+
+# ---------------------------------------------------------------------------------------------------------------
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Animal-MNIST ships its arrays as a pickle. Allow only numpy's array reconstruction, nothing else."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from the Animal-MNIST file")
+        if module.startswith("numpy.core"):
+            module = module.replace("numpy.core", "numpy._core")
+        return super().find_class(module, name)
+
+
+def animal_mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The 10,000 28×28 grey images and labels of the installed `animal-mnist` package."""
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("animal_mnist")
+    except Exception:
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("data.source=animal_mnist needs the package: pip install --no-deps animal-mnist==0.4")
+    base = Path(list(spec.submodule_search_locations)[0]) / "data" / "Animal_MNIST"
+    out = []
+    for part in ("data", "label"):
+        with gzip.open(base / f"animal_{part}_version_3.gz", "rb") as f:
+            out.append(np.asarray(_NumpyOnlyUnpickler(io.BytesIO(f.read())).load()))
+    images, labels = out
+    images = images.reshape(-1, 28, 28).astype(np.uint8, copy=False)
+    return images, labels.reshape(-1).astype(np.int64)
+
+
+def _split(n: int, test_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(n)
+    test = np.sort(perm[:test_size])
+    pool = np.sort(perm[test_size:])
+    return pool, test
+
+
+def _subsample(ids_pos: np.ndarray, k: int, seed: int) -> np.ndarray:
+    if k <= 0 or k >= len(ids_pos):
+        return ids_pos
+    rng = np.random.default_rng(seed + 1)
+    return np.sort(rng.choice(ids_pos, size=k, replace=False))
+
+
+def _finish(name: str, ids: np.ndarray, labels: np.ndarray | None, columns_fn, class_names, cfg: DataConfig,
+            test_ids=None, test_labels=None, test_columns_fn=None, parquet=None) -> Dataset:
+    """Split off the test set (unless given), subsample the pool, hide the pool's labels."""
+    if test_ids is None:
+        if cfg.test_size >= len(ids):
+            raise ConfigError(f"data.test_size={cfg.test_size} leaves no pool ({len(ids)} items in {name})")
+        pool_pos, test_pos = _split(len(ids), cfg.test_size, cfg.split_seed)
+        pool_pos = _subsample(pool_pos, cfg.pool_size, cfg.split_seed)
+        if labels is None:
+            raise ConfigError(f"{name}: the test split needs labels; give data.test_root or a labelled source")
+        test = ImageSet("test", ids[test_pos], columns_fn(test_pos), class_names, labels=labels[test_pos],
+                        parquet=parquet)
+    else:
+        pool_pos = _subsample(np.arange(len(ids)), cfg.pool_size, cfg.split_seed)
+        test = ImageSet("test", test_ids, test_columns_fn(), class_names, labels=test_labels)
+    pool = ImageSet("pool", ids[pool_pos], columns_fn(pool_pos), class_names, parquet=parquet)
+    truth = {} if labels is None else dict(zip(ids[pool_pos].tolist(), labels[pool_pos].tolist()))
+    if len(pool) == 0:
+        raise EmptyPoolError(f"{name}: the pool is empty")
+    return Dataset(pool=pool, test=test, truth=truth)
+
+
+def load_animal_mnist(cfg: DataConfig) -> Dataset:
+    images, labels = animal_mnist_arrays()
+    ids = np.arange(len(images), dtype=np.int64)
+    return _finish("animal_mnist", ids, labels, lambda pos: {"image": images[pos]}, list(ANIMAL_MNIST_CLASSES), cfg)
+
+
+def _scan_folder(root: str) -> tuple[list[str], np.ndarray, list[str]]:
+    rootp = Path(root)
+    if not rootp.is_dir():
+        raise ConfigError(f"data.root={root!r}: not a folder")
+    classes = sorted(d.name for d in rootp.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise ConfigError(f"data.root={root!r}: no class sub-folders (ImageFolder layout: root/CLASS/IMAGE)")
+    paths, labels = [], []
+    for ci, c in enumerate(classes):
+        for dirpath, dirnames, filenames in os.walk(rootp / c):
+            dirnames.sort()
+            for fn in sorted(filenames):
+                if fn.lower().endswith(IMAGE_EXTENSIONS):
+                    paths.append(str(Path(dirpath) / fn))
+                    labels.append(ci)
+    return paths, np.asarray(labels, dtype=np.int64), classes
+
+
+def load_image_folder(cfg: DataConfig) -> Dataset:
+    paths, labels, classes = _scan_folder(cfg.root)
+    paths_arr = np.asarray(paths, dtype=object)
+    ids = np.arange(len(paths), dtype=np.int64)
+    if not len(ids):
+        raise EmptyPoolError(f"data.root={cfg.root!r}: no images found")
+    if cfg.test_root:
+        tpaths, tlabels, tclasses = _scan_folder(cfg.test_root)
+        if tclasses != classes:
+            raise ConfigError(f"data.test_root={cfg.test_root!r}: classes {tclasses} differ from data.root's {classes}")
+        tarr = np.asarray(tpaths, dtype=object)
+        return _finish("image_folder", ids, labels, lambda pos: {"path": paths_arr[pos]}, classes, cfg,
+                       test_ids=np.arange(len(tpaths), dtype=np.int64), test_labels=tlabels,
+                       test_columns_fn=lambda: {"path": tarr})
+    return _finish("image_folder", ids, labels, lambda pos: {"path": paths_arr[pos]}, classes, cfg)
+
+
+def _read_manifest(path: str) -> tuple[pa.Table, str]:
+    if not Path(path).is_file():
+        raise ConfigError(f"data.root={path!r}: the Parquet manifest does not exist")
+    schema = pq.read_schema(path)
+    names = set(schema.names)
+    if "id" not in names:
+        raise ConfigError(f"{path}: the manifest needs an 'id' column; has {sorted(names)}")
+    col = "path" if "path" in names else "image" if "image" in names else None
+    if col is None:
+        raise ConfigError(f"{path}: the manifest needs a 'path' or 'image' (bytes) column; has {sorted(names)}")
+    wanted = ["id"] + (["label"] if "label" in names else [])
+    meta = pq.read_table(path, columns=wanted)
+    ids = meta.column("id").to_numpy()
+    if len(np.unique(ids)) != len(ids):
+        raise ConfigError(f"{path}: ids in the manifest are not unique")
+    return meta, col
+
+
+def _labels_from(meta: pa.Table, classes: list[str] | None = None) -> tuple[np.ndarray | None, list[str]]:
+    if "label" not in meta.column_names:
+        return None, classes or []
+    lab = meta.column("label").to_pylist()
+    if all(isinstance(v, (int, np.integer)) for v in lab):
+        arr = np.asarray(lab, dtype=np.int64)
+        k = int(arr.max()) + 1 if len(arr) else 0
+        return arr, classes or [str(i) for i in range(k)]
+    names = classes or sorted({str(v) for v in lab})
+    index = {c: i for i, c in enumerate(names)}
+    unknown = {str(v) for v in lab} - set(index)
+    if unknown:
+        raise ConfigError(f"manifest labels {sorted(unknown)[:5]} are not among the classes {names[:10]}")
+    return np.asarray([index[str(v)] for v in lab], dtype=np.int64), names
+
+
+def load_parquet(cfg: DataConfig) -> Dataset:
+    """A Parquet manifest (id, path | image bytes, optional label). Image rows stay on disk; Ray Data reads them."""
+    meta, col = _read_manifest(cfg.root)
+    ids = meta.column("id").to_numpy().astype(np.int64)
+    labels, classes = _labels_from(meta)
+    image_col = "path" if col == "path" else "bytes"
+    parquet = (cfg.root, col)
+
+    def cols(pos):  # rows stay in the manifest; only ids travel
+        return {}
+
+    if cfg.test_root:
+        tmeta, tcol = _read_manifest(cfg.test_root)
+        tlabels, _ = _labels_from(tmeta, classes)
+        if tlabels is None:
+            raise ConfigError(f"data.test_root={cfg.test_root!r}: the test manifest needs a 'label' column")
+        data = _finish("parquet", ids, labels, cols, classes, cfg,
+                       test_ids=tmeta.column("id").to_numpy().astype(np.int64), test_labels=tlabels,
+                       test_columns_fn=lambda: {})
+        data.test.parquet = (cfg.test_root, tcol)
+    else:
+        data = _finish("parquet", ids, labels, cols, classes, cfg, parquet=parquet)
+    data.pool.meta["image_column"] = image_col
+    return data
+
+
+LOADERS = {"animal_mnist": load_animal_mnist, "image_folder": load_image_folder, "parquet": load_parquet}
+
+
+def load_data(cfg: DataConfig) -> Dataset:
+    """Build the pool, the test split and the hidden truth for the configured source."""
+    if cfg.source not in LOADERS:
+        raise ConfigError(f"data.source={cfg.source!r} is not allowed; allowed: {', '.join(LOADERS)}")
+    data = LOADERS[cfg.source](cfg)
+    if cfg.num_classes and cfg.num_classes != len(data.class_names):
+        raise ConfigError(f"data.num_classes={cfg.num_classes} but the source has {len(data.class_names)} classes")
+    return data

@@ -1,0 +1,232 @@
+"""Embed a pool with a backbone over a Ray Data actor pool, into a versioned feature set of the run store.
+
+The ImageSet's dataset goes through `map_batches` with `_Embedder`, a callable class: each actor builds the backbone
+once, then decodes, transforms and embeds its batches (decoding never happens on the driver). The driver iterates
+the results as they stream in and hands them to a `ShardAssembler`, which writes each shard of the feature set as
+soon as all its rows have arrived, so the pool is never collected in one place. Shards are position ranges of the
+ImageSet order, so a killed pass resumes with exactly the shards that are missing or fail their checksum.
+
+Actor layout comes from the cluster's free resources at call time (ray-notes.md: fixed layouts hang on 2 CPUs):
+one GPU per actor when the cluster has GPUs and the device allows; otherwise CPU actors that together leave one
+CPU free for the upstream read/transform tasks, so the pipeline also runs inside a driver actor holding num_cpus=0.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from raal.config import DEVICES, EmbedConfig, ModelConfig
+from raal.data.sources import ImageSet
+from raal.data.transforms import ImageTransform
+from raal.features import FeatureSet, FeatureStore, PassProgress, ShardAssembler
+
+log = logging.getLogger(__name__)
+
+AUTOCAST = {"bf16": "bfloat16", "fp16": "float16", "none": None}
+MAX_BLOCKS = 4096
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    """How many actors, on which device, with which Ray resources and torch threads each."""
+
+    device: str  # cpu | cuda
+    actors: int
+    num_cpus: float
+    num_gpus: float
+    torch_threads: int
+
+
+def plan_actors(device: str = "auto", num_actors: int = 0, *, max_threads: int = 8) -> ActorPlan:
+    """Derive the actor layout from `ray.available_resources()` (Ray must be initialised).
+
+    CPU actors reserve together at most (free CPUs − 1), so one CPU stays free for read tasks and upstream
+    operators; when that leaves nothing, actors reserve 0 CPUs (they still run, sharing the cores) instead of
+    waiting forever. Torch threads per actor = free CPUs / actors, so 2 actors on 2 cores run 1 thread each.
+    """
+    import ray
+    import ray.data
+
+    if device not in DEVICES:
+        raise ValueError(f"embed.device={device!r}; allowed: {', '.join(DEVICES)}")
+    if num_actors < 0:
+        raise ValueError(f"embed.num_actors must be >= 0 (0 = auto), got {num_actors}")
+    cluster = ray.cluster_resources()
+    avail = ray.available_resources()
+    cpu_free = float(avail.get("CPU", 0.0))
+    gpus = float(cluster.get("GPU", 0.0))
+    if device == "cuda" and gpus < 1:
+        raise ValueError("embed.device=cuda but the Ray cluster has no GPU")
+    if device == "cuda" or (device == "auto" and gpus >= 1):
+        k = num_actors or max(1, int(avail.get("GPU", 0.0)) or 1)
+        share = _cpu_share(cpu_free, k)
+        threads = int(min(max_threads, max(1, cpu_free // k)))
+        return ActorPlan("cuda", k, share, 1.0, threads)
+    k = num_actors or max(1, int(cpu_free))
+    threads = int(min(max_threads, max(1, round(max(cpu_free, 1.0) / k))))
+    return ActorPlan("cpu", k, _cpu_share(cpu_free, k), 0.0, threads)
+
+
+def _cpu_share(cpu_free: float, k: int) -> float:
+    spare = cpu_free - 1.0
+    return 0.0 if spare <= 0 else math.floor(min(1.0, spare / k) * 100) / 100
+
+
+class _Embedder:
+    """Ray Data UDF: builds the backbone once per actor, then turns raw image batches into features (+ logits)."""
+
+    def __init__(self, model_cfg: ModelConfig, transform: ImageTransform, state_dict_path: str | None,
+                 device: str, autocast: str, with_logits: bool, torch_threads: int):
+        import torch
+
+        from raal.models.backbones import build_backbone, load_state_dict
+
+        if torch_threads > 0:  # decode/resize run on CPU threads on every device
+            torch.set_num_threads(torch_threads)
+        state = load_state_dict(Path(state_dict_path)) if state_dict_path else None
+        self.device = torch.device(device)
+        model = build_backbone(model_cfg, state)
+        self.has_head = model.head is not None
+        self.with_logits = with_logits and self.has_head
+        self.transform = transform
+        self.autocast = AUTOCAST[autocast] if device == "cuda" else None
+        if device == "cuda":
+            torch.backends.cudnn.benchmark = True
+            model = model.to(self.device, memory_format=torch.channels_last)
+        self.model = model.eval()
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        t_start = time.time()
+        ids = np.asarray(batch["id"], dtype=np.int64)
+        x = torch.from_numpy(self.transform(batch))  # a fresh float32 array: safe to hand to torch
+        cuda = self.device.type == "cuda"
+        if cuda:
+            x = x.pin_memory().to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        ctx = (torch.autocast("cuda", dtype=getattr(torch, self.autocast)) if cuda and self.autocast
+               else contextlib.nullcontext())
+        with torch.inference_mode(), ctx:
+            f = self.model.features(x)
+            out = {"id": ids, "features": f.float().cpu().numpy()}
+            if self.with_logits:
+                out["logits"] = self.model.head(f).float().cpu().numpy()
+        # wall-clock span of this batch, for the pass's compute-window rate (actor start-up excluded)
+        out["t_start"] = np.full(ids.shape, t_start)
+        out["t_end"] = np.full(ids.shape, time.time())
+        return out
+
+
+def _subset(images: ImageSet, pos: np.ndarray) -> ImageSet:
+    """The rows at `pos` as an ImageSet (a resumed pass computes only its missing shards)."""
+    if len(pos) == len(images):
+        return images
+    cols = {k: v[pos] if isinstance(v, np.ndarray) else [v[i] for i in pos] for k, v in images.columns.items()}
+    return ImageSet(images.name, np.asarray(images.ids)[pos], cols, images.class_names, parquet=images.parquet,
+                    meta=dict(images.meta))
+
+
+def weights_fingerprint(model_cfg: ModelConfig, state_dict_path: str | None) -> tuple[str, int, int | None]:
+    """(weights id, feature dim, logits dim or None) of the backbone the actors will build."""
+    from raal.models.backbones import build_backbone, file_digest, load_state_dict
+
+    if state_dict_path:
+        path = Path(state_dict_path)
+        model = build_backbone(model_cfg, load_state_dict(path))
+        wid = f"state_dict:{file_digest(path)}"
+    else:
+        model = build_backbone(model_cfg)
+        wid = model.weights_id
+    c = int(model.head.out_features) if model.head is not None else None
+    return wid, int(model.feature_dim), c
+
+
+def embed_images(images: ImageSet, *, model_cfg: ModelConfig, transform: ImageTransform, store: FeatureStore,
+                 version: int, split: str, embed_cfg: EmbedConfig | None = None, state_dict_path: str | None = None,
+                 with_logits: bool = True, progress: bool = True,
+                 on_shard: Callable[[int], None] | None = None) -> FeatureSet:
+    """Compute (or finish) feature set `version`/`split` for `images`, and open it.
+
+    `state_dict_path`: a fine-tuned backbone (torch.save of a state dict, loaded with weights_only=True) for ASVP
+    refreshes. Logits are stored when `with_logits` and the model has a head. `on_shard(k)` is called after shard k
+    is committed. The returned set's `manifest["last_pass"]` says what this call computed.
+    """
+    import ray
+    import ray.data
+
+    embed_cfg = embed_cfg or EmbedConfig()
+    if not isinstance(images, ImageSet):
+        raise ValueError(f"embed_images needs an ImageSet, got {type(images).__name__}")
+    if not isinstance(store, FeatureStore):
+        raise ValueError(f"store must be a FeatureStore, got {type(store).__name__}")
+    if embed_cfg.batch_size < 1 or embed_cfg.shard_rows < 1:
+        raise ValueError(f"embed.batch_size and embed.shard_rows must be >= 1, got "
+                         f"{embed_cfg.batch_size}, {embed_cfg.shard_rows}")
+    if embed_cfg.autocast not in AUTOCAST:
+        raise ValueError(f"embed.autocast={embed_cfg.autocast!r}; allowed: {', '.join(AUTOCAST)}")
+    if state_dict_path and not Path(state_dict_path).is_file():
+        raise ValueError(f"state_dict_path {state_dict_path!r} does not exist")
+    target = store.set_for(version, split)
+    weights_id, dim, num_logits = weights_fingerprint(model_cfg, state_dict_path)
+    arrays = {"features": dim}
+    if with_logits and num_logits:
+        arrays["logits"] = num_logits
+    meta = {"kind": "features", "version": int(version), "split": split, "arch": model_cfg.arch,
+            "weights_id": weights_id, "transform": transform.describe(), "source": images.name, "dim": dim,
+            "logits_dim": arrays.get("logits")}
+    todo = target.begin(np.asarray(images.ids), arrays, embed_cfg.shard_rows, meta)
+    if not todo:
+        log.info("features v%d/%s: complete, nothing to compute", version, split)
+        if not target.is_complete():
+            target.finish({"last_pass": {"computed_shards": [], "items": 0}})
+        return store.open(version, split)
+
+    if not ray.is_initialized():
+        from raal.raylocal import init_local_ray
+
+        init_local_ray(quiet=not progress)
+    plan = plan_actors(embed_cfg.device, embed_cfg.num_actors)
+    assembler = ShardAssembler(target, todo, on_shard)
+    sub = _subset(images, assembler.positions)
+    n = len(sub)
+    num_blocks = int(min(MAX_BLOCKS, max(2 * plan.actors, math.ceil(n / embed_cfg.batch_size))))
+    log.info("features v%d/%s: embedding %d images (%d of %d shards) with %d %s actor(s) "
+             "(num_cpus=%.2f, num_gpus=%g, %d torch threads), batch %d", version, split, n, len(todo),
+             target.plan["num_shards"], plan.actors, plan.device, plan.num_cpus, plan.num_gpus, plan.torch_threads,
+             embed_cfg.batch_size)
+    ds = sub.to_dataset(num_blocks=min(num_blocks, n))
+    ds.context.execution_options.preserve_order = True  # keeps the driver's partial shards to one or two
+    ds = ds.map_batches(
+        _Embedder,
+        fn_constructor_kwargs={"model_cfg": model_cfg, "transform": transform, "state_dict_path": state_dict_path,
+                               "device": plan.device, "autocast": embed_cfg.autocast,
+                               "with_logits": "logits" in arrays, "torch_threads": plan.torch_threads},
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.actors, initial_size=plan.actors),
+        num_cpus=plan.num_cpus, num_gpus=plan.num_gpus or None, batch_size=embed_cfg.batch_size,
+        batch_format="numpy")
+    bar = PassProgress(n, f"embed v{version}/{split}", "img", enabled=progress)
+    t0 = time.perf_counter()
+    window = [math.inf, -math.inf]
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+            bar.update(assembler.add(batch["id"], batch))
+            window = [min(window[0], float(batch["t_start"].min())), max(window[1], float(batch["t_end"].max()))]
+    finally:
+        stats = bar.close()
+    assembler.check_done()
+    span = window[1] - window[0]
+    stats.update({"compute_window_s": round(span, 3), "items_per_s_compute": round(n / span, 2) if span > 0 else None})
+    log.info("features v%d/%s: %.1f img/s over the actors' compute window of %.1fs", version, split,
+             stats["items_per_s_compute"] or 0.0, span)
+    stats.update({"computed_shards": sorted(assembler.written), "plan": asdict(plan),
+                  "batch_size": embed_cfg.batch_size, "autocast": embed_cfg.autocast if plan.device == "cuda"
+                  else "none", "finished_at": time.time(), "wall_s": round(time.perf_counter() - t0, 3)})
+    target.finish({"last_pass": stats})
+    return store.open(version, split)

@@ -1,0 +1,26 @@
+"""raal's own exception types, so callers can tell a user mistake from a bug."""
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, mistyped or holds an impossible value. The message names the key."""
+
+
+class PoolError(ValueError):
+    """Base class for problems with the unlabeled pool itself."""
+
+
+class EmptyPoolError(PoolError):
+    """The pool has no items at all."""
+
+
+class PoolExhaustedError(PoolError):
+    """Every pool item is already labeled: there is nothing left to query."""
+
+
+class StoreError(RuntimeError):
+    """The run store is corrupt, or refuses an operation that would lose or mix data."""
+
+
+class LabelImportError(ValueError):
+    """Labels given for import are invalid (never queried, already labeled, unknown class, conflicting)."""

@@ -1,0 +1,1 @@
+"""Pipelines: small policies (standard, svpp, asvp, activeft, peal) over shared AL steps, and the experiment driver."""

@@ -1,0 +1,185 @@
+"""Shared steps of every pipeline: select -> save query -> ask the oracle -> record labels -> train/evaluate -> commit.
+
+A pipeline is a small policy over these steps: which model scores the pool (proxy, fine-tuned backbone, LoRA ViT),
+what happens after the labels arrive (ASVP's refresh check), and how a round is evaluated. Everything a round needs
+to resume lives in the arm's store (see `state.py`), so a killed run continues from the last committed round.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from raal import strategies
+from raal.config import RunConfig, parse_schedule
+from raal.data.sources import Dataset
+from raal.data.transforms import ImageTransform
+from raal.oracle import SimulatedOracle
+from raal.pipelines.state import ArmState
+from raal.store import RunStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    """One arm of an experiment: a pipeline with a strategy; the random baseline is an arm too."""
+
+    pipeline: str
+    strategy: str
+    baseline: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.pipeline}_{self.strategy}"
+
+
+@dataclass
+class Context:
+    """What every arm of one experiment shares: config, stores, data, oracle, and the pre-trained features."""
+
+    cfg: RunConfig
+    store: RunStore
+    data: Dataset
+    oracle: SimulatedOracle
+    transform: ImageTransform
+    features: object = None  # raal.features.FeatureStore of the experiment (v0 lives here)
+    t_pre: float = 0.0  # wall time of the v0 feature pass (pool + test)
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.pool.num_classes
+
+    def sizes(self) -> list[int]:
+        return [self.cfg.al.initial] + parse_schedule(self.cfg.al.schedule)
+
+
+@dataclass
+class PhaseTimer:
+    """Accumulates wall time per phase (`t_pre`, `t_tr_proxy`, `t_f_proxy`, `t_tr_full`, `t_f_full`, ...)."""
+
+    times: dict = field(default_factory=dict)
+
+    @contextmanager
+    def phase(self, key: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[key] = self.times.get(key, 0.0) + time.perf_counter() - t0
+
+
+def round_seed(seed: int, r: int, salt: int = 0) -> int:
+    """A per-round seed: the same (seed, round) always draws the same, wherever the run resumes."""
+    return int(np.random.SeedSequence([seed, r, salt]).generate_state(1)[0])
+
+
+class Pipeline:
+    """Base policy. Subclasses implement `strategy_inputs` (score the pool) and `after_labels` (train/evaluate)."""
+
+    name = "base"
+
+    def __init__(self, ctx: Context, arm: ArmSpec):
+        self.ctx = ctx
+        self.arm = arm
+        self.store = ctx.store.child("arms", arm.name)
+        self.state = ArmState.open(self.store)
+        self.strategy = strategies.get(arm.strategy)
+        self.pool_ids = ctx.data.pool.ids
+        if not self.store.exists("arm.json"):
+            self.store.write_json("arm.json", {"name": arm.name, "pipeline": arm.pipeline,
+                                               "strategy": arm.strategy, "baseline": arm.baseline,
+                                               "seed": ctx.cfg.al.seed})
+
+    # -- helpers ----------------------------------------------------------------------------------------------------
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """Pool positions of ids (pool ids are sorted)."""
+        pos = np.searchsorted(self.pool_ids, ids)
+        if np.any(pos >= len(self.pool_ids)) or np.any(self.pool_ids[pos.clip(0, len(self.pool_ids) - 1)] != ids):
+            raise ValueError("ids not in the pool")
+        return pos
+
+    def labeled_mask(self) -> np.ndarray:
+        mask = np.zeros(len(self.pool_ids), dtype=bool)
+        if self.state.label_ids:
+            mask[self.positions(self.state.labeled_ids)] = True
+        return mask
+
+    def sizes(self) -> list[int]:
+        """Per-round query sizes of this arm (ActiveFT's single shot overrides this)."""
+        return self.ctx.sizes()
+
+    def random_only(self, r: int) -> bool:
+        return r == 0 or self.arm.strategy == "random"
+
+    # -- the round --------------------------------------------------------------------------------------------------
+    def select(self, r: int, size: int, timer: PhaseTimer) -> tuple[np.ndarray, np.ndarray | None]:
+        """Round 0 is a uniformly random batch; later rounds ask the strategy with the pipeline's inputs."""
+        seed = round_seed(self.ctx.cfg.al.seed, r)
+        mask = self.labeled_mask()
+        if r == 0 and not self.chooses_initial():
+            with timer.phase("t_select"):
+                pos = strategies.get("random").select(size, labeled_mask=mask, seed=seed)
+            return self.pool_ids[np.sort(pos)], None
+        inputs = self.strategy_inputs(r, self.strategy.requires, timer)
+        with timer.phase("t_select"):
+            pos = self.strategy.select(size, labeled_mask=mask, seed=seed, **inputs)
+        return self.pool_ids[np.asarray(pos, dtype=np.int64)], None
+
+    def chooses_initial(self) -> bool:
+        return self.arm.strategy in ("activeft", "activeft_al")
+
+    def run_round(self, r: int, size: int) -> dict:
+        """Run round r to its commit; resumes a half-done round from its saved query and labels."""
+        if r < self.state.completed_rounds:
+            return self.state.rounds[r]
+        if r != self.state.completed_rounds:
+            raise RuntimeError(f"{self.arm.name}: round {r} asked before round {self.state.completed_rounds}")
+        t0 = time.perf_counter()
+        timer = PhaseTimer()
+        ids = self.state.saved_query(r)
+        if ids is None:
+            ids, scores = self.select(r, size, timer)
+            self.state.save_query(r, ids, scores)
+        answered = self.state.labels_for_round(r)
+        todo = np.asarray([i for i in ids.tolist() if i not in answered], dtype=np.int64)
+        if len(todo):
+            self.state.add_labels(r, todo, self.ctx.oracle.label(todo), self.ctx.oracle.source)
+        row = {"round": r, "n_labeled": len(self.state.label_ids), "n_new": len(ids),
+               "random_only": self.random_only(r)}
+        row.update(self.after_labels(r, timer))
+        row.update(timer.times)
+        row["t_round"] = time.perf_counter() - t0
+        self.state.commit_round(row)
+        return self.state.rounds[r]
+
+    def final_method(self) -> str | None:
+        """How the final model is trained after the last round (`eval.final`); None = no final job."""
+        final = self.ctx.cfg.eval.final
+        return None if final == "none" else ("LP-FT" if final == "lpft" else "FT")
+
+    def finalize(self) -> dict | None:
+        """Train the final model on the whole labeled set once all rounds are committed (`final.json`)."""
+        from raal.pipelines.finetune import finetune_labeled
+
+        method = self.final_method()
+        if method is None or self.state.completed_rounds < len(self.sizes()):
+            return None
+        if self.store.exists("final.json"):
+            return self.store.read_json("final.json")
+        res = finetune_labeled(self, method=method, name="final", seed=round_seed(self.ctx.cfg.al.seed, 0, 4),
+                               save_as="checkpoints/final")
+        out = {"method": method, "accuracy": res["accuracy"], "lp_accuracy": res["lp_accuracy"],
+               "n_labeled": len(self.state.label_ids), "t_tr_full": res["wall_time"]}
+        self.store.write_json("final.json", out)
+        return out
+
+    # -- policy hooks -----------------------------------------------------------------------------------------------
+    def strategy_inputs(self, r: int, requires: frozenset, timer: PhaseTimer) -> dict:
+        raise NotImplementedError
+
+    def after_labels(self, r: int, timer: PhaseTimer) -> dict:
+        raise NotImplementedError

@@ -1,0 +1,221 @@
+"""One experiment = several arms (the method, its comparisons, the random baseline) over one pool.
+
+The arms advance round by round in lock-step, so a live run prints one comparable line per round. All state lives
+in the run store; `Experiment` can run in the caller's process or inside the driver actor (`DriverActor`), which
+Ray restarts (`max_restarts`) and which then continues from the last committed round.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from raal.config import RunConfig, diff_keys, from_yaml, to_dict, to_yaml, validate_against_pool
+from raal.data.sources import load_data
+from raal.data.transforms import ImageTransform
+from raal.errors import ConfigError
+from raal.oracle import SimulatedOracle
+from raal.pipelines.base import ArmSpec, Context, Pipeline
+from raal.store import RunStore
+
+log = logging.getLogger(__name__)
+
+# Keys that change how a run executes, not what it computes: they may differ on resume.
+OPERATIONAL_KEYS = ("run_dir", "report", "ray.", "embed.num_actors", "embed.batch_size", "embed.device",
+                    "proxy.device", "proxy.score_batch_size", "train.num_workers", "train.use_gpu",
+                    "train.cpus_per_worker", "train.eval_batch_size", "oracle.allow_partial")
+
+
+def default_run_dir(cfg: RunConfig) -> str:
+    return cfg.run_dir or f"runs/{cfg.name}"
+
+
+def arm_specs(cfg: RunConfig) -> list[ArmSpec]:
+    """The main arm, the comparison arms, then the random baseline (unless the main arm is random already)."""
+    arms = [ArmSpec(cfg.al.pipeline, cfg.al.strategy, baseline=cfg.al.strategy == "random")]
+    for item in cfg.al.compare:
+        p, s = item.split("/")
+        arms.append(ArmSpec(p, s, baseline=False))
+    if cfg.al.baseline and not any(a.baseline for a in arms):
+        arms.append(ArmSpec(cfg.al.baseline_pipeline or "svpp", "random", baseline=True))
+    seen, unique = set(), []
+    for a in arms:
+        if a.name not in seen:
+            seen.add(a.name)
+            unique.append(a)
+    return unique
+
+
+def pipeline_classes() -> dict[str, type[Pipeline]]:
+    from raal.pipelines.activeft import ActiveFTPipeline
+    from raal.pipelines.asvp import ASVPPipeline
+    from raal.pipelines.peal import PEALPipeline
+    from raal.pipelines.standard import StandardPipeline
+    from raal.pipelines.svpp import SVPpPipeline
+
+    return {"standard": StandardPipeline, "svpp": SVPpPipeline, "asvp": ASVPPipeline, "activeft": ActiveFTPipeline,
+            "peal": PEALPipeline}
+
+
+def validate_arms(specs: list[ArmSpec], classes: dict[str, type[Pipeline]]) -> None:
+    """Each arm's pipeline must exist and be able to supply what its strategy needs."""
+    from raal import strategies
+    from raal.pipelines.peal import PEAL_STRATEGIES
+
+    for spec in specs:
+        if spec.pipeline not in classes:
+            raise ConfigError(f"al.pipeline={spec.pipeline!r} is not available in this build; "
+                              f"available: {', '.join(sorted(classes))}")
+        needs = strategies.get(spec.strategy).requires
+        if spec.pipeline == "activeft" and "probs" in needs:
+            raise ConfigError(f"al.strategy={spec.strategy!r} needs model probabilities, which the single-shot "
+                              "activeft pipeline never has; use activeft, coreset, featdist or random")
+        if spec.pipeline == "peal" and spec.strategy not in PEAL_STRATEGIES:
+            raise ConfigError(f"al.strategy={spec.strategy!r} is not a PEAL strategy; allowed: "
+                              f"{', '.join(PEAL_STRATEGIES)}")
+
+
+def _operational(key: str) -> bool:
+    return any(key.startswith(o) if o.endswith(".") else key == o for o in OPERATIONAL_KEYS)
+
+
+def check_resume(store: RunStore, cfg: RunConfig) -> bool:
+    """True if the store already holds this experiment; refuses a different config, naming the keys."""
+    if not store.exists("config.yaml"):
+        return False
+    old = to_dict(from_yaml(store.read_text("config.yaml")))
+    new = to_dict(cfg)
+    differ = [k for k in diff_keys(old, new) if not _operational(k)]
+    if differ:
+        raise ConfigError(f"run_dir={store.uri!r} holds a run with a different config; differing keys: "
+                          f"{', '.join(differ)} (use another run_dir, or the same settings to resume)")
+    return True
+
+
+class Experiment:
+    """Builds the context and the arms; runs rounds; knows nothing about printing."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.store = RunStore(default_run_dir(cfg))
+        self.resumed = check_resume(self.store, cfg)
+        data = load_data(cfg.data)
+        validate_against_pool(cfg, len(data.pool))
+        classes = pipeline_classes()
+        specs = arm_specs(cfg)
+        validate_arms(specs, classes)
+        if not self.resumed:
+            self.store.write_text("config.yaml", to_yaml(cfg))
+        transform = ImageTransform(cfg.data.image_size, tuple(cfg.data.mean), tuple(cfg.data.std),
+                                   tuple(cfg.data.data_roots))
+        self.ctx = Context(cfg=cfg, store=self.store, data=data, oracle=SimulatedOracle(data.truth),
+                           transform=transform)
+        self.specs = specs
+        self.arms: list[Pipeline] = []
+        self._classes = classes
+
+    @property
+    def num_rounds(self) -> int:
+        return max((len(a.sizes()) for a in self.arms), default=len(self.ctx.sizes()))
+
+    def prepare(self) -> dict:
+        """Pre-compute the v0 features of the pool and the test split (once per experiment, resumable)."""
+        from raal.embed import embed_images
+        from raal.features import FeatureStore
+
+        fs = FeatureStore(self.store)
+        self.ctx.features = fs
+        timing = self.store.read_json("features/timing.json") if self.store.exists("features/timing.json") else {}
+        for split, images in (("pool", self.ctx.data.pool), ("test", self.ctx.data.test)):
+            if not fs.has(0, split):
+                t0 = time.perf_counter()
+                embed_images(images, model_cfg=self.cfg.model, transform=self.ctx.transform, store=fs, version=0,
+                             split=split, embed_cfg=self.cfg.embed)
+                timing[f"v0_{split}"] = time.perf_counter() - t0
+                self.store.write_json("features/timing.json", timing)
+        self.ctx.t_pre = float(timing.get("v0_pool", 0.0) + timing.get("v0_test", 0.0))
+        self.arms = [self._classes[s.pipeline](self.ctx, s) for s in self.specs]
+        self.store.write_json("status.json", {"state": "running", "round": self.completed_rounds()})
+        return {"pool": len(self.ctx.data.pool), "test": len(self.ctx.data.test), "t_pre": self.ctx.t_pre,
+                "arms": [a.arm.name for a in self.arms], "resumed": self.resumed,
+                "completed_rounds": self.completed_rounds()}
+
+    def completed_rounds(self) -> int:
+        return min((a.state.completed_rounds for a in self.arms), default=0)
+
+    def run_round(self, r: int) -> dict[str, dict]:
+        rows = {a.arm.name: a.run_round(r, a.sizes()[r]) for a in self.arms if r < len(a.sizes())}
+        done = r + 1 == self.num_rounds
+        self.store.write_json("status.json", {"state": "done" if done else "running", "round": r + 1})
+        return rows
+
+    def history(self) -> dict[str, list[dict]]:
+        return {a.arm.name: list(a.state.rounds) for a in self.arms}
+
+    def finalize(self) -> dict[str, dict]:
+        """Final models (eval.final) of the arms whose rounds are all committed."""
+        out = {a.arm.name: a.finalize() for a in self.arms}
+        return {k: v for k, v in out.items() if v is not None}
+
+
+class DriverActor:
+    """The per-run driver: holds the experiment and its state machine inside a Ray actor (num_cpus=0).
+
+    Wrapped with `ray.remote(num_cpus=0, max_restarts=…, max_task_retries=…)` by `start_driver`; a restarted
+    actor rebuilds itself from the run store and the retried call continues from the last committed round.
+    """
+
+    def __init__(self, cfg: RunConfig):
+        from raal.raylocal import quiet_ray_data
+
+        quiet_ray_data()  # raal's own passes show one tqdm bar each (items/s, ETA); Ray Data's bars would repeat it
+        self.exp = Experiment(cfg)
+
+    def prepare(self) -> dict:
+        return self.exp.prepare()
+
+    def num_rounds(self) -> int:
+        return self.exp.num_rounds
+
+    def run_round(self, r: int) -> dict[str, dict]:
+        if not self.exp.arms:
+            self.exp.prepare()
+        return self.exp.run_round(r)
+
+    def history(self) -> dict[str, list[dict]]:
+        if not self.exp.arms:
+            self.exp.prepare()
+        return self.exp.history()
+
+    def finalize(self) -> dict[str, dict]:
+        if not self.exp.arms:
+            self.exp.prepare()
+        return self.exp.finalize()
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+
+def start_driver(cfg: RunConfig, max_restarts: int = 3):
+    import ray
+
+    actor_cls = ray.remote(num_cpus=0, max_restarts=max_restarts, max_task_retries=max_restarts)(DriverActor)
+    return actor_cls.remote(cfg)
+
+
+def format_row(r: int, rows: dict[str, dict], names: list[str]) -> str:
+    """One line per round: the labels (of the lock-step arms) and each arm's accuracy; `-` where an arm has none."""
+    counts = sorted({row["n_labeled"] for row in rows.values()})
+    labels = "/".join(str(c) for c in counts)
+    cells = []
+    for n in names:
+        acc = rows.get(n, {}).get("accuracy", float("nan"))
+        cells.append(f"{acc:>{max(8, len(n))}.4f}" if np.isfinite(acc) else f"{'-':>{max(8, len(n))}}")
+    return f"{r:>5}  {labels:>7}  " + "  ".join(cells)
+
+
+def format_header(names: list[str]) -> str:
+    return f"{'round':>5}  {'labels':>7}  " + "  ".join(f"{n:>{max(8, len(n))}}" for n in names)

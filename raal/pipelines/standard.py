@@ -1,0 +1,67 @@
+"""Standard AL: fine-tune the whole model every round (FT or LP-FT) and select with the fine-tuned model.
+
+Round r's job trains on the labels so far and is the round's evaluation; for round r+1 the pool is embedded with
+that backbone (a Ray Data pass into the arm's feature version r+1) and its new head turns the features into
+probabilities. The embedding is the backbone feature, since the head is linear (algorithms.md §3.6).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from raal.pipelines.base import PhaseTimer, Pipeline, round_seed
+from raal.pipelines.finetune import finetune_labeled, load_head
+
+
+def head_probs(features, head: dict[str, torch.Tensor], chunk: int = 65536) -> np.ndarray:
+    """softmax(F Wᵀ + b) in row chunks (F may be a memmap of the whole pool)."""
+    w, b = head["weight"].float(), head["bias"].float()
+    out = np.empty((features.shape[0], w.shape[0]), dtype=np.float32)
+    with torch.no_grad():
+        for a in range(0, features.shape[0], chunk):
+            x = torch.from_numpy(np.asarray(features[a:a + chunk], dtype=np.float32))
+            out[a:a + chunk] = torch.softmax(x @ w.T + b, dim=1).numpy()
+    return out
+
+
+class StandardPipeline(Pipeline):
+    name = "standard"
+
+    def method(self) -> str:
+        return "LP-FT" if self.ctx.cfg.train.method == "lpft" else "FT"
+
+    def final_method(self) -> str | None:
+        return None  # every round already trains the real model: the last round is the final model
+
+    def checkpoint(self, r: int) -> str:
+        return f"checkpoints/model_round_{r}"
+
+    def strategy_inputs(self, r: int, requires: frozenset, timer: PhaseTimer) -> dict:
+        if not requires:
+            return {}
+        if r == 0:  # nothing trained yet: embedding-based choosers use the pre-trained features
+            if "probs" in requires:
+                raise ValueError(f"strategy {self.arm.strategy!r} needs probabilities, which round 0 cannot give")
+            return {"embeddings": self.ctx.features.open(0, "pool").features}
+        from raal.embed import embed_images
+        from raal.features import FeatureStore
+
+        fs = FeatureStore(self.store)
+        ckpt = self.checkpoint(r - 1)
+        with timer.phase("t_f_full"):
+            if not fs.has(r, "pool"):
+                embed_images(self.ctx.data.pool, model_cfg=self.ctx.cfg.model, transform=self.ctx.transform, store=fs,
+                             version=r, split="pool", embed_cfg=self.ctx.cfg.embed, with_logits=False,
+                             state_dict_path=str(self.store.local_copy(ckpt + ".pt")))
+            feats = fs.open(r, "pool").features
+            out = {"embeddings": feats}
+            if "probs" in requires:
+                out["probs"] = head_probs(feats, load_head(self.store, ckpt))
+        return {k: v for k, v in out.items() if k in requires}
+
+    def after_labels(self, r: int, timer: PhaseTimer) -> dict:
+        with timer.phase("t_tr_full"):
+            res = finetune_labeled(self, method=self.method(), name=f"round_{r}",
+                                   seed=round_seed(self.ctx.cfg.al.seed, r, 3), save_as=self.checkpoint(r))
+        return {"accuracy": res["accuracy"], "eval_method": self.method(), "train_method": self.method(),
+                "features_version": r}

@@ -1,0 +1,113 @@
+"""SVPp: a fresh MLP proxy on pre-computed features picks every round; the backbone never moves.
+
+The proxy trained after round r's labels is evaluated on the test features (the per-round accuracy) and is the
+model that scores the pool for round r+1. It is saved as a weights-only checkpoint, so a resumed run reuses it
+instead of retraining.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+
+from raal.pipelines.base import Context, PhaseTimer, Pipeline, round_seed
+
+
+class SVPpPipeline(Pipeline):
+    name = "svpp"
+
+    def __init__(self, ctx: Context, arm):
+        super().__init__(ctx, arm)
+        self._sets: dict[int, tuple] = {}
+        self._proxy_cache: tuple[int, object] | None = None
+
+    # -- features -----------------------------------------------------------------------------------------------------
+    def feature_version(self) -> int:
+        """The feature version the proxy trains on now (SVPp: always the pre-trained v0)."""
+        return 0
+
+    def feature_store(self, version: int):
+        return self.ctx.features
+
+    def feature_sets(self, version: int | None = None):
+        """(pool, test) feature sets of a version, aligned with the pool's and test split's id order."""
+        v = self.feature_version() if version is None else version
+        if v not in self._sets:
+            fs = self.feature_store(v)
+            pool, test = fs.open(v, "pool"), fs.open(v, "test")
+            if not np.array_equal(np.asarray(pool.ids), self.pool_ids):
+                raise RuntimeError(f"feature set v{v} is not aligned with the pool ids")
+            self._sets = {v: (pool, test)}
+        return self._sets[v]
+
+    # -- the proxy ----------------------------------------------------------------------------------------------------
+    def _proxy_path(self, r: int) -> str:
+        return f"checkpoints/proxy_round_{r}.pt"
+
+    def labeled_rows(self, version: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Features and labels of the labeled set, gathered in file order (memmap-friendly)."""
+        pool, _ = self.feature_sets(version)
+        pos = self.positions(self.state.labeled_ids)
+        order = np.argsort(pos, kind="stable")
+        return np.asarray(pool.features[pos[order]], dtype=np.float32), self.state.labels[order]
+
+    def train_proxy(self, r: int, timer: PhaseTimer, version: int | None = None):
+        """Train a fresh proxy on the labeled set after round r's labels and checkpoint it."""
+        from raal.proxy import proxy_state_dict, train_proxy
+
+        x, y = self.labeled_rows(version)
+        with timer.phase("t_tr_proxy"):
+            proxy = train_proxy(x, y, self.ctx.num_classes, self.ctx.cfg.proxy,
+                                seed=round_seed(self.ctx.cfg.al.seed, r, 1))
+        buf = io.BytesIO()
+        torch.save(proxy_state_dict(proxy), buf)
+        self.store.write_bytes(self._proxy_path(r), buf.getvalue())
+        self._proxy_cache = (r, proxy)
+        return proxy
+
+    def proxy_after(self, r: int, timer: PhaseTimer):
+        """The proxy trained after round r: from memory, else its checkpoint, else trained again."""
+        if self._proxy_cache and self._proxy_cache[0] == r:
+            return self._proxy_cache[1]
+        if self.store.exists(self._proxy_path(r)):
+            from raal.proxy import load_proxy
+
+            sd = torch.load(io.BytesIO(self.store.read_bytes(self._proxy_path(r))), map_location="cpu",
+                            weights_only=True)
+            proxy = load_proxy(sd)
+            self._proxy_cache = (r, proxy)
+            return proxy
+        return self.train_proxy(r, timer)
+
+    # -- hooks ------------------------------------------------------------------------------------------------------
+    def strategy_inputs(self, r: int, requires: frozenset, timer: PhaseTimer) -> dict:
+        from raal.proxy import predict
+
+        pool, _ = self.feature_sets()
+        if not requires:
+            return {}
+        if r == 0:  # nothing labeled yet: only embedding-based choosers (ActiveFT) can run, on the features
+            if "probs" in requires:
+                raise ValueError(f"strategy {self.arm.strategy!r} needs probabilities, which round 0 cannot give")
+            return {"embeddings": pool.features}
+        proxy = self.proxy_after(r - 1, timer)
+        want = tuple(k for k in ("probs", "embeddings") if k in requires)
+        with timer.phase("t_f_proxy"):
+            out = predict(proxy, pool.features, batch_size=self.ctx.cfg.proxy.score_batch_size, want=want)
+        return {k: out[k] for k in want}
+
+    def evaluate_proxy(self, proxy, timer: PhaseTimer, version: int | None = None) -> float:
+        from raal.proxy import predict
+
+        _, test = self.feature_sets(version)
+        with timer.phase("t_eval"):
+            probs = predict(proxy, test.features, batch_size=self.ctx.cfg.proxy.score_batch_size,
+                            want=("probs",))["probs"]
+        return float(np.mean(probs.argmax(1) == self.ctx.data.test.labels))
+
+    def after_labels(self, r: int, timer: PhaseTimer) -> dict:
+        proxy = self.train_proxy(r, timer)
+        acc = self.evaluate_proxy(proxy, timer)
+        return {"accuracy": acc, "eval_method": "proxy", "features_version": self.feature_version(),
+                "train_method": "FT"}

@@ -1,0 +1,42 @@
+"""Start (or attach to) Ray the way raal needs it: a private local instance on a laptop, the cluster under a job."""
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+
+def init_local_ray(num_cpus: int | None = None, *, address: str | None = None, quiet: bool = False,
+                   object_store_bytes: int = 1 << 30) -> None:
+    """Initialise Ray once per process.
+
+    Under `ray job submit` (RAY_ADDRESS set, or `address="auto"`) we attach to the cluster. Otherwise we start a
+    *private* local instance with `address="local"`: a stale `ray start` session file would make a plain
+    `ray.init()` try to attach (ray-notes.md). Auth is disabled for the private instance so that a token written
+    by it does not break a later `ray job submit`.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=not quiet)
+        return
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=not quiet,
+             object_store_memory=object_store_bytes, configure_logging=True,
+             logging_level=logging.WARNING if quiet else logging.INFO)
+    if quiet:
+        quiet_ray_data()
+
+
+def quiet_ray_data() -> None:
+    """Turn off Ray Data's own progress bars and start banners in this process."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False

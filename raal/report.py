@@ -1,0 +1,847 @@
+"""The run report: one self-contained HTML file (plots embedded) plus PNGs and a plain-text summary.
+
+    python -m raal.report RUN_DIR [RUN_DIR ...] [--out DIR]
+
+A run directory holds `config.yaml` and `arms/<arm>/{arm.json, rounds.parquet}`. Every arm of every given run is
+compared; saving ratios are taken against the random-baseline arm of the same run. Problems in a run (missing
+rounds, no baseline, unreadable files) become notes in the report and on stdout, never a crash; only a directory
+that is not a run at all is an error (exit code 2).
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+import logging
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from raal import metrics
+
+log = logging.getLogger(__name__)
+
+# column -> (kind, fill for missing/null values)
+ROUND_COLUMNS: dict[str, tuple[str, object]] = {
+    "round": ("int", -1), "n_labeled": ("int", -1), "n_new": ("int", -1),
+    "accuracy": ("float", np.nan), "eval_method": ("str", ""), "random_only": ("bool", None),
+    "features_version": ("int", -1), "ped_steps": ("int", -1), "logme_ped": ("float", np.nan),
+    "score_diff": ("float", np.nan), "refreshed": ("bool", False), "train_method": ("str", ""),
+    **{p: ("float", 0.0) for p in metrics.PHASES}, "t_round": ("float", np.nan), "device": ("str", "cpu"),
+}
+REQUIRED_COLUMNS = ("round", "n_labeled", "accuracy")
+
+PHASE_NAMES = {
+    "t_pre": "feature extraction (T_pre)", "t_tr_proxy": "proxy training (T_tr,proxy)",
+    "t_f_proxy": "proxy forward (T_f,proxy)", "t_tr_full": "full-model training (T_tr,full)",
+    "t_f_full": "full-model forward (T_f,full)", "t_select": "selection", "t_eval": "evaluation",
+    "other": "other (round time not in a phase)",
+}
+PHASE_COLORS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#bab0ac")
+BASELINE_STYLES = ("--", ":", "-.", (0, (5, 1)))
+
+
+class NotARunError(ValueError):
+    """The path given is not an experiment directory (no config.yaml and no arms/)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Arm:
+    """One arm of a run: its arm.json, its rounds table (column -> numpy array, sorted by round) and notes."""
+
+    run_label: str
+    dir_name: str
+    meta: dict
+    rounds: dict[str, np.ndarray] | None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name") or self.dir_name)
+
+    @property
+    def baseline(self) -> bool:
+        return bool(self.meta.get("baseline", False))
+
+    @property
+    def pipeline(self) -> str:
+        return str(self.meta.get("pipeline", "?"))
+
+    @property
+    def n_rounds(self) -> int:
+        return 0 if self.rounds is None else len(self.rounds["round"])
+
+
+@dataclass
+class Run:
+    """An experiment directory: its config, arms, and what is wrong with it."""
+
+    path: Path
+    label: str
+    config: dict
+    arms: list[Arm]
+    notes: list[str] = field(default_factory=list)
+
+    prices: metrics.Prices = field(default_factory=metrics.Prices)
+    exclude_random_rounds: bool = True
+    threshold: float = 1.0
+
+    @property
+    def baseline(self) -> Arm | None:
+        base = [a for a in self.arms if a.baseline and a.rounds is not None]
+        return base[0] if base else None
+
+    def apply_config(self) -> None:
+        """Prices, averaging option and ASVP threshold from config.yaml, with defaults for what is absent."""
+        def section(name: str) -> dict:
+            sec = self.config.get(name)
+            return sec if isinstance(sec, dict) else {}
+
+        try:
+            self.prices = metrics.Prices.from_config(section("cost"))
+        except ValueError as exc:
+            self.notes.append(f"bad cost prices in config.yaml ({exc}); the defaults are used")
+        ex = section("metrics").get("exclude_random_rounds")
+        self.exclude_random_rounds = True if ex is None else bool(ex)
+        try:
+            th = section("asvp").get("threshold")
+            self.threshold = 1.0 if th is None else float(th)
+        except (TypeError, ValueError):
+            self.notes.append("asvp.threshold in config.yaml is not a number; 1.0 is shown")
+
+
+def _read_config(path: Path, notes: list[str]) -> dict:
+    if not path.is_file():
+        notes.append("config.yaml is missing: default prices and options are used")
+        return {}
+    try:
+        from omegaconf import OmegaConf
+
+        conf = OmegaConf.load(path)
+        try:
+            data = OmegaConf.to_container(conf, resolve=True)
+        except Exception:  # noqa: BLE001 - an unresolvable interpolation must not sink the report
+            data = OmegaConf.to_container(conf, resolve=False)
+    except Exception as exc:  # noqa: BLE001
+        notes.append(f"config.yaml could not be read ({type(exc).__name__}: {exc}); defaults are used")
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _read_rounds(path: Path, notes: list[str]) -> dict[str, np.ndarray] | None:
+    """rounds.parquet as numpy columns with nulls filled; None (and a note) when absent or unreadable."""
+    if not path.is_file():
+        notes.append("rounds.parquet is missing: no completed round recorded")
+        return None
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001
+        notes.append(f"rounds.parquet could not be read ({type(exc).__name__}: {exc})")
+        return None
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    if missing:
+        notes.append(f"rounds.parquet lacks the column(s) {', '.join(missing)}: arm left out")
+        return None
+    n = table.num_rows
+    cols: dict[str, np.ndarray] = {}
+    absent = []
+    for name, (kind, fill) in ROUND_COLUMNS.items():
+        if name not in table.column_names:
+            if name not in ("random_only",):
+                absent.append(name)
+            cols[name] = np.full(n, fill, dtype={"int": np.int64, "float": np.float64, "bool": object,
+                                                 "str": object}[kind])
+            continue
+        col = table[name]
+        try:
+            if kind == "float":
+                col = pc.fill_null(col.cast(pa.float64()), np.nan)
+                cols[name] = col.to_numpy().astype(np.float64)
+            elif kind == "int":
+                col = pc.fill_null(col.cast(pa.int64()), int(fill))
+                cols[name] = col.to_numpy().astype(np.int64)
+            elif kind == "bool":
+                vals = col.cast(pa.bool_()).to_pylist()
+                cols[name] = np.array([fill if v is None else bool(v) for v in vals], dtype=object)
+            else:
+                cols[name] = np.array(["" if v is None else str(v) for v in col.to_pylist()], dtype=object)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError, ValueError) as exc:
+            notes.append(f"column {name} of rounds.parquet has an unusable type ({exc}); ignored")
+            cols[name] = np.full(n, fill, dtype=object if kind in ("bool", "str") else None)
+    if absent:
+        notes.append(f"rounds.parquet lacks column(s) {', '.join(absent)}; treated as not recorded")
+    # random_only: missing -> round 0 only
+    ro = cols["random_only"]
+    cols["random_only"] = np.array([(r == 0) if v is None else bool(v) for v, r in zip(ro, cols["round"])],
+                                   dtype=bool)
+    cols["refreshed"] = np.array([bool(v) for v in cols["refreshed"]], dtype=bool)
+
+    rnd = cols["round"]
+    order = np.argsort(rnd, kind="stable")
+    cols = {k: v[order] for k, v in cols.items()}
+    rnd = cols["round"]
+    # duplicated round numbers (a resumed round written twice): keep the last written
+    if rnd.size and np.unique(rnd).size != rnd.size:
+        dup = sorted({int(r) for r in rnd[:-1][np.diff(rnd) == 0]})
+        notes.append(f"round(s) {_ranges(dup)} recorded more than once; the last record is used")
+        last = np.r_[np.diff(rnd) != 0, True]
+        cols = {k: v[last] for k, v in cols.items()}
+        rnd = cols["round"]
+    if rnd.size == 0:
+        notes.append("rounds.parquet has no rows: no completed round recorded")
+        return None
+    expected = np.arange(int(rnd.max()) + 1)
+    gaps = np.setdiff1d(expected, rnd)
+    if gaps.size:
+        notes.append(f"missing round(s) {_ranges(gaps.tolist())} of 0..{int(rnd.max())}: "
+                     "the curves are broken there and those rounds count in no average")
+    if not np.isfinite(cols["accuracy"]).any():
+        notes.append("no round has a test accuracy: nothing to plot for this arm")
+    return cols
+
+
+def _ranges(values: Sequence[int]) -> str:
+    """[1,2,3,7] -> '1-3, 7'."""
+    out, vals = [], sorted(int(v) for v in values)
+    i = 0
+    while i < len(vals):
+        j = i
+        while j + 1 < len(vals) and vals[j + 1] == vals[j] + 1:
+            j += 1
+        out.append(str(vals[i]) if i == j else f"{vals[i]}-{vals[j]}")
+        i = j + 1
+    return ", ".join(out)
+
+
+def load_run(run_dir: str | Path, label: str | None = None) -> Run:
+    """Read an experiment directory; raises NotARunError if it is not one, otherwise never fails."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise NotARunError(f"{path} is not a directory, so it is not a raal run")
+    arms_dir = path / "arms"
+    single = (path / "rounds.parquet").is_file()
+    if not (path / "config.yaml").is_file() and not arms_dir.is_dir() and not single:
+        raise NotARunError(f"{path} is not a raal run: it has neither config.yaml nor arms/")
+    notes: list[str] = []
+    config = _read_config(path / "config.yaml", notes)
+    arm_dirs = sorted(p for p in arms_dir.iterdir() if p.is_dir()) if arms_dir.is_dir() else []
+    if not arm_dirs and single:
+        arm_dirs = [path]
+    run = Run(path=path, label=label or path.resolve().name, config=config, arms=[], notes=notes)
+    run.apply_config()
+    for d in arm_dirs:
+        arm_notes: list[str] = []
+        meta: dict = {}
+        if (d / "arm.json").is_file():
+            try:
+                meta = json.loads((d / "arm.json").read_text())
+                if not isinstance(meta, dict):
+                    raise ValueError("not a JSON object")
+            except (OSError, ValueError) as exc:
+                arm_notes.append(f"arm.json could not be read ({exc}); the directory name is used")
+                meta = {}
+        else:
+            arm_notes.append("arm.json is missing; the directory name is used and the arm is not a baseline")
+        meta.setdefault("name", d.name)
+        rounds = _read_rounds(d / "rounds.parquet", arm_notes)
+        run.arms.append(Arm(run_label=run.label, dir_name=d.name, meta=meta, rounds=rounds, notes=arm_notes))
+    if not run.arms:
+        notes.append("the run has no arms yet (arms/ is missing or empty): nothing to report")
+    bases = [a for a in run.arms if a.baseline]
+    if not bases:
+        notes.append('no random baseline arm (arm.json "baseline": true): sample saving ratios cannot be '
+                     "computed for this run")
+    elif len(bases) > 1:
+        notes.append(f"{len(bases)} baseline arms; the first ({bases[0].name}) is used")
+    elif bases[0].rounds is None or not np.isfinite(bases[0].rounds["accuracy"]).any():
+        notes.append(f"the random baseline arm {bases[0].name} has no evaluated round: sample saving ratios "
+                     "cannot be computed for this run")
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-arm measures
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class ArmStats:
+    """What the report shows about one arm."""
+
+    arm: Arm
+    key: str
+    color: object
+    saving: metrics.SavingCurve | None
+    cum_cost: np.ndarray          # overall cost (USD) after each round: labels x price + compute so far
+    seconds: np.ndarray           # compute seconds of each round
+    phases: dict[str, float]
+    final_labels: int | None
+    final_accuracy: float
+    total_cost: float
+    cost_to_target: float         # overall cost to reach the baseline's final accuracy (NaN if never/unknown)
+
+
+def _arm_stats(run: Run, arm: Arm, key: str, color) -> ArmStats:
+    r = arm.rounds
+    prices = run.prices
+    if r is None:
+        return ArmStats(arm, key, color, None, np.zeros(0), np.zeros(0), {}, None, float("nan"), float("nan"),
+                        float("nan"))
+    secs = metrics.round_seconds(r)
+    comp = metrics.compute_cost(secs, [str(d) for d in r["device"]], prices)
+    labels = np.maximum(r["n_labeled"], 0).astype(np.float64)
+    cum_cost = labels * prices.label_price + np.cumsum(comp)
+    acc = r["accuracy"]
+    evaluated = np.flatnonzero(np.isfinite(acc))
+    final_acc = float(acc[evaluated[-1]]) if evaluated.size else float("nan")
+    if evaluated.size and evaluated[-1] != len(acc) - 1:
+        arm.notes.append(f"the last round ({int(r['round'][-1])}) has no accuracy; the final accuracy shown is "
+                         f"that of round {int(r['round'][evaluated[-1]])}")
+    saving = None
+    base = run.baseline
+    if base is not None and np.isfinite(base.rounds["accuracy"]).any() and evaluated.size:
+        bcurve = np.c_[base.rounds["n_labeled"], base.rounds["accuracy"]]
+        exclude = r["random_only"] if run.exclude_random_rounds else None
+        saving = metrics.saving_curve(bcurve, np.c_[labels, acc], exclude=exclude)
+    target = float("nan")
+    if base is not None and np.isfinite(base.rounds["accuracy"]).any():
+        bacc = base.rounds["accuracy"]
+        target = float(bacc[np.flatnonzero(np.isfinite(bacc))[-1]])
+    reach = np.flatnonzero(np.isfinite(acc) & (acc >= target)) if np.isfinite(target) else np.zeros(0, int)
+    return ArmStats(arm=arm, key=key, color=color, saving=saving, cum_cost=cum_cost, seconds=secs,
+                    phases=metrics.phase_totals(r), final_labels=int(r["n_labeled"][-1]), final_accuracy=final_acc,
+                    total_cost=float(cum_cost[-1]), cost_to_target=float(cum_cost[reach[0]]) if reach.size else
+                    float("nan"))
+
+
+def _collect(runs: Sequence[Run]) -> list[ArmStats]:
+    from matplotlib import colormaps
+
+    multi = len(runs) > 1
+    arms = [(run, a) for run in runs for a in sorted(run.arms, key=lambda a: not a.baseline)]
+    n_col = sum(1 for _, a in arms if not a.baseline)
+    cmap = colormaps["tab10" if n_col <= 10 else "tab20"]
+    stats, i = [], 0
+    for run, a in arms:
+        key = f"{run.label}/{a.name}" if multi else a.name
+        if a.baseline:
+            color = "black"
+        else:
+            color = cmap(i % cmap.N)
+            i += 1
+        stats.append(_arm_stats(run, a, key, color))
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plots (matplotlib Figure + Agg canvas: no global backend state, safe inside a Ray worker)
+# ---------------------------------------------------------------------------------------------------------------
+
+def _figure(w: float, h: float, nrows: int = 1, ncols: int = 1, **kw):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+    return fig, axes
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
+def _acc_scale(stats: Sequence[ArmStats]) -> tuple[float, str]:
+    vals = [s.arm.rounds["accuracy"] for s in stats if s.arm.rounds is not None]
+    top = max((float(np.nanmax(v)) for v in vals if np.isfinite(v).any()), default=1.0)
+    return (100.0, "test accuracy (%)") if top <= 1.0 + 1e-9 else (1.0, "test accuracy")
+
+
+def _line_kw(s: ArmStats, base_idx: dict[str, int]) -> dict:
+    if s.arm.baseline:
+        ls = BASELINE_STYLES[base_idx.get(s.arm.run_label, 0) % len(BASELINE_STYLES)]
+        return {"color": "black", "linestyle": ls, "linewidth": 2.0, "marker": "o", "markersize": 4}
+    return {"color": s.color, "linestyle": "-", "linewidth": 1.6, "marker": "o", "markersize": 4}
+
+
+def _gapped(rounds: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Insert a NaN point wherever round numbers jump by more than one, so a plotted line breaks at missing rounds."""
+    brk = np.flatnonzero(np.diff(rounds) > 1) + 1
+    if brk.size == 0:
+        return x.astype(np.float64), y.astype(np.float64)
+    return np.insert(x.astype(np.float64), brk, np.nan), np.insert(y.astype(np.float64), brk, np.nan)
+
+
+def _legend_label(s: ArmStats) -> str:
+    return f"{s.key} (random baseline)" if s.arm.baseline else s.key
+
+
+def plot_accuracy(stats, base_idx, scale, ylab):
+    fig, ax = _figure(8, 5)
+    ax = ax[0, 0]
+    for s in stats:
+        r = s.arm.rounds
+        if r is None or not np.isfinite(r["accuracy"]).any():
+            continue
+        ok = np.isfinite(r["accuracy"])
+        ax.plot(*_gapped(r["round"][ok], r["n_labeled"][ok], r["accuracy"][ok] * scale), label=_legend_label(s),
+                **_line_kw(s, base_idx))
+    ax.set_title("Learning curves: test accuracy vs number of labels")
+    ax.set_xlabel("labeled samples (count)")
+    ax.set_ylabel(ylab)
+    ax.grid(alpha=0.3)
+    if ax.has_data():
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no evaluated round in any arm", ha="center", va="center", transform=ax.transAxes)
+    return fig
+
+
+def plot_saving(stats):
+    from matplotlib.lines import Line2D
+
+    rows = [s for s in stats if s.saving is not None and not s.arm.baseline]
+    fig, axes = _figure(12, 5, 1, 2)
+    a1, a2 = axes[0]
+    if not rows:
+        for a in (a1, a2):
+            a.text(0.5, 0.5, "no saving ratio: no random baseline with evaluated rounds",
+                   ha="center", va="center", transform=a.transAxes, wrap=True)
+            a.set_axis_off()
+        fig.suptitle("Sample saving against the random baseline")
+        return fig
+    top = 0.0
+    for s in rows:
+        sv, rnd = s.saving, s.arm.rounds["round"]
+        ok = np.isfinite(sv.equivalent_labels)
+        ext = sv.extrapolated & ok
+        a1.plot(*_gapped(rnd[ok], sv.labels[ok], sv.equivalent_labels[ok]), "-", color=s.color, label=s.key)
+        a1.plot(sv.labels[ok & ~ext], sv.equivalent_labels[ok & ~ext], "o", color=s.color, ms=5)
+        a1.plot(sv.labels[ext], sv.equivalent_labels[ext], "o", mfc="white", mec=s.color, ms=6)
+        top = max(top, float(np.nanmax(sv.labels)), float(np.nanmax(sv.equivalent_labels[ok], initial=0)))
+        okr = np.isfinite(sv.ratios)
+        mean = f"{sv.mean * 100:.1f}%" if np.isfinite(sv.mean) else "n/a"
+        a2.plot(*_gapped(rnd[okr], rnd[okr], sv.ratios[okr] * 100), "-", color=s.color,
+                label=f"{s.key} (mean {mean})")
+        used, ex = okr & sv.used, okr & ~sv.used
+        a2.plot(rnd[used & ~sv.extrapolated], sv.ratios[used & ~sv.extrapolated] * 100, "o", color=s.color, ms=5)
+        a2.plot(rnd[used & sv.extrapolated], sv.ratios[used & sv.extrapolated] * 100, "o", mfc="white",
+                mec=s.color, ms=6)
+        a2.plot(rnd[ex], sv.ratios[ex] * 100, "x", color="grey", ms=7)
+    a1.plot([0, top], [0, top], ":", color="grey", label="no saving (N2 = N1)")
+    a1.set_title("Equivalent random-baseline labels")
+    a1.set_xlabel("AL labels N1 (count)")
+    a1.set_ylabel("random labels for the same accuracy N2 (count)")
+    a1.grid(alpha=0.3)
+    a1.legend(fontsize=8)
+    a2.axhline(0, color="grey", lw=1)
+    a2.set_title("Sample saving ratio per round, r = (N2 - N1) / N2")
+    a2.set_xlabel("round")
+    a2.set_ylabel("sample saving ratio (%)")
+    a2.grid(alpha=0.3)
+    extra = [Line2D([], [], ls="", marker="o", mfc="white", mec="black", label="extrapolated (outside random curve)"),
+             Line2D([], [], ls="", marker="x", color="grey", label="left out of the mean (random start)")]
+    h, lab = a2.get_legend_handles_labels()
+    a2.legend(h + extra, lab + [e.get_label() for e in extra], fontsize=8)
+    return fig
+
+
+def _asvp_arms(stats):
+    out = []
+    for s in stats:
+        r = s.arm.rounds
+        if r is None:
+            continue
+        if s.arm.pipeline == "asvp" or (r["ped_steps"] >= 0).any() or np.isfinite(r["logme_ped"]).any() \
+                or r["refreshed"].any():
+            out.append(s)
+    return out
+
+
+def plot_asvp(stats, scale, ylab, threshold):
+    from matplotlib.lines import Line2D
+
+    rows = _asvp_arms(stats)
+    if not rows:
+        return None
+    fig, axes = _figure(9, 10, 4, 1, sharex=True)
+    a_acc, a_ped, a_score, a_diff = axes[:, 0]
+    for s in rows:
+        r = s.arm.rounds
+        x, acc = r["n_labeled"], r["accuracy"] * scale
+        ok = np.isfinite(acc)
+        a_acc.plot(*_gapped(r["round"][ok], x[ok], acc[ok]), "-", color=s.color, label=s.key)
+        ft = np.array([m.upper() == "FT" for m in r["train_method"]], dtype=bool)
+        lp = np.array([m.upper() == "LP-FT" for m in r["train_method"]], dtype=bool)
+        a_acc.plot(x[ok & lp], acc[ok & lp], "o", color=s.color, ms=5)
+        a_acc.plot(x[ok & ft], acc[ok & ft], "s", color=s.color, ms=6)
+        a_acc.plot(x[ok & ~ft & ~lp], acc[ok & ~ft & ~lp], ".", color=s.color)
+        for xr in x[r["refreshed"]]:
+            for a in (a_acc, a_ped, a_score, a_diff):
+                a.axvline(xr, color=s.color, ls=":", lw=1.5)
+        refr = r["refreshed"] & ok
+        a_acc.plot(x[refr], acc[refr], "*", color=s.color, mec="black", ms=14)
+        ped = r["ped_steps"].astype(np.float64)
+        pk = ped >= 0
+        a_ped.plot(*_gapped(r["round"][pk], x[pk], ped[pk]), "o-", color=s.color, label=s.key)
+        sc = np.isfinite(r["logme_ped"])
+        a_score.plot(*_gapped(r["round"][sc], x[sc], r["logme_ped"][sc]), "o-", color=s.color, label=s.key)
+        d = np.abs(r["score_diff"])
+        dk = np.isfinite(d)
+        a_diff.plot(*_gapped(r["round"][dk], x[dk], d[dk]), "o-", color=s.color, label=s.key)
+    a_acc.set_title("ASVP decisions: PED steps, LogME-PED, feature refreshes, LP-FT / FT")
+    a_acc.set_ylabel(ylab)
+    h, lab = a_acc.get_legend_handles_labels()
+    extra = [Line2D([], [], ls="", marker="o", color="grey", label="trained with LP-FT"),
+             Line2D([], [], ls="", marker="s", color="grey", label="trained with FT"),
+             Line2D([], [], ls="", marker="*", color="grey", mec="black", ms=12,
+                    label="features refreshed (dotted line)")]
+    a_acc.legend(h + extra, lab + [e.get_label() for e in extra], fontsize=8)
+    a_ped.set_ylabel("PED steps (count)")
+    a_ped.axhline(1, color="grey", lw=1, ls="--")
+    a_ped.text(0.99, 0.02, "at or below the dashed line (<= 1 step): LogME-PED skipped, no refresh",
+               transform=a_ped.transAxes, fontsize=8, color="dimgrey", ha="right", va="bottom")
+    a_score.set_ylabel("LogME-PED score")
+    a_diff.set_ylabel("|change of LogME-PED|")
+    a_diff.axhline(threshold, color="red", lw=1, ls="--", label=f"threshold tau = {threshold:g}")
+    a_diff.legend(fontsize=8)
+    a_diff.set_xlabel("labeled samples (count)")
+    for a in axes[:, 0]:
+        a.grid(alpha=0.3)
+    return fig
+
+
+def _time_unit(seconds: float) -> tuple[float, str]:
+    if seconds >= 2 * 3600:
+        return 3600.0, "h"
+    if seconds >= 120:
+        return 60.0, "min"
+    return 1.0, "s"
+
+
+def fmt_time(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "n/a"
+    div, unit = _time_unit(seconds)
+    return f"{seconds / div:.3g} {unit}"
+
+
+def plot_time(stats):
+    rows = [s for s in stats if s.phases]
+    if not rows:
+        return None
+    keys = list(metrics.PHASES) + ["other"]
+    totals = np.array([[s.phases.get(k, 0.0) for k in keys] for s in rows])
+    div, unit = _time_unit(float(totals.sum(axis=1).max(initial=0.0)))
+    fig, ax = _figure(9, 1.6 + 0.45 * len(rows))
+    ax = ax[0, 0]
+    y = np.arange(len(rows))
+    left = np.zeros(len(rows))
+    for j, k in enumerate(keys):
+        w = totals[:, j] / div
+        if not np.any(w > 0):
+            continue
+        ax.barh(y, w, left=left, color=PHASE_COLORS[j % len(PHASE_COLORS)], label=PHASE_NAMES[k])
+        left += w
+    ax.set_yticks(y, [s.key for s in rows])
+    ax.invert_yaxis()
+    ax.set_title("Compute time per phase, summed over rounds")
+    ax.set_xlabel(f"time ({unit})")
+    ax.grid(axis="x", alpha=0.3)
+    if ax.has_data():
+        ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def plot_cost(stats, base_idx, scale, ylab):
+    fig, ax = _figure(8, 5)
+    ax = ax[0, 0]
+    for s in stats:
+        r = s.arm.rounds
+        if r is None:
+            continue
+        ok = np.isfinite(r["accuracy"])
+        if ok.any():
+            ax.plot(*_gapped(r["round"][ok], s.cum_cost[ok], r["accuracy"][ok] * scale), label=_legend_label(s),
+                    **_line_kw(s, base_idx))
+    for s in stats:
+        if s.arm.baseline and np.isfinite(s.final_accuracy):
+            ax.axhline(s.final_accuracy * scale, color="grey", lw=1, ls=":")
+    ax.set_title("Overall cost (labels + compute) vs test accuracy")
+    ax.set_xlabel("overall cost so far (USD)")
+    ax.set_ylabel(ylab)
+    ax.grid(alpha=0.3)
+    if ax.has_data():
+        ax.legend(fontsize=8)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tables and HTML
+# ---------------------------------------------------------------------------------------------------------------
+
+SUMMARY_HEAD = ("arm", "final labels", "final accuracy", "mean saving ratio", "compute time", "cost (USD)")
+
+
+def summary_rows(stats: Sequence[ArmStats], scale: float = 100.0) -> list[tuple[str, ...]]:
+    """One row per arm with the columns of SUMMARY_HEAD, formatted (accuracy times `scale`: 100 for fractions)."""
+    rows = []
+    for s in stats:
+        if s.arm.rounds is None:
+            rows.append((s.key, "-", "-", "-", "-", "-"))
+            continue
+        if not np.isfinite(s.final_accuracy):
+            acc = "n/a"
+        else:
+            acc = f"{s.final_accuracy * scale:.2f}" + ("%" if scale == 100.0 else "")
+        if s.arm.baseline:
+            ratio = "baseline"
+        elif s.saving is None or not np.isfinite(s.saving.mean):
+            ratio = "n/a"
+        else:
+            ratio = f"{s.saving.mean * 100:.1f}%"
+        rows.append((s.key, str(s.final_labels), acc, ratio, fmt_time(float(s.seconds.sum())),
+                     f"{s.total_cost:.2f}"))
+    return rows
+
+
+def _text_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(head), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
+
+
+def _notes(runs: Sequence[Run]) -> list[str]:
+    out = []
+    for run in runs:
+        out += [f"{run.label}: {n}" for n in run.notes]
+        for a in run.arms:
+            out += [f"{run.label}/{a.name}: {n}" for n in a.notes]
+    return out
+
+
+def summary_text(runs: Sequence[Run], stats: Sequence[ArmStats], notes: Sequence[str] | None = None) -> str:
+    """The plain-text summary printed on stdout: the table, then every note."""
+    txt = _text_table(SUMMARY_HEAD, summary_rows(stats, _acc_scale(stats)[0])) if stats else "(no arms to report)"
+    notes = _notes(runs) if notes is None else notes
+    if notes:
+        txt += "\n\nNOTES:\n" + "\n".join(f"  - {n}" for n in notes)
+    return txt + "\n"
+
+
+def _html_table(head, rows, cls="") -> str:
+    e = html.escape
+    th = "".join(f"<th>{e(str(h))}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _model_rows(run: Run) -> list[tuple[str, ...]] | None:
+    tables = [a.rounds for a in run.arms if a.rounds is not None]
+    if not tables:
+        return None
+    t = metrics.measured_phase_times(tables)
+    tot = metrics.modelled_totals(t)
+    rows = [(PHASE_NAMES[p], fmt_time(getattr(t, p))) for p in metrics.MODEL_PHASES]
+    rows += [("N_al (AL rounds)", str(t.n_al)), ("N_pre (feature computations)", str(t.n_pre))]
+    rows += [(f"modelled T_s, {k}", fmt_time(v)) for k, v in
+             (("standard AL", tot["standard"]), ("SVPp", tot["svpp"]), ("ASVP", tot["asvp"]))]
+    return rows
+
+
+def _round_rows(s: ArmStats, scale: float) -> list[tuple[str, ...]]:
+    r = s.arm.rounds
+    rows = []
+    for i in range(len(r["round"])):
+        acc = r["accuracy"][i]
+        sv = s.saving
+        n2 = sv.equivalent_labels[i] if sv is not None else np.nan
+        ratio = sv.ratios[i] if sv is not None else np.nan
+        flags = []
+        if sv is not None and sv.extrapolated[i] and np.isfinite(acc):
+            flags.append("extrapolated")
+        if sv is not None and np.isfinite(ratio) and not sv.used[i]:
+            flags.append("not in mean")
+        if r["refreshed"][i]:
+            flags.append("features refreshed")
+        rows.append((str(int(r["round"][i])), str(int(r["n_labeled"][i])),
+                     f"{acc * scale:.2f}" if np.isfinite(acc) else "n/a",
+                     f"{n2:.0f}" if np.isfinite(n2) else "n/a",
+                     f"{ratio * 100:.1f}%" if np.isfinite(ratio) else "n/a",
+                     str(r["eval_method"][i] or "-"), str(r["train_method"][i] or "-"),
+                     str(int(r["ped_steps"][i])) if r["ped_steps"][i] >= 0 else "-",
+                     f"{r['logme_ped'][i]:.4g}" if np.isfinite(r["logme_ped"][i]) else "-",
+                     fmt_time(float(s.seconds[i])), f"{s.cum_cost[i]:.2f}", ", ".join(flags)))
+    return rows
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;
+color:#222;padding:0 1em}
+h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.25em .6em}
+th{background:#f3f3f3}td{text-align:right}td:first-child{text-align:left}
+.notes{background:#fff4e5;border:1px solid #f0a030;padding:.6em 1em;border-radius:4px}
+.notes li{margin:.2em 0}img{max-width:100%;border:1px solid #eee}figure{margin:1em 0}
+figcaption{font-size:.9em;color:#555}code{background:#f3f3f3;padding:0 .2em}
+"""
+
+
+def _build(run_dirs: Sequence[str | Path]) -> tuple[list[Run], list[ArmStats]]:
+    runs, seen = [], {}
+    for d in run_dirs:
+        name = Path(d).resolve().name
+        seen[name] = seen.get(name, 0) + 1
+        label = name if seen[name] == 1 else f"{name}#{seen[name]}"
+        runs.append(load_run(d, label=label))
+    return runs, _collect(runs)
+
+
+def write_report(run_dirs: str | Path | Iterable[str | Path], out_dir: str | Path, *, echo: bool = False) -> Path:
+    """Write report.html (self-contained), one PNG per plot and summary.txt into out_dir; return the HTML path.
+
+    Raises NotARunError (a ValueError) if a path is not an experiment directory; any other problem with a run is
+    reported inside the report. With echo=True the summary table is printed on stdout.
+    """
+    if isinstance(run_dirs, (str, Path)):
+        run_dirs = [run_dirs]
+    run_dirs = list(run_dirs)
+    if not run_dirs:
+        raise ValueError("write_report needs at least one run directory")
+    runs, stats = _build(run_dirs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    base_idx = {run.label: i for i, run in enumerate(runs)}
+    scale, ylab = _acc_scale(stats)
+    thresholds = {run.threshold for run in runs}
+    threshold = thresholds.pop() if len(thresholds) == 1 else 1.0
+    def safe(name, fn, *args):
+        try:
+            return fn(*args)
+        except Exception as exc:  # noqa: BLE001 - the report ends every run: one bad plot must not lose the rest
+            log.exception("report: the %s plot failed", name)
+            notes.append(f"the {name} plot could not be drawn ({type(exc).__name__}: {exc})")
+            return None
+
+    notes = _notes(runs)
+    plots = [
+        ("accuracy", "Test accuracy against the number of labels for every arm; the random baseline is black and "
+                     "dashed.", safe("accuracy", plot_accuracy, stats, base_idx, scale, ylab)),
+        ("saving", "Left: random-baseline labels needed for each AL round's accuracy (above the dotted line = "
+                   "labels saved). Right: sample saving ratio per round. Hollow markers are extrapolated beyond the "
+                   "random curve; grey crosses are left out of the mean (labeled set still purely random).",
+         safe("saving", plot_saving, stats)),
+        ("asvp", "ASVP's per-round decisions: PED step count, LogME-PED score and its change against the threshold; "
+                 "stars and dotted lines mark feature refreshes; circles are rounds trained with LP-FT, squares "
+                 "with FT.", safe("asvp", plot_asvp, stats, scale, ylab, threshold)),
+        ("time", "Measured compute time per phase, summed over all rounds of each arm.",
+         safe("time", plot_time, stats)),
+        ("cost", "Overall cost so far (labels x label price + compute hours x hour price) against accuracy; the "
+                 "dotted grey line is the random baseline's final accuracy.",
+         safe("cost", plot_cost, stats, base_idx, scale, ylab)),
+    ]
+    e = html.escape
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>raal report</title><style>{CSS}</style>"
+             "</head><body><h1>raal active-learning report</h1>"]
+    parts.append("<p>Runs: " + ", ".join(f"<code>{e(r.label)}</code> ({e(str(r.path.resolve()))})" for r in runs)
+                 + "</p>")
+    if notes:
+        parts.append("<div class='notes'><strong>Problems found in the runs</strong><ul>"
+                     + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul></div>")
+    parts.append("<h2>Summary</h2>")
+    parts.append(_html_table(SUMMARY_HEAD, summary_rows(stats, scale)) if stats else "<p>No arms to report.</p>")
+    detail_rows = []
+    for s in stats:
+        if s.arm.rounds is None:
+            continue
+        sv = s.saving
+        detail_rows.append((
+            s.key,
+            "baseline" if s.arm.baseline else ("n/a" if sv is None else f"{int(sv.used.sum())} of {sv.used.size}"),
+            "-" if s.arm.baseline or sv is None else str(int((sv.extrapolated & np.isfinite(sv.accuracy)).sum())),
+            f"{s.cost_to_target:.2f}" if np.isfinite(s.cost_to_target) else "not reached / n/a"))
+    if detail_rows:
+        parts.append(_html_table(("arm", "rounds in the mean saving ratio", "rounds extrapolated beyond the random "
+                                  "curve", "cost to first reach the baseline's final accuracy (USD)"), detail_rows))
+    for run in runs:
+        p = run.prices
+        parts.append(f"<p><code>{e(run.label)}</code>: prices {p.label_price:g} USD/label, "
+                     f"{p.gpu_hour_price:g} USD/GPU-hour, {p.cpu_hour_price:g} USD/CPU-hour; rounds with a purely "
+                     f"random labeled set are {'left out of' if run.exclude_random_rounds else 'included in'} "
+                     "the mean saving ratio.</p>")
+    for name, caption, fig in plots:
+        if fig is None:
+            msg = {"asvp": "No ASVP arm: no PED/LogME-PED decisions to show.",
+                   "time": "No rounds recorded: no phase times to show."}.get(name, "This plot could not be drawn; "
+                                                                              "see the problems listed above.")
+            parts.append(f"<h2>{e(name.upper() if name == 'asvp' else name.capitalize())}</h2><p>{e(msg)}</p>")
+            continue
+        png = _png(fig)
+        (out / f"{name}.png").write_bytes(png)
+        title = {"accuracy": "Accuracy vs labels", "saving": "Equivalent labels and sample saving ratio",
+                 "asvp": "ASVP decisions", "time": "Time per phase", "cost": "Cost vs accuracy"}[name]
+        parts.append(f"<h2>{e(title)}</h2><figure><img alt='{e(title)}' src='data:image/png;base64,"
+                     f"{base64.b64encode(png).decode('ascii')}'><figcaption>{e(caption)}</figcaption></figure>")
+    parts.append("<h2>Time model (algorithms.md §3.8)</h2><p>Per-round averages of the measured phase times over "
+                 "the rounds where each phase ran (all arms of the run pooled), and the modelled totals "
+                 "T_s = N_al·(T_tr+T_f) (+ N_pre·T_pre + (N_pre−1)·T_tr,full for ASVP). n/a: the phase never ran "
+                 "in this run.</p>")
+    for run in runs:
+        rows = _model_rows(run)
+        if rows:
+            parts.append(f"<p><code>{e(run.label)}</code></p>" + _html_table(("quantity", "value"), rows))
+    parts.append("<h2>Per-round details</h2>")
+    head = ("round", "labels", "accuracy", "equiv. random labels", "saving ratio", "eval", "train", "PED steps",
+            "LogME-PED", "compute", "cost so far (USD)", "flags")
+    for s in stats:
+        if s.arm.rounds is not None:
+            parts.append(f"<details><summary>{e(s.key)}</summary>{_html_table(head, _round_rows(s, scale))}"
+                         "</details>")
+    parts.append("</body></html>")
+    path = out / "report.html"
+    path.write_text("".join(parts), encoding="utf-8")
+    summary = summary_text(runs, stats, notes)
+    (out / "summary.txt").write_text(summary, encoding="utf-8")
+    if echo:
+        sys.stdout.write(summary)
+        sys.stdout.write(f"\nreport: {path}\n")
+    else:
+        for n in notes:
+            log.warning("report: %s", n)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m raal.report",
+                                     description="Compare the arms of one or more raal runs in an HTML report.")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="experiment directory (config.yaml, arms/)")
+    parser.add_argument("--out", metavar="DIR", default=None,
+                        help="output folder (default: RUN_DIR/report for one run, ./raal_report for several)")
+    args = parser.parse_args(argv)
+    out = args.out or (Path(args.run_dirs[0]) / "report" if len(args.run_dirs) == 1 else Path("raal_report"))
+    try:
+        write_report(args.run_dirs, out, echo=True)
+    except NotARunError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

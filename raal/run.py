@@ -1,0 +1,152 @@
+"""`python -m raal.run [conf=NAME] [key=value …]` — one active-learning experiment, end to end.
+
+With no `conf=` it runs `demo`. `python -m raal.run run_dir=DIR` alone resumes the run stored there with its own
+config. Config mistakes stop before any work with exit code 2 and one line naming the key.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+from raal.config import MAIN_KEYS, RunConfig, available_configs, conf_dir, from_yaml, load_config
+from raal.errors import ConfigError, StoreError
+
+log = logging.getLogger("raal")
+
+USAGE = """usage: python -m raal.run [conf=NAME] [key=value ...]
+       python -m raal.run run_dir=DIR            (resume the run stored in DIR with its own config)
+
+Runs one active-learning experiment: embeds the pool with the backbone through Ray Data, runs the configured
+pipeline/strategy next to a random baseline, evaluates every round on the test split, writes the run store and an
+HTML report. Without conf= it runs 'demo'. Ray: a private local instance, or the cluster under `ray job submit`.
+"""
+
+
+def help_text() -> str:
+    configs = available_configs()
+    lines = [USAGE, f"configs ({conf_dir()}):", "  " + (", ".join(configs) or "none"), "", "main keys:"]
+    from raal.config import to_dict
+
+    defaults = to_dict(RunConfig())
+    for key in MAIN_KEYS:
+        value = defaults
+        for part in key.split("."):
+            value = value[part]
+        lines.append(f"  {key:<22} default {value!r}")
+    lines.append("\nany other key of raal/config.py works the same way, e.g. asvp.ped.dt=0.5 cost.label_price=0.1")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str]) -> tuple[str | None, list[str]]:
+    name, overrides = None, []
+    for arg in argv:
+        if arg.startswith("conf="):
+            name = arg.split("=", 1)[1]
+        elif arg.startswith("-"):
+            raise ConfigError(f"{arg}: unknown option; use --help, conf=NAME or key=value")
+        else:
+            overrides.append(arg)
+    return name, overrides
+
+
+def resolve_config(argv: list[str]) -> RunConfig:
+    """conf=NAME plus overrides; or, for `run_dir=DIR` with a stored run and no conf=, the stored config."""
+    name, overrides = parse_args(argv)
+    run_dirs = [o.split("=", 1)[1] for o in overrides if o.startswith("run_dir=")]
+    if name is None and run_dirs:
+        from raal.store import RunStore
+
+        store = RunStore(run_dirs[-1])
+        if store.exists("config.yaml"):
+            stored = from_yaml(store.read_text("config.yaml"))
+            others = [o for o in overrides if not o.startswith("run_dir=")]
+            if others:  # apply overrides over the stored config; the resume check judges them
+                from omegaconf import OmegaConf
+
+                from raal.config import parse_overrides
+
+                merged = OmegaConf.merge(OmegaConf.structured(stored), parse_overrides(others))
+                stored = OmegaConf.to_object(merged)
+            stored.run_dir = run_dirs[-1]
+            return stored
+    return load_config(name, overrides)
+
+
+def preflight(cfg: RunConfig) -> None:
+    """Everything that can be wrong with the config or the run dir, checked before Ray starts."""
+    from raal.config import validate_against_pool
+    from raal.data.sources import load_data
+    from raal.pipelines.experiment import arm_specs, check_resume, default_run_dir, pipeline_classes, validate_arms
+    from raal.store import RunStore
+
+    check_resume(RunStore(default_run_dir(cfg)), cfg)
+    validate_arms(arm_specs(cfg), pipeline_classes())
+    validate_against_pool(cfg, len(load_data(cfg.data).pool))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "label":
+        from raal.labeling import main as label_main
+
+        return label_main(argv[1:])
+    if any(a in ("-h", "--help", "help") for a in argv):
+        print(help_text())
+        return 0
+    logging.basicConfig(level=os.environ.get("RAAL_LOG", "INFO"), format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        cfg = resolve_config(argv)
+        preflight(cfg)
+    except (ConfigError, StoreError) as err:
+        print(f"raal: error: {err}", file=sys.stderr)
+        return 2
+    return run(cfg)
+
+
+def run(cfg: RunConfig) -> int:
+    import ray
+
+    from raal.pipelines.experiment import default_run_dir, format_header, format_row, start_driver
+    from raal.raylocal import init_local_ray
+
+    run_dir = default_run_dir(cfg)
+    started_here = not ray.is_initialized()
+    init_local_ray(cfg.ray.num_cpus or None, address=cfg.ray.address or None)
+    t0 = time.perf_counter()
+    try:
+        driver = start_driver(cfg)
+        info = ray.get(driver.prepare.remote())
+        names = info["arms"]
+        print(f"raal: run_dir={run_dir}  pool={info['pool']}  test={info['test']}  arms={', '.join(names)}"
+              f"{'  (resumed at round ' + str(info['completed_rounds']) + ')' if info['resumed'] else ''}")
+        print(f"raal: pre-computed features (v0) in {info['t_pre']:.1f} s")
+        print(format_header(names), flush=True)
+        n = ray.get(driver.num_rounds.remote())
+        for r in range(n):
+            rows = ray.get(driver.run_round.remote(r))
+            print(format_row(r, rows, names), flush=True)
+        finals = ray.get(driver.finalize.remote())
+        for name, res in finals.items():
+            print(f"raal: final model of {name}: {res['method']} on {res['n_labeled']} labels -> "
+                  f"test accuracy {res['accuracy']:.4f}")
+        ray.kill(driver)
+    finally:
+        if started_here:
+            ray.shutdown()
+    if cfg.report and "://" not in run_dir:
+        try:
+            from raal.report import write_report
+
+            print()
+            write_report([run_dir], os.path.join(run_dir, "report"), echo=True)
+        except ImportError:
+            pass
+    print(f"raal: done in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

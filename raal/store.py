@@ -1,0 +1,176 @@
+"""The run store: one directory (local path or any `pyarrow.fs` URI) per run, every write atomic, no pickle.
+
+Atomicity: on a local filesystem a write goes to a temporary file in the same folder, is fsync'ed, then renamed over
+the target (and the folder is fsync'ed), so a reader sees the old or the new file, never half of one. On object stores
+(S3, GCS) a single PUT is already atomic, so the object is written directly.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from raal.errors import StoreError
+
+
+def _resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in uri:
+        fs, path = pafs.FileSystem.from_uri(uri)
+        return fs, path
+    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+
+
+class RunStore:
+    """A folder of run state. `child("arms", "x")` gives a sub-store sharing the same filesystem."""
+
+    def __init__(self, uri: str | os.PathLike, *, _fs: pafs.FileSystem | None = None):
+        uri = str(uri)
+        if _fs is not None:
+            self.fs, self.root = _fs, uri
+        else:
+            self.fs, self.root = _resolve(uri)
+        self.uri = uri
+        self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.fs.create_dir(self.root, recursive=True)
+
+    def __repr__(self) -> str:
+        return f"RunStore({self.root!r})"
+
+    # -- paths ---------------------------------------------------------------------------------------------------
+    def path(self, rel: str = "") -> str:
+        rel = str(rel).strip("/")
+        if ".." in rel.split("/"):
+            raise StoreError(f"store path {rel!r} escapes the run directory")
+        return posixpath.join(self.root, rel) if rel else self.root
+
+    def local_path(self, rel: str = "") -> Path | None:
+        """A real filesystem path (for memory-mapping) when the store is local, else None."""
+        return Path(self.path(rel)) if self.is_local else None
+
+    def local_copy(self, rel: str) -> Path:
+        """A local file with the content of `rel`: the file itself when local, else a cached download."""
+        if self.is_local:
+            return Path(self.path(rel))
+        import hashlib
+
+        dest = Path(tempfile.gettempdir()) / "raal-store-cache" / hashlib.sha256(self.path(rel).encode()).hexdigest()
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_suffix(".part")
+            tmp.write_bytes(self.read_bytes(rel))
+            os.replace(tmp, dest)
+        return dest
+
+    def child(self, *parts: str) -> "RunStore":
+        return RunStore(self.path("/".join(parts)), _fs=self.fs)
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
+
+    def listdir(self, rel: str = "") -> list[str]:
+        info = self.fs.get_file_info(self.path(rel))
+        if info.type != pafs.FileType.Directory:
+            return []
+        entries = self.fs.get_file_info(pafs.FileSelector(self.path(rel), recursive=False))
+        return sorted(posixpath.basename(e.path) for e in entries)
+
+    def delete(self, rel: str) -> None:
+        p = self.path(rel)
+        info = self.fs.get_file_info(p)
+        if info.type == pafs.FileType.Directory:
+            self.fs.delete_dir(p)
+        elif info.type == pafs.FileType.File:
+            self.fs.delete_file(p)
+
+    # -- atomic writes -------------------------------------------------------------------------------------------
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        target = self.path(rel)
+        parent = posixpath.dirname(target)
+        self.fs.create_dir(parent, recursive=True)
+        if not self.is_local:
+            with self.fs.open_output_stream(target) as out:
+                out.write(data)
+            return
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(parent)
+
+    def write_text(self, rel: str, text: str) -> None:
+        self.write_bytes(rel, text.encode("utf-8"))
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        self.write_text(rel, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+    def write_table(self, rel: str, table: pa.Table) -> None:
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        self.write_bytes(rel, buf.getvalue())
+
+    # -- reads ---------------------------------------------------------------------------------------------------
+    def read_bytes(self, rel: str) -> bytes:
+        try:
+            with self.fs.open_input_stream(self.path(rel)) as f:
+                return f.read()
+        except FileNotFoundError as err:
+            raise StoreError(f"{self.path(rel)}: missing from the run store") from err
+
+    def read_text(self, rel: str) -> str:
+        return self.read_bytes(rel).decode("utf-8")
+
+    def read_json(self, rel: str) -> Any:
+        try:
+            return json.loads(self.read_text(rel))
+        except json.JSONDecodeError as err:
+            raise StoreError(f"{self.path(rel)}: corrupt JSON ({err})") from err
+
+    def read_table(self, rel: str) -> pa.Table:
+        try:
+            return pq.read_table(io.BytesIO(self.read_bytes(rel)))
+        except pa.ArrowInvalid as err:
+            raise StoreError(f"{self.path(rel)}: corrupt Parquet ({err})") from err
+
+    def tmp_name(self) -> str:
+        return f".tmp-{uuid.uuid4().hex}"
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")

@@ -1,0 +1,46 @@
+"""Selection strategies: one module each, looked up by name.
+
+    from raal import strategies
+    s = strategies.get("badge")          # s.requires == frozenset({"probs", "embeddings"})
+    picked = s.select(100, labeled_mask=mask, probs=p, embeddings=h, seed=0)
+
+A new strategy is a `Strategy` subclass in its own module plus one entry in `_REGISTRY`; it then gets every contract
+test in tests/test_strategies.py.
+"""
+from __future__ import annotations
+
+from raal.strategies.activeft import ActiveFT
+from raal.strategies.activeft_al import ActiveFTAL
+from raal.strategies.badge import Badge
+from raal.strategies.base import Strategy
+from raal.strategies.confidence import LeastConfidence
+from raal.strategies.coreset import CoreSet
+from raal.strategies.entropy import Entropy
+from raal.strategies.featdist import FeatDist
+from raal.strategies.margin import Margin
+from raal.strategies.random_sampling import RandomSampling
+
+_REGISTRY: dict[str, type[Strategy]] = {cls.name: cls for cls in (
+    RandomSampling, Margin, LeastConfidence, Entropy, CoreSet, Badge, ActiveFT, ActiveFTAL, FeatDist)}
+_DEFAULTS: dict[str, Strategy] = {}
+
+__all__ = ["Strategy", "get", "names"]
+
+
+def names() -> list[str]:
+    """Sorted names of all strategies."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str, **options) -> Strategy:
+    """The strategy called `name`; with options (e.g. iterations=100 for activeft) a new instance using them."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown strategy {name!r}; known: {', '.join(names())}")
+    if options:
+        try:
+            return _REGISTRY[name](**options)
+        except TypeError as e:
+            raise ValueError(f"strategy {name!r}: bad option in {sorted(options)} ({e})") from None
+    if name not in _DEFAULTS:
+        _DEFAULTS[name] = _REGISTRY[name]()
+    return _DEFAULTS[name]

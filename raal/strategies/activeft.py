@@ -1,0 +1,206 @@
+"""ActiveFT (Xie et al., CVPR 2023), single shot: move B centroids to match the pool's feature distribution, then
+map each to its nearest unused item (algorithms.md §5.2, decisions.md §5).
+
+The loss is the reference code's, not the paper's formula. With f_i the L2-normalised features, theta_j = c_j/|c_j|,
+s_i = max_j f_i.theta_j / tau (argmax a_i) and S_j = sum_k exp(sg(theta_k).theta_j / tau) (k = j included):
+L = -(1/n) sum_i [s_i - ln(exp(s_i) + lambda S_{a_i})], minimised with Adam (lr 1e-3) on the unconstrained c.
+
+Why it is fast without changing the result:
+- The gradient is written out (checked against autograd in the tests). Only the winning centroid of each item gets
+  gradient from it, so the backward pass is a sparse scatter (N x D), not a second N x B x D product.
+- The N x B argmax is not recomputed every step. Each item keeps its winner, the exact winning similarity (one row
+  dot per step) and an upper bound on its runner-up similarity that grows by the largest centroid move of each
+  step (|f.(theta' - theta)| <= |theta' - theta| for a unit f). Only items whose winner may have changed are searched
+  again (faiss, top-2). The assignment is therefore the exact argmax at every step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from raal.index import chunk_rows, iter_slices, knn, read_rows
+from raal.strategies.base import Pool, Strategy
+
+BOUND_SLACK = 1e-4  # covers float32 rounding of the similarities in the keep-the-winner test
+ROW_CHUNK = 8192
+
+
+@dataclass(frozen=True)
+class ActiveFTConfig:
+    iterations: int = 300
+    batch: int = 100_000  # full batch when N <= batch, else a fresh random minibatch of this size per step
+    lr: float = 1e-3
+    tau: float = 0.07
+    balance: float = 1.0  # lambda
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def __post_init__(self):
+        if self.iterations < 0 or self.batch < 1:
+            raise ValueError(f"ActiveFT needs iterations >= 0 and batch >= 1, got {self.iterations}, {self.batch}")
+        if not (self.lr > 0 and self.tau > 0 and self.balance > 0):
+            raise ValueError(f"ActiveFT needs lr, tau and balance > 0, got {self.lr}, {self.tau}, {self.balance}")
+
+
+class _Adam:
+    """torch.optim.Adam's update (no weight decay, no amsgrad), on a numpy array in place."""
+
+    def __init__(self, shape, lr: float, betas: tuple[float, float], eps: float):
+        self.m = np.zeros(shape, dtype=np.float32)
+        self.v = np.zeros(shape, dtype=np.float32)
+        self.lr, (self.b1, self.b2), self.eps, self.t = lr, betas, eps, 0
+
+    def step(self, param: np.ndarray, grad: np.ndarray) -> None:
+        self.t += 1
+        self.m *= self.b1
+        self.m += (1 - self.b1) * grad
+        self.v *= self.b2
+        self.v += (1 - self.b2) * grad * grad
+        denom = np.sqrt(self.v) / np.float32(np.sqrt(1 - self.b2 ** self.t)) + np.float32(self.eps)
+        param -= np.float32(self.lr / (1 - self.b1 ** self.t)) * self.m / denom
+
+
+def _normalize_rows(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n = np.sqrt(np.einsum("ij,ij->i", c, c))
+    n = np.maximum(n, np.float32(1e-12))
+    return c / n[:, None], n
+
+
+def _row_dots(f: np.ndarray, theta: np.ndarray, assign: np.ndarray) -> np.ndarray:
+    """f_i . theta_{assign_i} for every row, in cache-sized chunks (no N x D gather at once)."""
+    out = np.empty(len(f), dtype=np.float32)
+    for s, e in iter_slices(len(f), ROW_CHUNK):
+        out[s:e] = np.einsum("ij,ij->i", f[s:e], theta[assign[s:e]])
+    return out
+
+
+def loss_and_grad(f: np.ndarray, theta: np.ndarray, n_fixed: int, c_norm: np.ndarray, assign: np.ndarray,
+                  sim: np.ndarray, cfg: ActiveFTConfig) -> tuple[float, np.ndarray]:
+    """Loss (up to the constant of items won by fixed centroids) and its gradient w.r.t. the trainable raw c.
+
+    theta: all centroids, normalised, fixed ones first; assign/sim: exact winner and winning cosine per row of f.
+    """
+    n = len(f)
+    tau = cfg.tau
+    theta_tr = theta[n_fixed:]
+    b = len(theta_tr)
+    ssum = np.empty(b, dtype=np.float64)
+    e_theta = np.empty_like(theta_tr)
+    for s, e in iter_slices(b, max(1, chunk_rows(len(theta), 32 << 20))):
+        ex = np.exp(theta_tr[s:e] @ theta.T / np.float32(tau))  # (group, K): <= e^(1/tau), fine in float32
+        ssum[s:e] = ex.sum(axis=1, dtype=np.float64)
+        e_theta[s:e] = ex @ theta
+    mine = assign >= n_fixed
+    rows = np.flatnonzero(mine)
+    j = assign[rows] - n_fixed
+    z = np.log(cfg.balance) + np.log(ssum[j]) - sim[rows].astype(np.float64) / tau
+    w = 0.5 * (1.0 + np.tanh(0.5 * z))  # sigmoid(z) = lambda S / (e^s + lambda S), overflow-free
+    loss = float(np.logaddexp(0.0, z).sum() / n)
+    pull = sp.csr_matrix((w.astype(np.float32), (j, rows)), shape=(b, n)) @ f  # sum_{i won by j} w_i f_i
+    push = np.bincount(j, weights=w / ssum[j], minlength=b)  # sum_{i won by j} lambda / (e^s_i + lambda S_j)
+    g_theta = (push[:, None].astype(np.float32) * e_theta - pull) / np.float32(tau * n)
+    radial = np.einsum("ij,ij->i", theta_tr, g_theta)
+    return loss, (g_theta - theta_tr * radial[:, None]) / c_norm[:, None]
+
+
+def optimise_centroids(x: np.ndarray, init_rows: np.ndarray, cfg: ActiveFTConfig, rng: np.random.Generator, *,
+                       fixed_rows: np.ndarray | None = None) -> tuple[np.ndarray, list[float]]:
+    """Run ActiveFT's optimisation; returns the normalised trainable centroids (in init order) and the losses.
+
+    `init_rows` seed the trainable centroids; `fixed_rows` (ActiveFT(al), §5.3) are extra centroids that compete for
+    items and repel, but do not move. Features are the L2-normalised rows of `x`, read in chunks.
+    """
+    n, dim = x.shape
+    fixed_rows = np.zeros(0, dtype=np.int64) if fixed_rows is None else np.asarray(fixed_rows, dtype=np.int64)
+    n_fixed = len(fixed_rows)
+    theta = np.empty((n_fixed + len(init_rows), dim), dtype=np.float32)
+    if n_fixed:
+        theta[:n_fixed] = read_rows(x, 0, n_fixed, fixed_rows, normalize=True)
+    c = read_rows(x, 0, len(init_rows), np.asarray(init_rows, dtype=np.int64), normalize=True).copy()
+    theta[n_fixed:], c_norm = _normalize_rows(c)
+    full = n <= cfg.batch
+    feats = None
+    if full:
+        feats = np.empty((n, dim), dtype=np.float32)
+        for s, e in iter_slices(n, chunk_rows(dim)):
+            feats[s:e] = read_rows(x, s, e, normalize=True)
+    # per item: winner, upper bound on the runner-up's cosine, and the cumulative drift when that bound was set
+    winner = np.full(n, -1, dtype=np.int64)
+    second = np.full(n, np.inf, dtype=np.float32)
+    stamp = np.zeros(n, dtype=np.float64)
+    drift = 0.0
+    adam = _Adam(c.shape, cfg.lr, cfg.betas, cfg.eps)
+    losses: list[float] = []
+    k2 = min(2, len(theta))
+    for _ in range(cfg.iterations):
+        if full:
+            rows, f = None, feats
+            a, bound, st = winner, second, stamp
+        else:
+            rows = np.sort(rng.choice(n, size=cfg.batch, replace=False))
+            f = read_rows(x, 0, len(rows), rows, normalize=True)
+            a, bound, st = winner[rows], second[rows], stamp[rows]
+        known = a >= 0
+        sim = _row_dots(f, theta, np.where(known, a, 0))
+        redo = np.flatnonzero(~known | (sim <= bound + (drift - st) + BOUND_SLACK))
+        if len(redo):
+            d, i = knn(f, theta, k2, metric="ip", query_rows=redo, use_gpu=False)
+            a[redo], sim[redo] = i[:, 0], d[:, 0]
+            bound[redo] = d[:, 1] if k2 == 2 else -np.inf
+            st[redo] = drift
+        if not full:
+            winner[rows], second[rows], stamp[rows] = a, bound, st
+        loss, grad = loss_and_grad(f, theta, n_fixed, c_norm, a, sim, cfg)
+        losses.append(loss)
+        adam.step(c, grad)
+        old = theta[n_fixed:].copy()
+        theta[n_fixed:], c_norm = _normalize_rows(c)
+        drift += float(np.sqrt(np.einsum("ij,ij->i", theta[n_fixed:] - old, theta[n_fixed:] - old).max()))
+    return theta[n_fixed:].copy(), losses
+
+
+def map_to_items(x: np.ndarray, centroids: np.ndarray, exclude: np.ndarray) -> np.ndarray:
+    """For each centroid in order, the most cosine-similar item not yet taken and not excluded (§5.2 mapping).
+
+    Always returns len(centroids) distinct items. Searches the top k items per centroid with faiss and doubles k only
+    for the centroids that ran out (e.g. many identical centroids, T-F1).
+    """
+    cand = np.flatnonzero(~exclude)
+    b = len(centroids)
+    taken = np.zeros(len(x), dtype=bool)
+    out = np.empty(b, dtype=np.int64)
+    k = min(len(cand), 16)
+    j0 = 0
+    while j0 < b:
+        _, ids = knn(centroids, x, k, metric="ip", query_rows=np.arange(j0, b), base_rows=cand, normalize=True)
+        for j in range(j0, b):
+            row = ids[j - j0]
+            free = row[~taken[row]]
+            if not len(free):
+                break
+            out[j] = free[0]
+            taken[free[0]] = True
+            j0 = j + 1
+        k = min(len(cand), 2 * k)
+    return out
+
+
+class ActiveFT(Strategy):
+    """Single-shot ActiveFT: B = budget centroids seeded on random unlabeled items, optimised over the whole pool's
+    features (300 full-batch steps up to 100,000 items, minibatches of 100,000 beyond), mapped to distinct
+    unlabeled items. Returned in centroid order."""
+
+    name = "activeft"
+    requires = frozenset({"embeddings"})
+
+    def __init__(self, iterations: int = 300, batch: int = 100_000, lr: float = 1e-3, tau: float = 0.07,
+                 balance: float = 1.0):
+        self.cfg = ActiveFTConfig(iterations=int(iterations), batch=int(batch), lr=lr, tau=tau, balance=balance)
+
+    def _select(self, budget: int, pool: Pool, *, probs, embeddings, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        init = rng.choice(pool.unlabeled, size=budget, replace=False)
+        theta, _ = optimise_centroids(embeddings, init, self.cfg, rng)
+        return map_to_items(embeddings, theta, pool.labeled)

@@ -1,0 +1,23 @@
+"""Entropy sampling: query the items with the most uncertain softmax (algorithms.md §8, decisions.md §5)."""
+from __future__ import annotations
+
+import numpy as np
+
+from raal.strategies.base import Pool, Strategy, row_scores, top_by_score
+
+P_MIN = 1e-12  # p is clamped here inside the log, so 0 * ln 0 counts as 0 instead of NaN (ASVP's code has no clamp)
+
+
+def entropies(block: np.ndarray) -> np.ndarray:
+    p = block.astype(np.float64)
+    return -np.einsum("ij,ij->i", p, np.log(np.maximum(p, P_MIN)))
+
+
+class Entropy(Strategy):
+    """Descending -sum_c p_c ln max(p_c, 1e-12) over the unlabeled items; ties go to the lower index."""
+
+    name = "entropy"
+    requires = frozenset({"probs"})
+
+    def _select(self, budget: int, pool: Pool, *, probs, embeddings, seed: int) -> np.ndarray:
+        return top_by_score(row_scores(probs, pool.unlabeled, entropies), pool.unlabeled, budget, largest=True)

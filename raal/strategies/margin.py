@@ -1,0 +1,24 @@
+"""Margin sampling: query the items whose top-2 softmax probabilities are closest (algorithms.md §8)."""
+from __future__ import annotations
+
+import numpy as np
+
+from raal.strategies.base import Pool, Strategy, row_scores, top_by_score
+
+
+def margins(block: np.ndarray) -> np.ndarray:
+    """p(1) - p(2) per row: the two largest entries found by a partial sort (no full sort of C columns)."""
+    c = block.shape[1]
+    top2 = np.partition(block, c - 2, axis=1)[:, c - 2:].astype(np.float64)
+    return np.abs(top2[:, 1] - top2[:, 0])
+
+
+class Margin(Strategy):
+    """Ascending p(1) - p(2) over the unlabeled items; ties go to the lower index."""
+
+    name = "margin"
+    requires = frozenset({"probs"})
+    min_classes = 2
+
+    def _select(self, budget: int, pool: Pool, *, probs, embeddings, seed: int) -> np.ndarray:
+        return top_by_score(row_scores(probs, pool.unlabeled, margins), pool.unlabeled, budget, largest=False)

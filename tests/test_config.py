@@ -1,0 +1,77 @@
+"""Config errors stop before any work: exit code 2 and one line naming the key."""
+import subprocess
+import sys
+
+import pytest
+
+from raal.config import ConfigError, load_config, parse_schedule, validate_against_pool
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_schedule_parses_paper_notation():
+    assert parse_schedule("[200]*10+[500]*8") == [200] * 10 + [500] * 8
+    assert parse_schedule("[100, 50]+[7]") == [100, 50, 7]
+    assert parse_schedule("") == []
+
+
+@pytest.mark.parametrize("text", ["[200]*x", "__import__('os')", "[1]*2*3", "200*10"])
+def test_schedule_rejects_anything_else(text):
+    with pytest.raises(ConfigError, match="al.schedule"):
+        parse_schedule(text)
+
+
+def test_demo_loads_with_overrides():
+    cfg = load_config("demo", ["al.seed=3", "proxy.lr=0.1", "data.pool_size=500"])
+    assert cfg.al.seed == 3 and cfg.proxy.lr == 0.1 and cfg.data.pool_size == 500
+    assert cfg.al.strategy == "margin"
+
+
+@pytest.mark.parametrize("override, key", [
+    (["al.stratgy=margin"], "al.stratgy"),           # unknown key
+    (["al.seed=abc"], "al.seed"),                    # wrong type
+    (["al.strategy=magic"], "al.strategy"),          # unknown strategy
+    (["al.schedule=[-5]*2"], "al.schedule"),         # negative query size
+    (["al.initial=-1"], "al.initial"),
+    (["data.source=ftp"], "data.source"),
+    (["train.method=sgd"], "train.method"),
+    (["justaword"], "justaword"),                    # malformed override
+])
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config("demo", override)
+    msg = str(err.value)
+    assert key in msg and "\n" not in msg
+
+
+def test_missing_config_lists_the_available_ones():
+    with pytest.raises(ConfigError, match="conf=nope.*demo"):
+        load_config("nope")
+
+
+def test_budget_larger_than_pool():
+    cfg = load_config("demo", ["al.initial=100", "al.schedule=[500]*3"])
+    validate_against_pool(cfg, 1600)
+    with pytest.raises(ConfigError, match="budget.*1600.*larger than the pool \\(1000"):
+        validate_against_pool(cfg, 1000)
+
+
+@pytest.mark.parametrize("args, key", [
+    (["conf=demo", "al.stratgy=margin"], "al.stratgy"),
+    (["conf=nope"], "conf=nope"),
+    (["conf=demo", "data.pool_size=300", "al.schedule=[1000]*2"], "budget"),
+    (["conf=demo", "al.strategy=magic"], "al.strategy"),
+])
+def test_cli_exits_2_with_one_line(args, key, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "raal.run", *args, f"run_dir={tmp_path / 'r'}"],
+                          capture_output=True, text=True, timeout=100)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and key in lines[0], proc.stderr
+    assert not (tmp_path / "r" / "arms").exists()  # no work done
+
+
+def test_cli_help_lists_configs_and_keys():
+    proc = subprocess.run([sys.executable, "-m", "raal.run", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    assert "demo" in proc.stdout and "al.strategy" in proc.stdout and "al.schedule" in proc.stdout

@@ -1,0 +1,244 @@
+"""The Ray Data embedding pass and pool scoring (local Ray, CPU, tiny images).
+
+Features must equal a plain single-process forward pass of the same model; ids keep the ImageSet's order; a pass
+killed with SIGKILL resumes writing each missing shard once; a corrupt shard is recomputed; a refresh writes v1
+beside v0; `file://` stores work; the pass also runs inside an actor holding num_cpus=0; pool scoring through the
+actor pool equals in-process scoring.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from raal.config import DataConfig, EmbedConfig, ModelConfig
+from raal.data import ImageTransform, load_data
+from raal.embed import embed_images, plan_actors
+from raal.features import FeatureStore
+from raal.models.backbones import build_backbone
+from raal.store import RunStore
+
+pytestmark = pytest.mark.timeout(150)
+
+REPO = Path(__file__).resolve().parent.parent
+SIZE = 32
+POOL = 96
+CFG = EmbedConfig(batch_size=16, shard_rows=16)  # 6 shards, actors from the free CPUs (2 here)
+ONE = EmbedConfig(batch_size=16, shard_rows=16, num_actors=1)  # later passes: one actor starts faster
+MODEL = ModelConfig()
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return load_data(DataConfig(pool_size=POOL, test_size=50)).pool
+
+
+@pytest.fixture(scope="module")
+def transform():
+    return ImageTransform(size=SIZE)
+
+
+def plain_forward(images, transform, state_dict=None):
+    """The reference: one process, one model, no Ray."""
+    model = build_backbone(MODEL, state_dict)
+    x = torch.from_numpy(transform({"image": images.columns["image"]}))
+    with torch.no_grad():
+        f = model.features(x)
+        return f.numpy(), model.head(f).numpy()
+
+
+@pytest.fixture(scope="module")
+def reference(pool, transform):
+    return plain_forward(pool, transform)
+
+
+@pytest.fixture(scope="module")
+def v0(ray_local, pool, transform, tmp_path_factory):
+    """v0 of the pool through a `file://` URI store."""
+    root = tmp_path_factory.mktemp("embed") / "run"
+    fs = FeatureStore(RunStore(f"file://{root}"))
+    fset = embed_images(pool, model_cfg=MODEL, transform=transform, store=fs, version=0, split="pool",
+                        embed_cfg=CFG, progress=False)
+    return root, fs, fset
+
+
+def test_plan_actors_fits_two_cpus(ray_local):
+    free = ray_local.available_resources().get("CPU", 0)
+    p = plan_actors("cpu", 2)
+    assert p.device == "cpu" and p.actors == 2 and p.num_gpus == 0
+    assert p.actors * p.num_cpus <= max(0.0, free - 1.0) + 1e-9  # one CPU stays free for upstream tasks
+    assert plan_actors("auto", 0).device == "cpu"  # no GPU here
+    with pytest.raises(ValueError, match="no GPU"):
+        plan_actors("cuda", 0)
+    with pytest.raises(ValueError, match="embed.device"):
+        plan_actors("tpu", 0)
+
+
+def test_features_equal_plain_forward_ids_in_order(v0, pool, reference):
+    root, fs, fset = v0
+    feats, logits = reference
+    np.testing.assert_array_equal(fset.ids, pool.ids)
+    assert fset.features.shape == (POOL, 1280) and fset.logits.shape == (POOL, 1000)
+    np.testing.assert_allclose(np.asarray(fset.features), feats, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(fset.logits), logits, atol=1e-5, rtol=0)
+    m = fset.manifest
+    assert m["complete"] and m["version"] == 0 and m["split"] == "pool" and m["rows"] == POOL
+    assert m["weights_id"].startswith("imagenet-offline:") and m["transform"]["size"] == SIZE
+    assert m["num_shards"] == 6 and len(m["shards"]) == 6 and m["last_pass"]["computed_shards"] == list(range(6))
+    assert (root / "features/v0/pool/features.f32").stat().st_size == POOL * 1280 * 4
+    # a second call finds the set complete and computes nothing (the manifest is not even rewritten)
+    stamp = (root / "features/v0/pool/manifest.json").stat().st_mtime_ns
+    again = embed_images(pool, model_cfg=MODEL, transform=ImageTransform(size=SIZE), store=fs, version=0,
+                         split="pool", embed_cfg=CFG, progress=False)
+    assert again.manifest["last_pass"]["computed_shards"] == list(range(6))
+    assert (root / "features/v0/pool/manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_refresh_writes_v1_beside_v0(v0, pool, transform, reference, tmp_path):
+    root, fs, fset0 = v0
+    tuned = build_backbone(MODEL)
+    with torch.no_grad():  # a "fine-tuned" backbone: the last conv layer perturbed
+        for name, p in tuned.named_parameters():
+            if name.startswith("trunk.features.18"):
+                p.mul_(1.5)
+    sd = {k.replace("trunk.", "", 1).replace("head.", "classifier.1.", 1): v for k, v in tuned.state_dict().items()}
+    path = tmp_path / "tuned.pt"
+    torch.save(sd, path)
+    fset1 = embed_images(pool, model_cfg=MODEL, transform=transform, store=fs, version=1, split="pool",
+                         embed_cfg=ONE, state_dict_path=str(path), progress=False)
+    feats1, _ = plain_forward(pool, transform, sd)
+    np.testing.assert_allclose(np.asarray(fset1.features), feats1, atol=1e-5, rtol=0)
+    assert not np.allclose(feats1, reference[0], atol=1e-3)
+    assert fset1.manifest["weights_id"].startswith("state_dict:")
+    assert fs.versions() == [0, 1] and fs.latest("pool") == 1
+    np.testing.assert_allclose(np.asarray(fs.open(0, "pool").features), reference[0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(fs.open(1, "pool").features), feats1, atol=1e-5, rtol=0)
+
+
+def test_corrupt_shard_is_recomputed(v0, pool, transform, reference, tmp_path):
+    root, _, _ = v0
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    shard = copy / "features/v0/pool/shards/000002.features.f32"
+    raw = bytearray(shard.read_bytes())
+    raw[1000] ^= 0x55
+    shard.write_bytes(bytes(raw))
+    (copy / "features/v0/pool/features.f32").unlink()  # no intact consolidated copy to fall back on
+    fs = FeatureStore(RunStore(copy))
+    before = {k: os.stat(copy / f"features/v0/pool/shards/{k:06d}.features.f32").st_ino for k in (0, 1, 3, 4, 5)}
+    fset = embed_images(pool, model_cfg=MODEL, transform=transform, store=fs, version=0, split="pool",
+                        embed_cfg=ONE, progress=False)
+    assert fset.manifest["last_pass"]["computed_shards"] == [2]
+    assert before == {k: os.stat(copy / f"features/v0/pool/shards/{k:06d}.features.f32").st_ino for k in before}
+    np.testing.assert_allclose(np.asarray(fset.features), reference[0], atol=1e-5, rtol=0)
+
+
+KILLED_PASS = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {repo!r})  # Ray hands the driver's sys.path to this job's workers
+    import ray
+    ray.init(address=sys.argv[1], log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    from raal.config import DataConfig, EmbedConfig, ModelConfig
+    from raal.data import ImageTransform, load_data
+    from raal.embed import embed_images
+    from raal.features import FeatureStore
+    from raal.store import RunStore
+    pool = load_data(DataConfig(pool_size={pool}, test_size=50)).pool
+    embed_images(pool, model_cfg=ModelConfig(), transform=ImageTransform(size={size}),
+                 store=FeatureStore(RunStore(sys.argv[2])), version=0, split="pool",
+                 embed_cfg=EmbedConfig(batch_size=16, shard_rows=16, num_actors=1), progress=False,
+                 on_shard=lambda k: time.sleep(1.0))  # slow commits, so the kill lands mid-pass
+    print("FINISHED")
+""")
+
+
+def test_resume_after_sigkill_writes_each_shard_once(ray_local, pool, transform, reference, tmp_path):
+    script = tmp_path / "killed_pass.py"
+    script.write_text(KILLED_PASS.format(pool=POOL, size=SIZE, repo=str(REPO)))
+    run = tmp_path / "run"
+    shards = run / "features/v0/pool/shards"
+    env = dict(os.environ, PYTHONPATH=str(REPO), RAY_AUTH_MODE="disabled")
+    gcs = ray_local.get_runtime_context().gcs_address
+    proc = subprocess.Popen([sys.executable, str(script), gcs, str(run)], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and proc.poll() is None:
+            if len(list(shards.glob("*.json"))) >= 2:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done = sorted(int(p.name[:6]) for p in shards.glob("*.json"))
+    assert 2 <= len(done) < 6 and not (run / "features/v0/pool/manifest.json").exists()
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shards.iterdir() if p.name[:6].isdigit()
+              and int(p.name[:6]) in done}
+    deadline = time.time() + 30  # let Ray reclaim the killed driver's actors
+    while ray_local.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    fset = embed_images(pool, model_cfg=MODEL, transform=transform, store=FeatureStore(RunStore(run)), version=0,
+                        split="pool", embed_cfg=ONE, progress=False)
+    assert fset.manifest["last_pass"]["computed_shards"] == sorted(set(range(6)) - set(done))
+    after = {name: (shards / name).stat() for name in before}
+    assert {n: (s.st_ino, s.st_mtime_ns) for n, s in after.items()} == before  # committed shards untouched
+    np.testing.assert_array_equal(fset.ids, pool.ids)
+    np.testing.assert_allclose(np.asarray(fset.features), reference[0], atol=1e-5, rtol=0)
+
+
+def test_pass_runs_inside_an_actor_with_zero_cpus(ray_local, pool, transform, reference, tmp_path):
+    class Driver:  # defined locally so Ray ships it by value to the worker
+        def run(self, images, transform, root):
+            fset = embed_images(images, model_cfg=ModelConfig(), transform=transform,
+                                store=FeatureStore(RunStore(root)), version=0, split="test",
+                                embed_cfg=EmbedConfig(batch_size=16, shard_rows=32, num_actors=1), progress=False)
+            return fset.ids.copy(), np.asarray(fset.features).copy()
+
+    actor = ray_local.remote(num_cpus=0)(Driver).remote()
+    sub = pool  # any ImageSet works; the split name is the caller's
+    ids, feats = ray_local.get(actor.run.remote(sub, transform, str(tmp_path / "run")), timeout=120)
+    ray_local.kill(actor)
+    np.testing.assert_array_equal(ids, pool.ids)
+    np.testing.assert_allclose(feats, reference[0], atol=1e-5, rtol=0)
+
+
+def test_score_pool_actor_path_equals_in_process(v0, tmp_path):
+    from raal.proxy import ProxyMLP, predict, proxy_state_dict
+    from raal.scoring import score_pool
+
+    _, fs, fset = v0
+    torch.manual_seed(0)
+    proxy = ProxyMLP(1280, 10).eval()
+    with torch.no_grad():
+        proxy.bn.running_mean.normal_()
+        proxy.bn.running_var.uniform_(0.5, 2.0)
+    expected = predict(proxy, np.asarray(fset.features), batch_size=64)
+    small = score_pool(proxy, fset, in_process_below=10_000, device="cpu", progress=False)
+    assert small.manifest["in_process"]
+    big = score_pool(proxy_state_dict(proxy), fset, in_process_below=0, device="cpu", batch_size=64, num_actors=1,
+                     progress=False)
+    assert isinstance(big.probs, np.memmap) and big.manifest["kind"] == "scores"
+    np.testing.assert_array_equal(big.ids, fset.ids)
+    for name in ("probs", "embeddings"):
+        np.testing.assert_allclose(small[name], expected[name], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(np.asarray(big[name]), expected[name], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(big.probs).sum(1), 1.0, atol=1e-5)
+    assert big.manifest["last_pass"]["computed_shards"] == list(range(6))
+    again = score_pool(proxy, fset, in_process_below=0, device="cpu", progress=False)  # same proxy: nothing to do
+    assert again.manifest["last_pass"]["computed_shards"] == list(range(6))
+    assert fs.open_scores("v0-pool").manifest["proxy_sha256"] == big.manifest["proxy_sha256"]
+    with pytest.raises(ValueError, match="N×1280"):
+        score_pool(proxy, np.zeros((4, 7), np.float32))

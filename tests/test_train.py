@@ -1,0 +1,164 @@
+"""FT / LP-FT / LoRA as Ray Train jobs on a private local Ray (2 CPUs), tiny real Animal-MNIST data.
+
+Three fits (~25 s fixed cost each): a 2-worker FT that must beat chance and whose saved weights must reproduce the
+job's test accuracy; a 1-worker LP-FT whose rank 0 dies once mid-training and must resume to the same step count
+(T-LP1/T-LP2 checked on the job's own digests); a LoRA job on a tiny ViT whose merged weights load as a plain model.
+"""
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from raal.config import DataConfig, LoraConfig, ModelConfig, TrainConfig
+from raal.data.sources import load_data
+from raal.data.transforms import ImageTransform
+from raal.models.backbones import build_backbone
+from raal.models.lora import small_vit_backbone
+from raal.train import (CRASH_ENV, _build_classifier, check_train_images, finetune, finetune_lora,
+                        random_resized_crop_flip, rank_order, state_digest, worker_resources)
+
+pytestmark = pytest.mark.timeout(240)
+
+SIZE = 32
+TRANSFORM = ImageTransform(size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_data(DataConfig(pool_size=300, test_size=200))
+
+
+def labeled(data, n: int) -> dict:
+    batch = data.pool.take(np.arange(n))
+    batch["label"] = np.asarray([data.truth[int(i)] for i in batch["id"]], dtype=np.int64)
+    return batch
+
+
+@torch.no_grad()
+def accuracy_of(trunk: nn.Module, head_state: dict, test) -> float:
+    """Re-score the test split in this process with the saved weights."""
+    head = nn.Linear(head_state["weight"].shape[1], head_state["weight"].shape[0])
+    head.load_state_dict(head_state)
+    trunk.eval()
+    x = torch.from_numpy(TRANSFORM(test.take(np.arange(len(test)))))
+    pred = head(trunk(x)).argmax(1).numpy()
+    return float((pred == test.labels).mean())
+
+
+# ------------------------------------------------------------------------------------------------ no Ray needed
+def test_rank_order_partitions_one_global_permutation():
+    rng = np.random.default_rng(0)
+    for n, world in [(300, 2), (7, 3), (10, 1)]:
+        parts = [rank_order(n, world, r, np.random.default_rng(5)) for r in range(world)]
+        assert len({len(p) for p in parts}) == 1 and len(parts[0]) == -(-n // world)
+        assert set(np.concatenate(parts)) == set(range(n))  # nothing dropped; padding repeats rows
+    labels = np.r_[np.zeros(900, int), np.ones(100, int)]
+    draw = np.concatenate([rank_order(1000, 1, 0, rng, labels) for _ in range(20)])
+    share = (labels[draw] == 1).mean()
+    assert 0.47 < share < 0.53  # class-balanced: the 10 % class is drawn half the time
+
+
+def test_augmentation_identity_flip_and_shape():
+    x = torch.randn(6, 3, 16, 16)
+    g = torch.Generator().manual_seed(0)
+    same = random_resized_crop_flip(x, g, scale=(1, 1), ratio=(1, 1), flip=False)
+    torch.testing.assert_close(same, x, atol=1e-5, rtol=0)
+    flipped = random_resized_crop_flip(x, g, scale=(1, 1), ratio=(1, 1), flip=True)
+    for i in range(6):
+        assert min(float((flipped[i] - x[i]).abs().max()), float((flipped[i] - x[i].flip(-1)).abs().max())) < 1e-5
+    a = random_resized_crop_flip(x, torch.Generator().manual_seed(3))
+    b = random_resized_crop_flip(x, torch.Generator().manual_seed(3))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.allclose(a, x)
+
+
+def test_bad_train_images_are_value_errors(data):
+    good = labeled(data, 10)
+    check_train_images(good, 10)
+    with pytest.raises(ValueError, match="image column"):
+        check_train_images({"id": good["id"], "label": good["label"]}, 10)
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        check_train_images(good | {"label": good["label"] + 5}, 3)
+    with pytest.raises(ValueError, match="unique"):
+        check_train_images(good | {"id": np.zeros(10, np.int64)}, 10)
+    with pytest.raises(ValueError, match="at least 2"):
+        check_train_images({k: v[:1] for k, v in good.items()}, 10)
+
+
+def test_worker_cpus_fit_two_cpus(ray_local):
+    free = ray_local.available_resources()["CPU"]
+    workers, cpus = worker_resources(TrainConfig(num_workers=2, cpus_per_worker=1.0), 300)
+    assert workers == 2 and workers * cpus <= 0.9 * free + 1e-9
+    assert worker_resources(TrainConfig(num_workers=4), 5) [0] == 2  # each rank needs >= 2 rows (BatchNorm)
+    assert worker_resources(TrainConfig(num_workers=1, cpus_per_worker=0.5), 300) == (1, 0.5)
+
+
+# ------------------------------------------------------------------------------------------------ Ray Train fits
+def test_two_worker_ft_beats_chance_and_saved_weights_reproduce_it(ray_local, data, tmp_path):
+    tc = TrainConfig(method="ft", lp_epochs=1, epochs=5, head_lr=0.01, backbone_lr=0.01, milestones=[100],
+                     batch_size=64, eval_batch_size=128, augment=False, num_workers=2)
+    res = finetune(labeled(data, 300), data.test, num_classes=10, model_cfg=ModelConfig(), train_cfg=tc,
+                   transform=TRANSFORM, method="ft", storage_path=str(tmp_path), name="ft2")
+    assert res.num_workers == 2 and res.epochs == 6
+    assert res.steps == 6 * 5  # 150 rows per rank in batches of 32
+    assert res.accuracy >= 0.3, res.accuracy  # chance is 0.1
+    assert res.lp_accuracy is None and res.restarts == 0
+    assert len(res.epoch_times) == 6 and 0 < sum(res.epoch_times) < res.wall_time
+    backbone = build_backbone(ModelConfig(), state_dict=torch.load(res.backbone_path, weights_only=True))
+    assert abs(accuracy_of(backbone.trunk, res.head_state, data.test) - res.accuracy) <= 0.011
+    saved = json.loads((tmp_path / "ft2" / "train_result.json").read_text())
+    assert saved["steps"] == res.steps and saved["accuracy"] == res.accuracy
+    with pytest.raises(ValueError, match="other inputs"):  # same folder, different job: refused before any work
+        finetune(labeled(data, 300), data.test, num_classes=10, model_cfg=ModelConfig(), train_cfg=tc,
+                 transform=TRANSFORM, method="ft", storage_path=str(tmp_path), name="ft2", seed=1)
+
+
+def test_lpft_worker_killed_mid_training_resumes_t_lp1_t_lp2(ray_local, data, tmp_path, monkeypatch):
+    marker = tmp_path / "crashed.txt"
+    monkeypatch.setenv(CRASH_ENV, f"3:{marker}")  # rank 0 exits at the start of epoch index 3 (inside FT)
+    tc = TrainConfig(method="lpft", lp_epochs=2, epochs=2, lp_lr=0.1, head_lr=0.01, backbone_lr=0.01,
+                     milestones=[1], batch_size=64, augment=True, num_workers=1, max_failures=2)
+    res = finetune(labeled(data, 128), data.test, num_classes=10, model_cfg=ModelConfig(), train_cfg=tc,
+                   transform=TRANSFORM, method="lpft", storage_path=str(tmp_path), name="lpft-crash", seed=3)
+    assert marker.exists() and res.restarts == 1
+    assert res.steps == 4 * 2 and res.epochs == 4  # 128 rows in batches of 64, the same as without the crash
+    epochs = [e["epoch"] for e in res.log if "stage" in e]
+    assert epochs == [1, 2, 3, 4]
+    resume = [e for e in res.log if e.get("event") == "resume"]
+    # normally the epoch-3 checkpoint; the controller may not have registered it before the worker died
+    assert len(resume) == 1 and resume[0]["epoch"] in (2, 3) and resume[0]["step"] == 2 * resume[0]["epoch"]
+    start = next(e for e in res.log if e.get("event") == "start")
+    lp_end = next(e for e in res.log if e.get("epoch") == 2)
+    ft_start = next(e for e in res.log if e.get("event") == "ft_start")
+    assert lp_end["trunk_digest"] == start["trunk_digest"]  # T-LP1: weights and BatchNorm statistics untouched
+    assert ft_start["head_digest"] == lp_end["head_digest"] != start["head_digest"]  # T-LP2
+    assert res.lp_accuracy is not None and res.lp_accuracy > 0.2
+    fresh = _build_classifier({"seed": 3, "backbone_factory": None, "init_state": None, "model_cfg": ModelConfig(),
+                               "method": "lpft", "num_classes": 10})
+    assert start["head_digest"] == state_digest(fresh.head.state_dict())  # the same fresh head for a seed
+    assert start["trunk_digest"] == state_digest(fresh.trunk.state_dict())
+    ft = [e for e in res.log if e.get("stage") == "ft"]
+    assert [e["lr"] for e in ft] == [[0.01, 0.01], [0.001, 0.001]]  # milestone 1 of the FT stage; state restored
+
+
+def test_lora_job_merged_weights_load_as_a_plain_vit(ray_local, data, tmp_path):
+    factory = partial(small_vit_backbone, seed=0)
+    lc = LoraConfig(rank=16, alpha=16.0, lr=1e-3, epochs=3, batch_size=32)
+    tc = TrainConfig(num_workers=1, augment=False, eval_batch_size=128)
+    res = finetune_lora(labeled(data, 200), data.test, num_classes=10, model_cfg=ModelConfig(arch="vit_b_16"),
+                        lora_cfg=lc, train_cfg=tc, transform=TRANSFORM, storage_path=str(tmp_path), name="peal",
+                        backbone_factory=factory)
+    assert res.method == "lora" and res.steps == 3 * 7 and res.epochs == 3
+    plain = small_vit_backbone(seed=0).trunk
+    state = torch.load(res.backbone_path, weights_only=True)
+    assert set(state) == set(plain.state_dict())  # merged: no adapter keys left
+    changed = [k for k, v in plain.state_dict().items() if not torch.equal(v, state[k])]
+    assert changed and all(k.endswith("self_attention.in_proj_weight") for k in changed), changed
+    plain.load_state_dict(state, strict=True)
+    assert abs(accuracy_of(plain, res.head_state, data.test) - res.accuracy) <= 0.011
+    assert Path(res.backbone_path).parent.name == "peal"
