@@ -252,20 +252,23 @@ def report(res: dict, quick: bool) -> str:
              f"scipy {res['machine']['scipy']}; BLAS threads per process: {cfg['threads']}. Command: "
              f"`python bench/transfer.py{' --quick' if quick else ''}`.",
              "", f"Features: float32, D = {cfg['d']}, C = {cfg['c']} Gaussian classes (centres x0.5 + unit noise, "
-             f"so classes overlap and PED moves them). Each row is a fresh process; peak RSS (GB = 1e9 bytes) includes the features "
-             f"(column 'features': RSS once they are generated).", "",
+             "so classes overlap and PED moves them). Each row is a fresh process; peak RSS (GB = 1e9 bytes) "
+             "includes the features (column 'features': RSS once they are generated).", "",
              "## raal `logme_ped` vs the reference structure (same run)", "",
              "| N | raal logme_ped | steps | peak RSS | features | raal logme alone | per-class decomposition "
-             "(est.) | ratio | reference code (est.) | ratio | baseline peak RSS |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "(est.) | ratio | reference code (est.) | ratio | baseline peak RSS | load (raal / baseline) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r, b in zip(res["raal"], res["baseline"]):
         lines.append(
             f"| {r['n']:,} | {fmt_s(r['t_logme_ped'])} | {r['steps']} | {r['peak_rss_gb']:.2f} GB | "
             f"{r['rss_after_data_gb']:.2f} GB | {fmt_s(r['t_logme'])} | {fmt_s(b['per_class_total_est'])} | "
             f"{b['per_class_total_est'] / r['t_logme_ped']:,.0f}x | {fmt_s(b['reference_total_est'])} | "
-            f"{b['reference_total_est'] / r['t_logme_ped']:,.1f}x | {b['peak_rss_gb']:.2f} GB |")
+            f"{b['reference_total_est'] / r['t_logme_ped']:,.1f}x | {b['peak_rss_gb']:.2f} GB | "
+            f"{max(r['load_1min']):.1f} / {max(b['load_1min']):.1f} |")
     last = res["raal"][-1]
-    lines += ["", f"Target at N = {last['n']:,}: logme_ped <= 60 s and <= 4 GB peak: "
+    lines += ["", "Load: the larger of the 1-minute load averages at the start and end of that process (2 cores; "
+              "above 2, other jobs were competing for them).", "",
+              f"Target at N = {last['n']:,}: logme_ped <= 60 s and <= 4 GB peak: "
               f"**{fmt_s(last['t_logme_ped'])}, {last['peak_rss_gb']:.2f} GB** "
               f"({'met' if last['t_logme_ped'] <= 60 and last['peak_rss_gb'] <= 4 else 'MISSED'}).", "",
               "Baseline estimates: *per-class decomposition* = PED + C x (time of one class with its own "
@@ -316,7 +319,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         kind, kwargs = args.worker
-        print(json.dumps(WORKERS[kind](**json.loads(kwargs))))
+        load_start = os.getloadavg()[0]
+        out = WORKERS[kind](**json.loads(kwargs))
+        out["load_1min"] = [load_start, os.getloadavg()[0]]          # machine load at start and end
+        print(json.dumps(out))
         return
     cfg = QUICK if args.quick else FULL
     res = {"config": {**cfg, "threads": args.threads}, "machine": machine(), "raal": [], "baseline": []}

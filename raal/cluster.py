@@ -310,12 +310,15 @@ def hold(resources: dict[str, float], command: list[str], *, timeout: float = 18
 
     if not command:
         raise ValueError("hold: no command to run after --")
+    # Attaching a driver inside a job re-extracts the job's working dir at the same path, which leaves this
+    # process's cwd a deleted directory: the command gets the path, not the inherited (stale) cwd.
+    cwd = os.getcwd()
     init_local_ray(address=os.environ.get("RAY_ADDRESS") or "auto", quiet=True)
     try:
         have = wait_for_resources(resources, timeout=timeout)
         print(f"raal.cluster: the cluster has {', '.join(f'{k}={have.get(k, 0):g}' for k in resources)}; "
               f"running {' '.join(command)}", flush=True)
-        return subprocess.call(command)
+        return subprocess.call(command, cwd=cwd)
     finally:
         try:
             release_resources()

@@ -24,7 +24,7 @@ PIPELINES = ("standard", "svpp", "asvp", "activeft", "peal")
 TRAIN_METHODS = ("ft", "lpft")
 DEVICES = ("auto", "cpu", "cuda")
 ORACLES = ("simulated", "files")
-EVAL_MODES = ("proxy", "lp", "ft", "lpft", "none")
+EVAL_MODES = ("proxy", "ft", "lpft")
 
 
 @dataclass
@@ -151,7 +151,7 @@ class ASVPConfig:
 class EvalConfig:
     """How each round is evaluated on the test split, and how the final model is trained."""
 
-    every_round: str = "proxy"  # proxy | lp | ft | lpft | none
+    every_round: str = "proxy"  # proxy | ft | lpft (standard/peal always evaluate their fine-tuned model)
     final: str = "none"  # none | ft | lpft
 
 

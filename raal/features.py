@@ -224,14 +224,22 @@ class ShardedSet:
         n = int(ids.size)
         plan = {"format": FORMAT, "rows": n, "shard_rows": int(shard_rows),
                 "num_shards": -(-n // int(shard_rows)), "arrays": {k: int(v) for k, v in arrays.items()},
-                "dtype": np.dtype(DTYPE).name, "ids_file": "ids.npy", "ids_sha256": ids_digest(ids),
-                **json.loads(json.dumps(meta))}
+                "dtype": np.dtype(DTYPE).name, "ids_file": "ids.npy", "ids_sha256": ids_digest(ids)}
+        clash = sorted(set(plan) & set(meta))
+        if clash:
+            raise ValueError(f"{self.rel}: meta keys {clash} are reserved by the store")
+        plan.update(json.loads(json.dumps(meta)))
         old = None
         if self.store.exists(self.p("plan.json")):
             try:
                 old = self.store.read_json(self.p("plan.json"))
             except StoreError:
-                old = None  # a plan is written atomically; unreadable means tampered: start over
+                if not replace:  # plans are written atomically: an unreadable one was damaged from outside
+                    raise
+                self.delete()
+        elif self.store.exists(self.p("shards")):  # shards without a plan: nothing says what made them
+            log.warning("%s: shards without a plan.json; discarding them", self.rel)
+            self.delete()
         if old is not None:
             differ = sorted(k for k in set(plan) | set(old)
                             if k not in ("shard_rows", "num_shards") and plan.get(k) != old.get(k))

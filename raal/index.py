@@ -7,9 +7,13 @@ size: it never grows with N x |L| or N^2, and no big input is ever copied whole.
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
+import glob
 import heapq
 import logging
+import os
 from collections.abc import Iterator
 
 import faiss
@@ -41,6 +45,41 @@ def _gpu_resources():
 
 def _use_gpu(use_gpu: bool | None) -> bool:
     return gpu_count() > 0 if use_gpu is None else bool(use_gpu)
+
+
+@functools.cache
+def _openblas_local_threads():
+    """numpy's OpenBLAS `openblas_set_num_threads_local` (per calling thread), or None when unavailable."""
+    libdir = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
+    for path in sorted(glob.glob(os.path.join(libdir, "*openblas*.so*"))):
+        try:
+            fn = ctypes.CDLL(path).openblas_set_num_threads_local
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+        return fn
+    return None
+
+
+@contextlib.contextmanager
+def blas_threads(n: int):
+    """Run numpy's BLAS on `n` threads in this thread only (a no-op where numpy's BLAS is not OpenBLAS).
+
+    Yields the previous setting (None when there is no OpenBLAS), so a nested block can restore it for one big
+    product.
+
+    Long loops of thin products (a block of rows against a few centres) are faster on one thread: a threaded
+    GEMV spends most of its time waiting for its second thread, and far more so on a shared, loaded machine.
+    """
+    fn = _openblas_local_threads()
+    if fn is None:
+        yield None
+        return
+    prev = fn(int(n))
+    try:
+        yield prev
+    finally:
+        fn(prev)
 
 
 # -- chunked reading -------------------------------------------------------------------------------------------------
@@ -146,7 +185,8 @@ def _knn_block(q: np.ndarray, b: np.ndarray, k: int, metric: str, gpu: bool) -> 
     if gpu:
         return faiss.knn_gpu(_gpu_resources(), q, b, k, metric=_metric(metric))
     if q.shape[0] * b.shape[0] * q.shape[1] < SMALL_WORK:
-        return _knn_small(q, b, k, metric)
+        with blas_threads(1):
+            return _knn_small(q, b, k, metric)
     return faiss.knn(q, b, k, metric=_metric(metric))
 
 
@@ -295,6 +335,15 @@ def kcenter_greedy(x: np.ndarray, budget: int, *, labeled_mask: np.ndarray | Non
         heap.append((-float(mind[s:e].max()), b))
     heapq.heapify(heap)
     max_centres = max(1, chunk_rows(block_rows, chunk_bytes // 4))  # bound the (block x centres) product
+    with blas_threads(1):
+        _lazy_picks(heap, synced, mind, picks, budget, block_rows, n, centres, csq, dist_block, add_centre,
+                    max_centres)
+    return np.asarray(picks, dtype=np.int64)
+
+
+def _lazy_picks(heap, synced, mind, picks, budget, block_rows, n, centres, csq, dist_block, add_centre,
+                max_centres) -> None:
+    """The pick loop of `kcenter_greedy` (see there): bring the top block up to date until it is fresh, pick."""
     while len(picks) < budget:
         neg_ub, b = heapq.heappop(heap)
         s, e = b * block_rows, min(n, (b + 1) * block_rows)
@@ -309,4 +358,3 @@ def kcenter_greedy(x: np.ndarray, budget: int, *, labeled_mask: np.ndarray | Non
         # fresh block on top of the heap: its maximum is exact and no other block can beat it
         add_centre(s + int(np.argmax(mind[s:e])))
         heapq.heappush(heap, (-float(mind[s:e].max()), b))
-    return np.asarray(picks, dtype=np.int64)

@@ -95,14 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help", "help") for a in argv):
         print(help_text())
         return 0
-    logging.basicConfig(level=os.environ.get("RAAL_LOG", "INFO"), format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
     try:
         cfg = resolve_config(argv)
         preflight(cfg)
     except (ConfigError, StoreError) as err:
         print(f"raal: error: {err}", file=sys.stderr)
         return 2
+    logging.basicConfig(level=os.environ.get("RAAL_LOG", "INFO"), format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("faiss").setLevel(logging.WARNING)
     return run(cfg)
 
 

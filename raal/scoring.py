@@ -38,7 +38,7 @@ class _Scorer:
                  batch_size: int, device: str, torch_threads: int):
         import torch
 
-        if device == "cpu" and torch_threads > 0:
+        if torch_threads > 0:
             torch.set_num_threads(torch_threads)
         self.model = load_proxy(state, device)
         self.store, self.rel, self.records, self.dim = source_store, source_rel, records, dim

@@ -251,6 +251,7 @@ class _Job:
         self.log: list[dict] = []
         self.lp_accuracy: float | None = None
         self.accuracy: float | None = None
+        self._pending_opt: tuple | None = None  # (stage, optimizer state, scheduler state) from a checkpoint
         self._restore()
 
     # -- checkpoints -------------------------------------------------------------------------------------------
@@ -281,21 +282,18 @@ class _Job:
             ray.train.report(metrics)
             return time.perf_counter() - t0
         state = {"fingerprint": self.cfg["fingerprint"], "epoch": self.epoch, "step": self.step,
-                 "net": self._module().state_dict(), "opt_stage": self.stage_built,
+                 "net": self.net.state_dict(), "opt_stage": self.stage_built,
                  "opt": self.opt.state_dict() if self.opt is not None else None,
                  "sched": self.sched.state_dict() if self.sched is not None else None,
                  "log": self.log, "lp_accuracy": self.lp_accuracy, "accuracy": self.accuracy, "done": done}
         if self.method == "lora":
             from raal.models.lora import lora_state_dict
 
-            state["net"] = lora_state_dict(self._module())
+            state["net"] = lora_state_dict(self.net)
         with tempfile.TemporaryDirectory(prefix="raal-ckpt-") as d:
             torch.save(state, Path(d) / STATE_FILE)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
         return time.perf_counter() - t0
-
-    def _module(self) -> Classifier:
-        return self.net
 
     # -- stages ------------------------------------------------------------------------------------------------
     def _build_stage(self, stage: _Stage) -> None:
@@ -330,7 +328,7 @@ class _Job:
             self.sched = None
             self.per_step_sched = False
         self.stage_built = stage.name
-        pending = getattr(self, "_pending_opt", None)
+        pending = self._pending_opt
         if pending and pending[0] == stage.name and pending[1] is not None:
             self.opt.load_state_dict(pending[1])
             if self.sched is not None and pending[2] is not None:
@@ -579,11 +577,25 @@ def worker_resources(train_cfg: TrainConfig, n_rows: int) -> tuple[int, float]:
     return workers, math.floor(cpus * 100) / 100
 
 
+RESOURCE_KEYS = ("num_workers", "use_gpu", "cpus_per_worker", "max_failures", "eval_batch_size")
+
+
+def _describe_callable(f) -> str:
+    """A process-independent name for a backbone factory (repr would include memory addresses)."""
+    if f is None:
+        return "none"
+    if isinstance(f, partial):
+        return f"{_describe_callable(f.func)}{f.args!r}{sorted(f.keywords.items())!r}"
+    return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', type(f).__name__)}"
+
+
 def _fingerprint(method: str, batch: dict, num_classes: int, model_cfg, train_cfg, lora_cfg, transform, seed,
                  init_state, factory) -> str:
+    """What makes two jobs the same job (resources excluded: a resumed job may run on other workers)."""
+    recipe = {k: v for k, v in dataclasses.asdict(train_cfg).items() if k not in RESOURCE_KEYS}
     h = hashlib.sha256()
-    for part in (method, num_classes, seed, repr(model_cfg), repr(train_cfg), repr(lora_cfg),
-                 json.dumps(transform.describe(), sort_keys=True), repr(factory)):
+    for part in (method, num_classes, seed, repr(model_cfg), json.dumps(recipe, sort_keys=True), repr(lora_cfg),
+                 json.dumps(transform.describe(), sort_keys=True), _describe_callable(factory)):
         h.update(str(part).encode())
     h.update(batch["id"].tobytes())
     h.update(batch["label"].tobytes())

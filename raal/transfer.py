@@ -16,11 +16,10 @@ rows (two for PED) and small class-level matrices:
 
 Deviations from the reference code (documented in docs/sections/transfer.md):
 labels are remapped to the classes present (pitfall P2; the reference uses C = max(label) + 1, and an absent class
-adds a large spurious evidence); the N > D rank cut is relative (eigenvalues of F^T F above
-lambda_max * D * machine-eps, and above the reference's absolute s > 1e-10), so that rank-deficient features give
-the same k on every BLAS; the energy of y outside the column space is clipped at 0 (rounding could make it
+adds a large spurious evidence); the energy of y outside the column space is clipped at 0 (rounding could make it
 negative); exactly coincident class means exert no force on each other (the reference divides 0 by 0 and
-spreads NaN); near pairs keep the reference's unit direction.
+spreads NaN); near pairs keep the reference's unit direction. The fixed point, its constants, the rank cut and
+the evidence formula are the reference's.
 """
 from __future__ import annotations
 
@@ -187,14 +186,12 @@ class LogMEResult:
     variant: str
 
 
-def _spectrum_from_gram(G: np.ndarray, T: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _spectrum_from_gram(G: np.ndarray, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(sigma, x) for N > D: eigenpairs of F^T F, rank-cut, and x = V^T (F^T Y) / s (k x C), U never formed."""
-    d = G.shape[0]
     lam, V = scipy.linalg.eigh(G, overwrite_a=True, check_finite=False, driver="evd")
     lam, V = lam[::-1], V[:, ::-1]
     np.maximum(lam, 0.0, out=lam)
-    cut = max(lam[0] * d * np.finfo(np.float64).eps, 1e-20)   # 1e-20 is the reference's s > 1e-10
-    k = int(np.count_nonzero(lam > cut))
+    k = int(np.count_nonzero(lam > 1e-20))        # the reference's rank cut s > 1e-10, with s = sqrt(lambda)
     if k == 0:
         raise ValueError("features are all zero (rank 0): LogME is undefined")
     s = np.sqrt(lam[:k])
@@ -255,12 +252,13 @@ def _logme_from_spectrum(sigma: np.ndarray, x: np.ndarray, counts: np.ndarray, c
     step = max(1, _CLASS_BLOCK // k)
     for a in range(0, n_classes, step):
         b = min(n_classes, a + step)
-        alpha, beta, m2, res2, it, cap = _fixed_point(sigma, x[:, a:b] ** 2, r0[a:b], n)
-        logdet = np.log(alpha[None, :] + beta[None, :] * sigma[:, None]).sum(axis=0)
-        ev = (0.5 * d * np.log(alpha) + 0.5 * n * np.log(beta) - 0.5 * logdet
-              - 0.5 * beta * res2 - 0.5 * alpha * m2 - 0.5 * n * _LOG_2PI)
-        if variant == "exact":
-            ev -= 0.5 * (d - k) * np.log(alpha)     # the D - k zero eigenvalues of F^T F inside ln|A|
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):    # non-finite results raise below
+            alpha, beta, m2, res2, it, cap = _fixed_point(sigma, x[:, a:b] ** 2, r0[a:b], n)
+            logdet = np.log(alpha[None, :] + beta[None, :] * sigma[:, None]).sum(axis=0)
+            ev = (0.5 * d * np.log(alpha) + 0.5 * n * np.log(beta) - 0.5 * logdet
+                  - 0.5 * beta * res2 - 0.5 * alpha * m2 - 0.5 * n * _LOG_2PI)
+            if variant == "exact":
+                ev -= 0.5 * (d - k) * np.log(alpha)     # the D - k zero eigenvalues of F^T F inside ln|A|
         out["alpha"][a:b], out["beta"][a:b], out["evidence"][a:b] = alpha, beta, ev / n
         iters[a:b], capped[a:b] = it, cap
     if not np.all(np.isfinite(out["evidence"])):
@@ -289,7 +287,7 @@ def _logme_core(X: np.ndarray, codes: np.ndarray, classes: np.ndarray, counts: n
             PS = (T + 0.5 * counts[:, None] * shift).T @ shift
             G = G + PS + PS.T
             T = T + counts[:, None] * shift
-        sigma, x = _spectrum_from_gram(G, T, n)
+        sigma, x = _spectrum_from_gram(G, T)
     else:
         K = _kernel(X, codes, shift)
         if not np.all(np.isfinite(np.diagonal(K))):
@@ -494,6 +492,15 @@ def ped(features, labels, reference=None, dt: float = 0.1, nsigma: float = 0.6, 
         for a, b in _row_chunks(out):
             out[a:b] += shift[codes[a:b]]
     return out, steps
+
+
+def ped_steps(features, labels, reference=None, dt: float = 0.1, nsigma: float = 0.6, exit_ratio: float = 0.5,
+              max_steps: int = 6) -> int:
+    """Only PED's step count n (ASVP's first test: n <= 1 skips LogME), without materialising moved features."""
+    X = _as_features(features)
+    codes, _, counts = _encode_labels(labels, X.shape[0])
+    _, steps, _ = _ped_shift(X, codes, counts, reference, dt, nsigma, exit_ratio, max_steps, gram=False)
+    return steps
 
 
 def logme_ped(features, labels, reference=None, variant: str = "fast", **ped_params) -> tuple[float, int]:

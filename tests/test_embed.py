@@ -8,7 +8,6 @@ actor pool equals in-process scoring.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -83,6 +82,14 @@ def test_plan_actors_fits_two_cpus(ray_local):
         plan_actors("tpu", 0)
 
 
+def test_cpu_share_leaves_one_cpu_for_upstream_tasks():
+    from raal.embed import _cpu_share
+
+    assert _cpu_share(2.0, 2) == 0.5 and _cpu_share(2.0, 1) == 1.0  # 2 CPUs: 2×0.5 or 1×1, one CPU spare
+    assert _cpu_share(1.0, 1) == 0.0 and _cpu_share(0.0, 3) == 0.0  # nothing spare: reserve none, never wait
+    assert _cpu_share(16.0, 16) == 0.93  # 16 × 0.93 = 14.9 <= 15
+
+
 def test_features_equal_plain_forward_ids_in_order(v0, pool, reference):
     root, fs, fset = v0
     feats, logits = reference
@@ -103,43 +110,42 @@ def test_features_equal_plain_forward_ids_in_order(v0, pool, reference):
     assert (root / "features/v0/pool/manifest.json").stat().st_mtime_ns == stamp
 
 
-def test_refresh_writes_v1_beside_v0(v0, pool, transform, reference, tmp_path):
+def test_refresh_inside_a_zero_cpu_actor_writes_v1_beside_v0(v0, pool, transform, reference, tmp_path):
+    """An ASVP refresh as the driver actor (num_cpus=0) runs it: a fine-tuned state dict, version 1."""
+    import ray
+
     root, fs, fset0 = v0
     tuned = build_backbone(MODEL)
-    with torch.no_grad():  # a "fine-tuned" backbone: the last conv layer perturbed
+    with torch.no_grad():  # a "fine-tuned" backbone: the last conv block scaled
         for name, p in tuned.named_parameters():
             if name.startswith("trunk.features.18"):
                 p.mul_(1.5)
     sd = {k.replace("trunk.", "", 1).replace("head.", "classifier.1.", 1): v for k, v in tuned.state_dict().items()}
     path = tmp_path / "tuned.pt"
     torch.save(sd, path)
-    fset1 = embed_images(pool, model_cfg=MODEL, transform=transform, store=fs, version=1, split="pool",
-                         embed_cfg=ONE, state_dict_path=str(path), progress=False)
+
+    class Driver:  # defined locally so that Ray ships it by value to the worker
+        def refresh(self, images, transform, uri, state_path):
+            fset = embed_images(images, model_cfg=ModelConfig(), transform=transform,
+                                store=FeatureStore(RunStore(uri)), version=1, split="pool",
+                                embed_cfg=EmbedConfig(batch_size=16, shard_rows=16, num_actors=1),
+                                state_dict_path=state_path, progress=False)
+            return fset.manifest["last_pass"]["plan"]
+
+    actor = ray.remote(num_cpus=0)(Driver).remote()
+    try:
+        plan = ray.get(actor.refresh.remote(pool, transform, f"file://{root}", str(path)), timeout=120)
+    finally:
+        ray.kill(actor)
+    assert plan["actors"] == 1 and plan["device"] == "cpu"
     feats1, _ = plain_forward(pool, transform, sd)
-    np.testing.assert_allclose(np.asarray(fset1.features), feats1, atol=1e-5, rtol=0)
     assert not np.allclose(feats1, reference[0], atol=1e-3)
-    assert fset1.manifest["weights_id"].startswith("state_dict:")
     assert fs.versions() == [0, 1] and fs.latest("pool") == 1
+    fset1 = fs.open(1, "pool")
+    assert fset1.manifest["weights_id"].startswith("state_dict:") and fset1.version == 1
+    np.testing.assert_array_equal(fset1.ids, pool.ids)
+    np.testing.assert_allclose(np.asarray(fset1.features), feats1, atol=1e-5, rtol=0)
     np.testing.assert_allclose(np.asarray(fs.open(0, "pool").features), reference[0], atol=1e-5, rtol=0)
-    np.testing.assert_allclose(np.asarray(fs.open(1, "pool").features), feats1, atol=1e-5, rtol=0)
-
-
-def test_corrupt_shard_is_recomputed(v0, pool, transform, reference, tmp_path):
-    root, _, _ = v0
-    copy = tmp_path / "copy"
-    shutil.copytree(root, copy)
-    shard = copy / "features/v0/pool/shards/000002.features.f32"
-    raw = bytearray(shard.read_bytes())
-    raw[1000] ^= 0x55
-    shard.write_bytes(bytes(raw))
-    (copy / "features/v0/pool/features.f32").unlink()  # no intact consolidated copy to fall back on
-    fs = FeatureStore(RunStore(copy))
-    before = {k: os.stat(copy / f"features/v0/pool/shards/{k:06d}.features.f32").st_ino for k in (0, 1, 3, 4, 5)}
-    fset = embed_images(pool, model_cfg=MODEL, transform=transform, store=fs, version=0, split="pool",
-                        embed_cfg=ONE, progress=False)
-    assert fset.manifest["last_pass"]["computed_shards"] == [2]
-    assert before == {k: os.stat(copy / f"features/v0/pool/shards/{k:06d}.features.f32").st_ino for k in before}
-    np.testing.assert_allclose(np.asarray(fset.features), reference[0], atol=1e-5, rtol=0)
 
 
 KILLED_PASS = textwrap.dedent("""
@@ -157,12 +163,13 @@ KILLED_PASS = textwrap.dedent("""
     embed_images(pool, model_cfg=ModelConfig(), transform=ImageTransform(size={size}),
                  store=FeatureStore(RunStore(sys.argv[2])), version=0, split="pool",
                  embed_cfg=EmbedConfig(batch_size=16, shard_rows=16, num_actors=1), progress=False,
-                 on_shard=lambda k: time.sleep(1.0))  # slow commits, so the kill lands mid-pass
+                 on_shard=lambda k: time.sleep(1.0))  # slow commits, so that the kill lands mid-pass
     print("FINISHED")
 """)
 
 
-def test_resume_after_sigkill_writes_each_shard_once(ray_local, pool, transform, reference, tmp_path):
+def test_resume_after_sigkill_writes_each_shard_once_and_redoes_a_corrupt_one(ray_local, pool, transform,
+                                                                              reference, tmp_path):
     script = tmp_path / "killed_pass.py"
     script.write_text(KILLED_PASS.format(pool=POOL, size=SIZE, repo=str(REPO)))
     run = tmp_path / "run"
@@ -172,9 +179,9 @@ def test_resume_after_sigkill_writes_each_shard_once(ray_local, pool, transform,
     proc = subprocess.Popen([sys.executable, str(script), gcs, str(run)], env=env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 90
+        deadline = time.time() + 100
         while time.time() < deadline and proc.poll() is None:
-            if len(list(shards.glob("*.json"))) >= 2:
+            if len(list(shards.glob("*.json"))) >= 3:
                 break
             time.sleep(0.1)
         assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
@@ -184,35 +191,26 @@ def test_resume_after_sigkill_writes_each_shard_once(ray_local, pool, transform,
         if proc.poll() is None:
             proc.kill()
     done = sorted(int(p.name[:6]) for p in shards.glob("*.json"))
-    assert 2 <= len(done) < 6 and not (run / "features/v0/pool/manifest.json").exists()
-    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shards.iterdir() if p.name[:6].isdigit()
-              and int(p.name[:6]) in done}
+    assert 3 <= len(done) < 6 and not (run / "features/v0/pool/manifest.json").exists()
+    # damage one committed shard: its checksum must catch it and the resumed pass must recompute it
+    bad = done[1]
+    victim = shards / f"{bad:06d}.features.f32"
+    raw = bytearray(victim.read_bytes())
+    raw[1000] ^= 0x55
+    victim.write_bytes(bytes(raw))
+    kept = [k for k in done if k != bad]
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shards.iterdir()
+              if p.name[:6].isdigit() and int(p.name[:6]) in kept}
     deadline = time.time() + 30  # let Ray reclaim the killed driver's actors
     while ray_local.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
         time.sleep(0.2)
     fset = embed_images(pool, model_cfg=MODEL, transform=transform, store=FeatureStore(RunStore(run)), version=0,
                         split="pool", embed_cfg=ONE, progress=False)
-    assert fset.manifest["last_pass"]["computed_shards"] == sorted(set(range(6)) - set(done))
+    assert fset.manifest["last_pass"]["computed_shards"] == sorted(set(range(6)) - set(kept))
     after = {name: (shards / name).stat() for name in before}
-    assert {n: (s.st_ino, s.st_mtime_ns) for n, s in after.items()} == before  # committed shards untouched
+    assert {n: (s.st_ino, s.st_mtime_ns) for n, s in after.items()} == before  # committed shards written once
     np.testing.assert_array_equal(fset.ids, pool.ids)
     np.testing.assert_allclose(np.asarray(fset.features), reference[0], atol=1e-5, rtol=0)
-
-
-def test_pass_runs_inside_an_actor_with_zero_cpus(ray_local, pool, transform, reference, tmp_path):
-    class Driver:  # defined locally so Ray ships it by value to the worker
-        def run(self, images, transform, root):
-            fset = embed_images(images, model_cfg=ModelConfig(), transform=transform,
-                                store=FeatureStore(RunStore(root)), version=0, split="test",
-                                embed_cfg=EmbedConfig(batch_size=16, shard_rows=32, num_actors=1), progress=False)
-            return fset.ids.copy(), np.asarray(fset.features).copy()
-
-    actor = ray_local.remote(num_cpus=0)(Driver).remote()
-    sub = pool  # any ImageSet works; the split name is the caller's
-    ids, feats = ray_local.get(actor.run.remote(sub, transform, str(tmp_path / "run")), timeout=120)
-    ray_local.kill(actor)
-    np.testing.assert_array_equal(ids, pool.ids)
-    np.testing.assert_allclose(feats, reference[0], atol=1e-5, rtol=0)
 
 
 def test_score_pool_actor_path_equals_in_process(v0, tmp_path):

@@ -94,7 +94,7 @@ def test_worker_cpus_fit_two_cpus(ray_local):
     free = ray_local.available_resources()["CPU"]
     workers, cpus = worker_resources(TrainConfig(num_workers=2, cpus_per_worker=1.0), 300)
     assert workers == 2 and workers * cpus <= 0.9 * free + 1e-9
-    assert worker_resources(TrainConfig(num_workers=4), 5) [0] == 2  # each rank needs >= 2 rows (BatchNorm)
+    assert worker_resources(TrainConfig(num_workers=4), 5)[0] == 2  # each rank needs >= 2 rows (BatchNorm)
     assert worker_resources(TrainConfig(num_workers=1, cpus_per_worker=0.5), 300) == (1, 0.5)
 
 

@@ -389,10 +389,12 @@ def test_n_below_d_and_constant_features():
     rng = np.random.default_rng(16)
     X, y = blobs(rng, 3, 5, 100, spread=1.0)
     assert np.isfinite(logme(X, y)) and np.isfinite(logme_ped(X, y)[0])
-    const = np.tile(rng.standard_normal(8), (40, 1))
+    const = np.tile(rng.standard_normal(8), (40, 1))   # rank 1
     z = np.arange(40) % 4
-    assert np.isfinite(logme(const, z)) and np.isfinite(logme(const, z, "exact"))
-    assert logme_details(const, z).rank == 1
+    fast, exact = logme_details(const, z), logme_details(const, z, "exact")
+    assert np.isfinite(fast.score) and np.isfinite(exact.score) and 1 <= fast.rank <= 8
+    offset = np.mean(0.5 * (8 - fast.rank) * np.log(fast.alpha) / 40)
+    assert fast.score - exact.score == pytest.approx(offset, abs=1e-9)
     moved, steps = ped(const, z)                        # everything at one point, radius 0: no overlap
     assert steps == 0 and moved.tobytes() == const.tobytes()
     mixed = np.hstack([X[:, :3], np.ones((15, 1))])     # one constant column among varying ones, std floor
@@ -461,3 +463,13 @@ def test_integer_and_bool_inputs():
     X = rng.integers(-3, 4, (60, 5))
     y = rng.integers(0, 2, 60).astype(bool)
     assert logme(X, y) == pytest.approx(logme(X.astype(float), y.astype(int)), abs=1e-12)
+
+
+def test_ped_steps_equals_the_step_count_of_ped():
+    from raal.transfer import ped_steps
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, 200)
+    for spread in (0.1, 100.0):  # overlapping and separated classes
+        X = rng.standard_normal((200, 8)) + spread * np.eye(8)[y]
+        assert ped_steps(X, y) == ped(X, y)[1]

@@ -78,6 +78,12 @@ class ASVPPipeline(SVPpPipeline):
 
         return FeatureStore(self.store)
 
+    def round_eval_method(self, refreshed_now: bool) -> str | None:
+        """With fine-tuned evaluation, ASVP evaluates with its own training alignment (LP-FT, then FT)."""
+        if self.ctx.cfg.eval.every_round not in ("ft", "lpft"):
+            return None
+        return training_method(self.state.rounds, refreshed_now)
+
     def final_method(self) -> str | None:
         """ASVP's training alignment: LP-FT if the features were never refreshed, FT once they were."""
         if self.ctx.cfg.eval.final == "none":
@@ -137,7 +143,7 @@ class ASVPPipeline(SVPpPipeline):
                 row["features_version"] = version
         version = row.get("features_version", self.feature_version())
         proxy = self.train_proxy(r, timer, version=version)
-        acc = self.evaluate_proxy(proxy, timer, version=version)
-        row.update(accuracy=acc, eval_method="proxy", refreshed=refreshed, features_version=version,
+        row.update(self.evaluate_round(r, proxy, timer, refreshed_now=refreshed, version=version))
+        row.update(refreshed=refreshed, features_version=version,
                    train_method=training_method(self.state.rounds, refreshed))
         return row

@@ -106,8 +106,28 @@ class SVPpPipeline(Pipeline):
                             want=("probs",))["probs"]
         return float(np.mean(probs.argmax(1) == self.ctx.data.test.labels))
 
+    def round_eval_method(self, refreshed_now: bool) -> str | None:
+        """The model a round is evaluated with: None = the proxy itself (`eval.every_round=proxy`)."""
+        mode = self.ctx.cfg.eval.every_round
+        return {"ft": "FT", "lpft": "LP-FT"}.get(mode)
+
+    def evaluate_round(self, r: int, proxy, timer: PhaseTimer, refreshed_now: bool = False,
+                       version: int | None = None) -> dict:
+        """Test accuracy of the round: the proxy's, or (eval.every_round=ft|lpft) a model fine-tuned on the
+        labeled set as the paper evaluates every labeled-set size. The fine-tune is evaluation, not AL cost: its
+        time goes to `t_eval`."""
+        from raal.pipelines.finetune import finetune_labeled
+
+        method = self.round_eval_method(refreshed_now)
+        if method is None:
+            return {"accuracy": self.evaluate_proxy(proxy, timer, version=version), "eval_method": "proxy"}
+        with timer.phase("t_eval"):
+            res = finetune_labeled(self, method=method, name=f"eval_round_{r}",
+                                   seed=round_seed(self.ctx.cfg.al.seed, r, 5), save_as=f"checkpoints/eval_round_{r}")
+        return {"accuracy": res["accuracy"], "eval_method": method}
+
     def after_labels(self, r: int, timer: PhaseTimer) -> dict:
         proxy = self.train_proxy(r, timer)
-        acc = self.evaluate_proxy(proxy, timer)
-        return {"accuracy": acc, "eval_method": "proxy", "features_version": self.feature_version(),
-                "train_method": "FT"}
+        row = self.evaluate_round(r, proxy, timer)
+        row.update(features_version=self.feature_version(), train_method="FT")
+        return row

@@ -23,8 +23,9 @@ import scipy.sparse as sp
 from raal.index import chunk_rows, iter_slices, knn, read_rows
 from raal.strategies.base import Pool, Strategy
 
-BOUND_SLACK = 1e-4  # covers float32 rounding of the similarities in the keep-the-winner test
-ROW_CHUNK = 8192
+BOUND_SLACK = 1e-4  # covers float32 rounding of the similarities in the keep-the-winner tests
+CANDIDATES = 8  # centroids remembered per item from its last full search
+ROW_CHUNK = 1024  # rows per gathered block: the block of centroid rows stays in cache
 
 
 @dataclass(frozen=True)
@@ -105,12 +106,82 @@ def loss_and_grad(f: np.ndarray, theta: np.ndarray, n_fixed: int, c_norm: np.nda
     return loss, (g_theta - theta_tr * radial[:, None]) / c_norm[:, None]
 
 
+class _Winners:
+    """Each item's winning centroid, kept exact across steps while searching as few items as possible.
+
+    Per item: the winner, an upper bound on every other centroid's cosine, its top-M candidate centroids from the
+    last full search and an upper bound on all the non-candidates. Bounds are stored with the cumulative drift at the
+    time they were set: a centroid moving by delta changes any unit item's cosine by at most delta, so a bound plus
+    the drift since is still a bound. A step then needs, per item:
+    1. the exact cosine to its winner (one row dot): if it beats the bound on all others, nothing changed;
+    2. else the exact cosines to its M candidates: if the best beats the bound on the non-candidates, it wins;
+    3. else a full search (faiss, top M+1), which also refreshes the candidates.
+    """
+
+    def __init__(self, n: int, n_centroids: int, m: int):
+        self.m = min(m, n_centroids)
+        self.k = min(self.m + 1, n_centroids)
+        self.winner = np.full(n, -1, dtype=np.int64)
+        self.others = np.full(n, np.inf, dtype=np.float32)  # bound on every centroid but the winner
+        self.others_at = np.zeros(n, dtype=np.float64)
+        self.cand = np.zeros((n, self.m), dtype=np.int32)
+        self.rest = np.full(n, np.inf, dtype=np.float32)  # bound on every centroid outside cand
+        self.rest_at = np.zeros(n, dtype=np.float64)
+        self.searched = self.candidate_checked = 0
+
+    def update(self, f: np.ndarray, theta: np.ndarray, rows: np.ndarray | None, drift: float
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact (winner, winning cosine) for the items `rows` (all items when None) whose features are f."""
+        sel = slice(None) if rows is None else rows
+        a, others, others_at = self.winner[sel], self.others[sel], self.others_at[sel]
+        known = a >= 0
+        sim = _row_dots(f, theta, np.where(known, a, 0))
+        todo = np.flatnonzero(known & (sim <= others + (drift - others_at) + BOUND_SLACK))
+        full = np.flatnonzero(~known)
+        if len(todo) and self.m > 1:
+            self.candidate_checked += len(todo)
+            ids = self.cand[todo if rows is None else rows[todo]]
+            cs = np.empty(ids.shape, dtype=np.float32)
+            for s, e in iter_slices(len(todo), ROW_CHUNK):
+                fb = f[todo[s:e]]
+                for j in range(self.m):
+                    cs[s:e, j] = np.einsum("ij,ij->i", fb, theta[ids[s:e, j]])
+            top2 = np.partition(cs, self.m - 2, axis=1)[:, self.m - 2:]
+            best_pos = cs.argmax(axis=1)
+            rest = self.rest[sel][todo] + (drift - self.rest_at[sel][todo])
+            ok = cs[np.arange(len(todo)), best_pos] > rest + BOUND_SLACK
+            t = todo[ok]
+            a[t] = ids[ok, best_pos[ok]]
+            sim[t] = cs[ok, best_pos[ok]]
+            others[t] = np.maximum(top2[ok].min(axis=1), rest[ok])
+            others_at[t] = drift
+            full = np.concatenate([full, todo[~ok]])
+        elif len(todo):
+            full = np.concatenate([full, todo])
+        if len(full):
+            self.searched += len(full)
+            d, i = knn(f, theta, self.k, metric="ip", query_rows=full)
+            a[full], sim[full] = i[:, 0], d[:, 0]
+            others[full] = d[:, 1] if self.k > 1 else -np.inf
+            others_at[full] = drift
+            g = full if rows is None else rows[full]
+            self.cand[g] = i[:, :self.m]
+            self.rest[g] = d[:, self.m] if self.k > self.m else -np.inf
+            self.rest_at[g] = drift
+        if rows is not None:
+            self.winner[rows], self.others[rows], self.others_at[rows] = a, others, others_at
+        return a, sim
+
+
 def optimise_centroids(x: np.ndarray, init_rows: np.ndarray, cfg: ActiveFTConfig, rng: np.random.Generator, *,
-                       fixed_rows: np.ndarray | None = None) -> tuple[np.ndarray, list[float]]:
+                       fixed_rows: np.ndarray | None = None, stats: dict | None = None,
+                       _check_assign: bool = False) -> tuple[np.ndarray, list[float]]:
     """Run ActiveFT's optimisation; returns the normalised trainable centroids (in init order) and the losses.
 
     `init_rows` seed the trainable centroids; `fixed_rows` (ActiveFT(al), §5.3) are extra centroids that compete for
-    items and repel, but do not move. Features are the L2-normalised rows of `x`, read in chunks.
+    items and repel, but do not move. Features are the L2-normalised rows of `x`, read in chunks. `stats`, when
+    given, receives how many item-steps needed a candidate check or a full search. `_check_assign` (tests)
+    compares every step's winners with a full argmax.
     """
     n, dim = x.shape
     fixed_rows = np.zeros(0, dtype=np.int64) if fixed_rows is None else np.asarray(fixed_rows, dtype=np.int64)
@@ -126,38 +197,30 @@ def optimise_centroids(x: np.ndarray, init_rows: np.ndarray, cfg: ActiveFTConfig
         feats = np.empty((n, dim), dtype=np.float32)
         for s, e in iter_slices(n, chunk_rows(dim)):
             feats[s:e] = read_rows(x, s, e, normalize=True)
-    # per item: winner, upper bound on the runner-up's cosine, and the cumulative drift when that bound was set
-    winner = np.full(n, -1, dtype=np.int64)
-    second = np.full(n, np.inf, dtype=np.float32)
-    stamp = np.zeros(n, dtype=np.float64)
+    win = _Winners(n, len(theta), CANDIDATES)
     drift = 0.0
     adam = _Adam(c.shape, cfg.lr, cfg.betas, cfg.eps)
     losses: list[float] = []
-    k2 = min(2, len(theta))
     for _ in range(cfg.iterations):
         if full:
             rows, f = None, feats
-            a, bound, st = winner, second, stamp
         else:
             rows = np.sort(rng.choice(n, size=cfg.batch, replace=False))
             f = read_rows(x, 0, len(rows), rows, normalize=True)
-            a, bound, st = winner[rows], second[rows], stamp[rows]
-        known = a >= 0
-        sim = _row_dots(f, theta, np.where(known, a, 0))
-        redo = np.flatnonzero(~known | (sim <= bound + (drift - st) + BOUND_SLACK))
-        if len(redo):
-            d, i = knn(f, theta, k2, metric="ip", query_rows=redo, use_gpu=False)
-            a[redo], sim[redo] = i[:, 0], d[:, 0]
-            bound[redo] = d[:, 1] if k2 == 2 else -np.inf
-            st[redo] = drift
-        if not full:
-            winner[rows], second[rows], stamp[rows] = a, bound, st
+        a, sim = win.update(f, theta, rows, drift)
+        if _check_assign:
+            full_sims = f @ theta.T
+            assert np.all(full_sims[np.arange(len(f)), a] >= full_sims.max(axis=1) - 1e-5), "winner is not argmax"
+            np.testing.assert_allclose(sim, full_sims[np.arange(len(f)), a], atol=1e-5)
         loss, grad = loss_and_grad(f, theta, n_fixed, c_norm, a, sim, cfg)
         losses.append(loss)
         adam.step(c, grad)
         old = theta[n_fixed:].copy()
         theta[n_fixed:], c_norm = _normalize_rows(c)
         drift += float(np.sqrt(np.einsum("ij,ij->i", theta[n_fixed:] - old, theta[n_fixed:] - old).max()))
+    if stats is not None:
+        stats.update(item_steps=cfg.iterations * (n if full else cfg.batch), searched=win.searched,
+                     candidate_checked=win.candidate_checked)
     return theta[n_fixed:].copy(), losses
 
 
@@ -174,9 +237,10 @@ def map_to_items(x: np.ndarray, centroids: np.ndarray, exclude: np.ndarray) -> n
     k = min(len(cand), 16)
     j0 = 0
     while j0 < b:
-        _, ids = knn(centroids, x, k, metric="ip", query_rows=np.arange(j0, b), base_rows=cand, normalize=True)
-        for j in range(j0, b):
-            row = ids[j - j0]
+        first = j0
+        _, ids = knn(centroids, x, k, metric="ip", query_rows=np.arange(first, b), base_rows=cand, normalize=True)
+        for j in range(first, b):
+            row = ids[j - first]
             free = row[~taken[row]]
             if not len(free):
                 break

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from raal.index import blas_threads
 from raal.strategies.base import Pool, Strategy
 
 TOL = 1e-10  # squared distances below TOL * (|g_x|^2 + |g_z|^2) are float64 rounding of a true 0 (a duplicate)
 CHUNK_BYTES = 32 << 20
 CENTRE_GROUP = 1024  # centres per product, bounding the (rows x centres) temporaries
 SAMPLE_BLOCK = 1024  # items per block of the two-level D^2 sampler
+SYNC_MIN_ATTEMPTS = 32  # proposals seen before the acceptance rate may trigger a full re-sync
 
 
 def grad_factors(probs_rows: np.ndarray, emb_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -67,7 +69,7 @@ class _Centres:
 
 
 def badge_select(probs: np.ndarray, emb: np.ndarray, cand: np.ndarray, budget: int, seed: int, *,
-                 min_accept: float = 0.25, chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
+                 min_accept: float = 0.25, chunk_bytes: int = CHUNK_BYTES, stats: dict | None = None) -> np.ndarray:
     """BADGE's k-means++ seeding over the candidate rows `cand` (sorted); returns `budget` rows in pick order.
 
     First pick: the largest gradient norm. Then exact D^2 sampling, P(x) = D(x)^2 / sum D^2 with D the Euclidean
@@ -80,6 +82,7 @@ def badge_select(probs: np.ndarray, emb: np.ndarray, cand: np.ndarray, budget: i
     probability D(x)^2 / sum D^2 exactly, whatever state u is in. When fewer than `min_accept` of recent proposals
     are accepted, one chunked pass brings every u up to date (a GEMM against the missed centres). So a pick costs a
     few single-item updates instead of a pass over N items, and the passes that remain are matrix-matrix work.
+    `stats`, when given, receives the counts of proposals, rejections and full passes.
     """
     m = len(cand)
     c, d = probs.shape[1], emb.shape[1]
@@ -119,39 +122,50 @@ def badge_select(probs: np.ndarray, emb: np.ndarray, cand: np.ndarray, budget: i
     nb = len(starts)
     bsum = np.add.reduceat(u, starts)
     attempts = accepts = 0
-    while len(picks) < budget:
-        total = float(bsum.sum())
-        if not total > 0.0:  # every remaining D is 0 and stays 0 (duplicates): uniform over the rest
-            rest = rng.choice(np.flatnonzero(~chosen), size=budget - len(picks), replace=False)
-            picks.extend(int(i) for i in rest)
-            break
-        cum = np.cumsum(bsum)
-        r = rng.random() * total
-        b = min(int(np.searchsorted(cum, r, side="right")), nb - 1)
-        lo = b * SAMPLE_BLOCK
-        ub = u[lo:lo + SAMPLE_BLOCK]
-        j = min(int(np.searchsorted(np.cumsum(ub), r - (cum[b] - bsum[b]), side="right")), len(ub) - 1)
-        i = lo + j
-        if not u[i] > 0.0:  # rounding at a block edge landed on a zero weight: redraw
+    counts = {"proposals": 0, "rejections": 0, "full_passes": 1, "uniform_fallback": 0}
+    # the single-item updates are thin products: one BLAS thread is faster; a full pass gets the default back
+    with blas_threads(1) as default:
+        while len(picks) < budget:
+            total = float(bsum.sum())
+            if not total > 0.0:  # every remaining D is 0 and stays 0 (duplicates): uniform over the rest
+                rest = rng.choice(np.flatnonzero(~chosen), size=budget - len(picks), replace=False)
+                picks.extend(int(i) for i in rest)
+                counts["uniform_fallback"] = len(rest)
+                break
+            cum = np.cumsum(bsum)
+            r = rng.random() * total
+            b = min(int(np.searchsorted(cum, r, side="right")), nb - 1)
+            lo = b * SAMPLE_BLOCK
+            ub = u[lo:lo + SAMPLE_BLOCK]
+            j = min(int(np.searchsorted(np.cumsum(ub), r - (cum[b] - bsum[b]), side="right")), len(ub) - 1)
+            i = lo + j
+            if not u[i] > 0.0:  # rounding at a block edge landed on a zero weight: redraw
+                bsum[b] = ub.sum()
+                continue
+            attempts += 1
+            counts["proposals"] += 1
+            k = centres.k
+            if synced[i] < k:
+                a, h, g = grad_factors(_read(probs, cand[i:i + 1]), _read(emb, cand[i:i + 1]))
+                true = min(u[i], float(centres.min_sq_dist(a, h, g, int(synced[i]))[0]))
+            else:
+                true = u[i]
+            accept = rng.random() * u[i] < true
+            u[i], synced[i] = true, k
+            if accept:
+                accepts += 1
+                choose(i)
+            else:
+                counts["rejections"] += 1
             bsum[b] = ub.sum()
-            continue
-        attempts += 1
-        k = centres.k
-        if synced[i] < k:
-            a, h, g = grad_factors(_read(probs, cand[i:i + 1]), _read(emb, cand[i:i + 1]))
-            true = min(u[i], float(centres.min_sq_dist(a, h, g, int(synced[i]))[0]))
-        else:
-            true = u[i]
-        accept = rng.random() * u[i] < true
-        u[i], synced[i] = true, k
-        if accept:
-            accepts += 1
-            choose(i)
-        bsum[b] = ub.sum()
-        if not accept and attempts >= 32 and accepts < min_accept * attempts:
-            sync_all()
-            bsum = np.add.reduceat(u, starts)
-            attempts = accepts = 0
+            if not accept and attempts >= SYNC_MIN_ATTEMPTS and accepts < min_accept * attempts:
+                with blas_threads(default or 1):
+                    sync_all()
+                counts["full_passes"] += 1
+                bsum = np.add.reduceat(u, starts)
+                attempts = accepts = 0
+    if stats is not None:
+        stats.update(counts)
     return cand[np.asarray(picks, dtype=np.int64)]
 
 

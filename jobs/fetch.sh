@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Fetch what a job wrote (run store or sweep folder: configs, tables, JSON; no feature shards or weights) and
+# render it locally: the HTML report of a run, the results table of a sweep.
+#   jobs/fetch.sh [--address URL] JOB_ID|RUN_DIR DEST
+# A run dir on the head's own disk (not S3) is reached with `ray rsync-down cluster.yaml RUN_DIR DEST` instead.
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --address) ADDRESS="$2"; shift 2;;
+    -h|--help) sed -n '2,5p' "$0"; exit 0;;
+    -*) die "unknown option $1";;
+    *) break;;
+  esac
+done
+[ $# -eq 2 ] || die "usage: jobs/fetch.sh [--address URL] JOB_ID|RUN_DIR DEST"
+SRC="$1"; DEST="$2"
+cd "$RAAL_REPO"
+case "$SRC" in
+  /*|*://*|./*) "$LOCAL_PY" -m raal.cluster fetch "$SRC" "$DEST";;
+  *) "$LOCAL_PY" -m raal.cluster fetch --address "$ADDRESS" "$SRC" "$DEST";;
+esac
+if [ -f "$DEST/results.md" ]; then
+  cat "$DEST/results.md"
+elif [ -f "$DEST/config.yaml" ]; then
+  "$LOCAL_PY" -m raal.report "$DEST" --out "$DEST/report"
+fi

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Submit a raal run (or, with --tune, a sweep) to a Ray cluster as a Ray job; by default follow its logs.
+#
+#   jobs/submit.sh [--address URL] [--tune] [--gpus N] [--hold NAME=AMOUNT]... [--id ID] [--no-wait]
+#                  -- [conf=NAME] [key=value ...]
+#
+# The repo is shipped with --working-dir (without .venv, runs/ and .git). Run stores must outlive the job's
+# temporary working dir: give run_dir=/tune.dir= yourself, or set RAAL_RUN_ROOT (a shared path or s3://bucket/prefix)
+# and the job writes to $RAAL_RUN_ROOT/runs/ID (sweeps: $RAAL_RUN_ROOT/sweeps/ID). The folder is recorded in the
+# job's metadata, where jobs/fetch.sh finds it. --gpus N (or --hold) makes the job ask the autoscaler for the
+# resources and wait for them before raal starts (cluster.yaml's GPU group scales from 0).
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+MODULE=raal.run; DIRKEY=run_dir; KIND=runs; ID=""; WAIT=1; HOLD=(); TIMEOUT=1800
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --address) ADDRESS="$2"; shift 2;;
+    --tune) MODULE=raal.tune; DIRKEY=tune.dir; KIND=sweeps; shift;;
+    --gpus) HOLD+=("GPU=$2"); shift 2;;
+    --hold) HOLD+=("$2"); shift 2;;
+    --hold-timeout) TIMEOUT="$2"; shift 2;;
+    --id) ID="$2"; shift 2;;
+    --no-wait) WAIT=0; shift;;
+    --) shift; break;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0;;
+    *) die "unknown option $1 (raal arguments go after --)";;
+  esac
+done
+ARGS=("$@")
+CONF=demo
+for a in "${ARGS[@]}"; do case "$a" in conf=*) CONF="${a#conf=}";; esac; done
+[ -n "$ID" ] || ID="raal-${CONF//[^A-Za-z0-9_-]/_}-$(date +%Y%m%d-%H%M%S)"
+
+DIR=""
+for a in "${ARGS[@]}"; do case "$a" in "$DIRKEY="*) DIR="${a#*=}";; esac; done
+if [ -z "$DIR" ]; then
+  [ -n "${RAAL_RUN_ROOT:-}" ] || die "set RAAL_RUN_ROOT (shared path or s3://…) or pass $DIRKEY=…: a relative folder would be lost with the job's working dir"
+  DIR="${RAAL_RUN_ROOT%/}/$KIND/$ID"
+  ARGS+=("$DIRKEY=$DIR")
+fi
+case "$DIR" in /*|*://*) ;; *) die "$DIRKEY=$DIR must be absolute or a URI (the job runs in a temporary working dir)";; esac
+
+# The entrypoint as separate words: `ray job submit` shell-quotes each one (so [20]*4 reaches raal intact).
+ENTRY=()
+if [ ${#HOLD[@]} -gt 0 ]; then
+  ENTRY+=("$CLUSTER_PY" -m raal.cluster hold "${HOLD[@]}" --timeout "$TIMEOUT" --)
+fi
+ENTRY+=("$CLUSTER_PY" -m "$MODULE" "${ARGS[@]}")
+
+RUNTIME_ENV=$(cat <<JSON
+{"excludes": [".venv", "runs", ".git", ".pytest_cache", "**/__pycache__", "*.egg-info", "bench/results"],
+ "env_vars": {"TQDM_DISABLE": "1", "RAAL_LOG": "${RAAL_LOG:-INFO}", "PYTHONUNBUFFERED": "1"}}
+JSON
+)
+META=$(printf '{"raal_dir": "%s", "raal_conf": "%s", "raal_module": "%s"}' "$DIR" "$CONF" "$MODULE")
+echo "raal: submitting $ID to $ADDRESS: ${ENTRY[*]}"
+echo "raal: results in $DIR"
+cd "$RAAL_REPO"
+WAITFLAG=(); [ "$WAIT" = 1 ] || WAITFLAG=(--no-wait)
+exec "$RAY" job submit --address "$ADDRESS" --submission-id "$ID" --working-dir . \
+  --runtime-env-json "$RUNTIME_ENV" --metadata-json "$META" "${WAITFLAG[@]}" -- "${ENTRY[@]}"

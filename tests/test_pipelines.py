@@ -1,0 +1,96 @@
+"""Every pipeline end to end on a few hundred real images with a local Ray, run by the driver actor."""
+import math
+
+import numpy as np
+import pytest
+
+from raal.config import load_config
+from raal.pipelines.experiment import start_driver
+from raal.store import RunStore
+
+pytestmark = [pytest.mark.timeout(900), pytest.mark.ray]
+
+TINY = ["data.pool_size=200", "data.test_size=100", "data.image_size=32", "al.initial=20", "al.schedule=[20]*2",
+        "embed.batch_size=50", "train.epochs=1", "train.lp_epochs=1", "train.milestones=[1]", "train.batch_size=32",
+        "report=false"]
+
+
+def run_experiment(overrides, run_dir, conf="demo", features_from=None):
+    """Run all rounds through the driver actor. `features_from`: reuse another run's v0 features (same data and
+    backbone), so a test pays for one embedding pass."""
+    import shutil
+
+    import ray
+
+    if features_from is not None:
+        shutil.copytree(features_from / "features", run_dir / "features")
+
+    cfg = load_config(conf, TINY + overrides + [f"run_dir={run_dir}"])
+    driver = start_driver(cfg)
+    ray.get(driver.prepare.remote())
+    n = ray.get(driver.num_rounds.remote())
+    for r in range(n):
+        ray.get(driver.run_round.remote(r))
+    finals = ray.get(driver.finalize.remote())
+    history = ray.get(driver.history.remote())
+    ray.kill(driver)
+    return history, finals
+
+
+def test_asvp_standard_activeft_together(ray_local, tmp_path):
+    history, finals = run_experiment(
+        ["al.pipeline=asvp", "al.strategy=margin", "al.compare=[standard/margin,activeft/activeft]",
+         "asvp.threshold=1e9", "asvp.ped_max_steps_for_skip=-1", "eval.final=ft", "al.baseline=false"],
+        tmp_path / "x")
+    asvp, std, aft = history["asvp_margin"], history["standard_margin"], history["activeft_activeft"]
+    assert [r["n_labeled"] for r in asvp] == [20, 40, 60] == [r["n_labeled"] for r in std]
+    # ASVP: round 1 sets the previous score, round 2 refreshes (threshold forced huge), LP-FT -> FT
+    assert [r["refreshed"] for r in asvp] == [False, False, True]
+    assert [r["features_version"] for r in asvp] == [0, 0, 1]
+    assert [r["train_method"] for r in asvp] == ["LP-FT", "LP-FT", "FT"]
+    assert asvp[1]["ped_steps"] >= 0 and math.isfinite(asvp[1]["logme_ped"])
+    assert math.isfinite(asvp[2]["score_diff"])
+    assert asvp[2]["t_tr_full"] > 0 and asvp[2]["t_pre"] > 0  # the refresh's fine-tune and re-embedding
+    store = RunStore(tmp_path / "x")
+    assert store.exists("arms/asvp_margin/features/v1/pool/manifest.json") or \
+        store.listdir("arms/asvp_margin/features/v1")
+    # standard AL fine-tunes every round and scores the pool with the fine-tuned backbone
+    assert all(r["t_tr_full"] > 0 for r in std) and all(r["t_f_full"] > 0 for r in std[1:])
+    assert all(r["eval_method"] == "LP-FT" for r in std)  # the demo's train.method
+    assert all(0 <= r["accuracy"] <= 1 for r in std)
+    # ActiveFT: the whole budget in one shot
+    assert len(aft) == 1 and aft[0]["n_labeled"] == 60 and not aft[0]["random_only"]
+    # final models: FT for svpp-like arms, ASVP's own alignment (FT after its refresh), none for standard
+    assert finals["asvp_margin"]["method"] == "FT" and finals["activeft_activeft"]["method"] == "FT"
+    assert "standard_margin" not in finals
+    # the arms share round 0's random batch, except ActiveFT, which chooses its own
+    labels = {a: store.read_table(f"arms/{a}/labels.parquet").to_pylist() for a in history}
+    r0 = {a: {x["id"] for x in rows if x["round"] == 0} for a, rows in labels.items()}
+    assert r0["asvp_margin"] == r0["standard_margin"] != r0["activeft_activeft"]
+    # phase times are recorded and positive where the phase ran
+    assert all(r["t_tr_proxy"] > 0 for r in asvp)
+    assert all(r["t_round"] > 0 for rows in history.values() for r in rows)
+
+
+def test_peal_with_featdist(ray_local, tmp_path):
+    history, _ = run_experiment(["al.compare=[]", "al.baseline=false", "lora.epochs=1", "data.image_size=64"],
+                                tmp_path / "p", conf="demo_peal")
+    rows = history["peal_featdist"]
+    assert [r["n_labeled"] for r in rows] == [20, 40, 60]
+    assert all(r["eval_method"] == "LoRA" and r["t_tr_full"] > 0 for r in rows)
+    assert all(r["t_f_full"] > 0 for r in rows[1:])  # the pool re-embedded with the LoRA-merged ViT each round
+    assert all(0 <= r["accuracy"] <= 1 for r in rows)
+
+
+def test_same_seed_same_labeled_set(ray_local, tmp_path):
+    a, _ = run_experiment(["al.strategy=coreset", "al.baseline=false"], tmp_path / "a")
+    b, _ = run_experiment(["al.strategy=coreset", "al.baseline=false"], tmp_path / "b", features_from=tmp_path / "a")
+    ids = [sorted(x["id"] for x in RunStore(tmp_path / d).read_table("arms/svpp_coreset/labels.parquet").to_pylist())
+           for d in ("a", "b")]
+    assert ids[0] == ids[1] and len(ids[0]) == 60
+    assert [r["accuracy"] for r in a["svpp_coreset"]] == [r["accuracy"] for r in b["svpp_coreset"]]
+    c, _ = run_experiment(["al.strategy=coreset", "al.baseline=false", "al.seed=1"], tmp_path / "c",
+                          features_from=tmp_path / "a")
+    other = sorted(x["id"] for x in RunStore(tmp_path / "c").read_table("arms/svpp_coreset/labels.parquet").to_pylist())
+    assert other != ids[0]
+    assert np.isfinite([r["accuracy"] for r in c["svpp_coreset"]]).all()
