@@ -456,8 +456,8 @@ class _Job:
                     entry["trunk_digest"] = state_digest(self.net.trunk.state_dict())
                     entry["head_digest"] = state_digest(self.net.head.state_dict())
                 done = self.epoch == self.total_epochs
-                if done:
-                    self.accuracy = self.evaluate()
+                if done:  # an LP-only job has just scored the same model
+                    self.accuracy = entry["lp_accuracy"] if "lp_accuracy" in entry else self.evaluate()
                     entry["accuracy"] = self.accuracy
                 self.log.append(entry)
                 metrics = {k: v for k, v in entry.items() if isinstance(v, (int, float))}

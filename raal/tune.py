@@ -590,13 +590,20 @@ def markdown_table(rows: list[dict], metric: str) -> str:
     if not rows:
         return "(no trials)\n"
     cols = [c for c in rows[0] if c not in ("run_dir", "arm")]
-    def fmt(v):
+
+    def fmt(c: str, v: Any) -> str:
         if isinstance(v, float):
-            return "–" if not np.isfinite(v) else f"{v:.4f}"
+            if not np.isfinite(v):
+                return "–"
+            if c.startswith("param:"):
+                return f"{v:g}"
+            return f"{v:.1f}" if c == "t_total_s" else f"{v:.0f}" if c in ("n_labeled", "refreshes",
+                                                                          "extrapolated") else f"{v:.4f}"
         return str(v).replace("|", "\\|")
+
     head = "| " + " | ".join(c.removeprefix("param:") if c != metric else f"**{c}**" for c in cols) + " |"
     sep = "|" + "|".join("---:" if isinstance(rows[0][c], (int, float)) else "---" for c in cols) + "|"
-    body = ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
+    body = ["| " + " | ".join(fmt(c, r[c]) for c in cols) + " |" for r in rows]
     return "\n".join([head, sep, *body]) + "\n"
 
 

@@ -287,13 +287,14 @@ def two_nodes(tmp_path_factory):
         yield c
     finally:
         c.stop()
-        assert not c.leftovers(), "processes of the test cluster survived"
+        left = c.leftovers()
         import shutil
 
         shutil.rmtree(root, ignore_errors=True)
+        assert not left, f"processes of the test cluster survived: {left}"
 
 
-SMALL = ["conf=demo", "data.pool_size=200", "data.test_size=100", "data.image_size=32", "al.initial=20",
+SMALL = ["conf=demo", "al.pipeline=svpp", "al.compare=[]", "data.pool_size=200", "data.test_size=100", "data.image_size=32", "al.initial=20",
          "al.schedule=[20]*2", "embed.batch_size=32", "embed.num_actors=2", "al.baseline=false",
          # the final model as a 2-worker Ray Train job: 0.9 CPU a worker cannot share a 1-CPU node
          "eval.final=ft", "train.num_workers=2", "train.epochs=1", "train.lp_epochs=0", "train.milestones=[]",

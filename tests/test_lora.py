@@ -11,7 +11,7 @@ from raal.models.lora import (LoraQKV, apply_lora, lora_parameters, lora_state_d
                               merge_lora_state_dict, num_lora_parameters, small_vit_backbone)
 from raal.train import Classifier
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(120)
 
 D, BLOCKS, R = 32, 2, 16
 

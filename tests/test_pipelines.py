@@ -83,13 +83,14 @@ def test_peal_with_featdist(ray_local, tmp_path):
 
 
 def test_same_seed_same_labeled_set(ray_local, tmp_path):
-    a, _ = run_experiment(["al.strategy=coreset", "al.baseline=false"], tmp_path / "a")
-    b, _ = run_experiment(["al.strategy=coreset", "al.baseline=false"], tmp_path / "b", features_from=tmp_path / "a")
+    svpp = ["al.pipeline=svpp", "al.strategy=coreset", "al.compare=[]", "al.baseline=false"]
+    a, _ = run_experiment(svpp, tmp_path / "a")
+    b, _ = run_experiment(svpp, tmp_path / "b", features_from=tmp_path / "a")
     ids = [sorted(x["id"] for x in RunStore(tmp_path / d).read_table("arms/svpp_coreset/labels.parquet").to_pylist())
            for d in ("a", "b")]
     assert ids[0] == ids[1] and len(ids[0]) == 60
     assert [r["accuracy"] for r in a["svpp_coreset"]] == [r["accuracy"] for r in b["svpp_coreset"]]
-    c, _ = run_experiment(["al.strategy=coreset", "al.baseline=false", "al.seed=1"], tmp_path / "c",
+    c, _ = run_experiment(svpp + ["al.seed=1"], tmp_path / "c",
                           features_from=tmp_path / "a")
     other = sorted(x["id"] for x in RunStore(tmp_path / "c").read_table("arms/svpp_coreset/labels.parquet").to_pylist())
     assert other != ids[0]

@@ -79,7 +79,7 @@ def test_pruned_assignment_is_the_exact_argmax_every_step(batch):
     optimise_centroids(x, rng.choice(200, 15, replace=False), ActiveFTConfig(iterations=120, batch=batch), rng,
                        fixed_rows=np.arange(3), stats=stats, _check_assign=True)
     # some item-steps were settled by the bounds or the candidates alone, and they were right to be
-    assert 0 < stats["searched"] < stats["item_steps"] and stats["candidate_checked"] > 0
+    assert 0 < stats["searched"] < stats["item_steps"] and stats["candidate_cosines"] > 0
 
 
 def test_loss_decreases_and_is_deterministic():

@@ -93,6 +93,8 @@ def test_draws_follow_d_squared_exactly(resync, monkeypatch):
 
     if resync:
         monkeypatch.setattr(badge, "SYNC_MIN_ATTEMPTS", 1)
+    else:  # no cost-based passes either: every stale proposal goes through the single-item path
+        monkeypatch.setattr(badge, "GEMV_PENALTY", 0)
     min_accept = 0.999 if resync else 0.25
     p, h = _pool(12, 3, 4, 2)
     g = _explicit(p, h)

@@ -19,7 +19,7 @@ from raal.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(400)
 
-TINY = ["data.pool_size=200", "data.test_size=100", "data.image_size=32", "al.initial=20", "al.schedule=[20]*3",
+TINY = ["al.pipeline=svpp", "data.pool_size=200", "data.test_size=100", "data.image_size=32", "al.initial=20", "al.schedule=[20]*3",
         "embed.batch_size=64"]
 
 
@@ -138,7 +138,7 @@ def test_features_are_shared_by_hard_links(tmp_path):
 
 
 def test_results_table_and_best_config(tmp_path):
-    f = sweep_file(tmp_path, "tune:\n  params:\n    proxy.lr: {grid: [0.01, 0.1, 1.0]}\n")
+    f = sweep_file(tmp_path, "tune:\n  overrides: [al.pipeline=svpp]\n  params:\n    proxy.lr: {grid: [0.01, 0.1, 1.0]}\n")
     plan = rt.make_plan(str(f), [f"tune.dir={tmp_path / 'sw'}"])
     from raal.store import RunStore
     import pyarrow as pa
@@ -173,9 +173,9 @@ def test_cli_config_errors_exit_2(tmp_path, capsys):
     assert rt.main(["conf=nope_sweep"]) == 2
     assert "no sweep file" in capsys.readouterr().err
     f = sweep_file(tmp_path, "tune:\n  params: {asvp.threshold: {grid: [1]}}\n")
-    assert rt.main([f"conf={f}", "al.initial=5000"]) == 2  # the budget does not fit the 8,000-image pool? it does:
-    err = capsys.readouterr().err
-    assert "larger than the pool" in err
+    assert rt.main([f"conf={f}", "al.initial=9000", f"tune.dir={tmp_path / 'sw'}"]) == 2  # 8,000-image pool
+    assert "larger than the pool" in capsys.readouterr().err
+    assert not (tmp_path / "sw").exists()  # refused before anything was written
 
 
 # ---------------------------------------------------------------------------------------------------------------

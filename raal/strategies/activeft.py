@@ -8,23 +8,23 @@ L = -(1/n) sum_i [s_i - ln(exp(s_i) + lambda S_{a_i})], minimised with Adam (lr 
 Why it is fast without changing the result:
 - The gradient is written out (checked against autograd in the tests). Only the winning centroid of each item gets
   gradient from it, so the backward pass is a sparse scatter (N x D), not a second N x B x D product.
-- The N x B argmax is not recomputed every step. Each item keeps its winner, the exact winning similarity (one row
-  dot per step) and an upper bound on its runner-up similarity that grows by the largest centroid move of each
-  step (|f.(theta' - theta)| <= |theta' - theta| for a unit f). Only items whose winner may have changed are searched
-  again (faiss, top-2). The assignment is therefore the exact argmax at every step.
+- The N x B argmax is not recomputed every step (`_Winners`): each item keeps its best centroids from its last full
+  search with upper bounds that grow by each centroid's own path length, and only the cosines that could now win are
+  computed again. The assignment is still the exact argmax at every step.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
-from raal.index import chunk_rows, iter_slices, knn, read_rows
+from raal.index import blas_threads, chunk_rows, iter_slices, knn, read_rows
 from raal.strategies.base import Pool, Strategy
 
 BOUND_SLACK = 1e-4  # covers float32 rounding of the similarities in the keep-the-winner tests
-CANDIDATES = 8  # centroids remembered per item from its last full search
+CANDIDATES = 16  # centroids remembered per item from its last full search
 ROW_CHUNK = 1024  # rows per gathered block: the block of centroid rows stays in cache
 
 
@@ -107,70 +107,84 @@ def loss_and_grad(f: np.ndarray, theta: np.ndarray, n_fixed: int, c_norm: np.nda
 
 
 class _Winners:
-    """Each item's winning centroid, kept exact across steps while searching as few items as possible.
+    """Each item's winning centroid, kept exact across steps while computing as few cosines as possible.
 
-    Per item: the winner, an upper bound on every other centroid's cosine, its top-M candidate centroids from the
-    last full search and an upper bound on all the non-candidates. Bounds are stored with the cumulative drift at the
-    time they were set: a centroid moving by delta changes any unit item's cosine by at most delta, so a bound plus
-    the drift since is still a bound. A step then needs, per item:
-    1. the exact cosine to its winner (one row dot): if it beats the bound on all others, nothing changed;
-    2. else the exact cosines to its M candidates: if the best beats the bound on the non-candidates, it wins;
-    3. else a full search (faiss, top M+1), which also refreshes the candidates.
+    A full search (faiss, top M+1) gives an item its M best centroids (the candidates) with their cosines, and the
+    (M+1)-th cosine, which bounds every other centroid. A stored cosine stays an upper bound if the centroid's path
+    length since then is added: a unit item's cosine to a centroid that moved by delta changes by at most delta.
+    Path lengths are tracked per centroid (Elkan's bounds), so a centroid that barely moves keeps its bound tight.
+    Each step, per item: the exact cosine to its winner (one row dot, needed for the gradient anyway); then the exact
+    cosine to just those candidates whose bound reaches it (these are stored back, tight again); a full search only
+    when the bound on the non-candidates reaches it. The winner is therefore the exact argmax at every step.
     """
 
-    def __init__(self, n: int, n_centroids: int, m: int):
+    def __init__(self, n: int, n_centroids: int, m: int, steps: int):
         self.m = min(m, n_centroids)
         self.k = min(self.m + 1, n_centroids)
-        self.winner = np.full(n, -1, dtype=np.int64)
-        self.others = np.full(n, np.inf, dtype=np.float32)  # bound on every centroid but the winner
-        self.others_at = np.zeros(n, dtype=np.float64)
-        self.cand = np.zeros((n, self.m), dtype=np.int32)
-        self.rest = np.full(n, np.inf, dtype=np.float32)  # bound on every centroid outside cand
-        self.rest_at = np.zeros(n, dtype=np.float64)
-        self.searched = self.candidate_checked = 0
+        self.cand = np.full((n, self.m), -1, dtype=np.int32)  # slot 0 is the winner
+        # a candidate's bound is base + path[now, centroid], with base = cosine - path[then, centroid] stored
+        self.base = np.zeros((n, self.m), dtype=np.float32)
+        self.rest = np.full(n, np.inf, dtype=np.float32)
+        self.rest_at = np.zeros(n, dtype=np.int32)
+        self.path = np.zeros((steps + 1, n_centroids), dtype=np.float32)  # cumulative path length per centroid
+        self.t = 0
+        self.searched = self.cosines = 0
 
-    def update(self, f: np.ndarray, theta: np.ndarray, rows: np.ndarray | None, drift: float
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def moved(self, delta: np.ndarray) -> None:
+        """Record one step's movement per centroid."""
+        self.path[self.t + 1] = self.path[self.t] + delta
+        self.t += 1
+
+    def update(self, f: np.ndarray, theta: np.ndarray, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Exact (winner, winning cosine) for the items `rows` (all items when None) whose features are f."""
-        sel = slice(None) if rows is None else rows
-        a, others, others_at = self.winner[sel], self.others[sel], self.others_at[sel]
-        known = a >= 0
-        sim = _row_dots(f, theta, np.where(known, a, 0))
-        todo = np.flatnonzero(known & (sim <= others + (drift - others_at) + BOUND_SLACK))
-        full = np.flatnonzero(~known)
-        if len(todo) and self.m > 1:
-            self.candidate_checked += len(todo)
-            ids = self.cand[todo if rows is None else rows[todo]]
-            cs = np.empty(ids.shape, dtype=np.float32)
-            for s, e in iter_slices(len(todo), ROW_CHUNK):
-                fb = f[todo[s:e]]
-                for j in range(self.m):
-                    cs[s:e, j] = np.einsum("ij,ij->i", fb, theta[ids[s:e, j]])
-            top2 = np.partition(cs, self.m - 2, axis=1)[:, self.m - 2:]
-            best_pos = cs.argmax(axis=1)
-            rest = self.rest[sel][todo] + (drift - self.rest_at[sel][todo])
-            ok = cs[np.arange(len(todo)), best_pos] > rest + BOUND_SLACK
-            t = todo[ok]
-            a[t] = ids[ok, best_pos[ok]]
-            sim[t] = cs[ok, best_pos[ok]]
-            others[t] = np.maximum(top2[ok].min(axis=1), rest[ok])
-            others_at[t] = drift
-            full = np.concatenate([full, todo[~ok]])
-        elif len(todo):
-            full = np.concatenate([full, todo])
+        if rows is None:  # full batch: work on the state itself
+            cand, base, rest, rest_at = self.cand, self.base, self.rest, self.rest_at
+        else:
+            cand, base, rest, rest_at = self.cand[rows], self.base[rows], self.rest[rows], self.rest_at[rows]
+        now = self.path[self.t]
+        known = cand[:, 0] >= 0
+        ids = np.maximum(cand, 0)
+        sim = _row_dots(f, theta, ids[:, 0])
+        stamps, inv = np.unique(rest_at, return_inverse=True)
+        rest_ub = rest + (now[None, :] - self.path[stamps]).max(axis=1)[inv]
+        full = np.flatnonzero(~known | (rest_ub >= sim - BOUND_SLACK))
+        need = base[:, 1:] + now[ids[:, 1:]] >= (sim - BOUND_SLACK)[:, None]
+        need[full] = False
+        items = np.flatnonzero(need.any(axis=1))
+        self.cosines += int(need.sum())
+        fresh = np.full((len(items), self.m), -np.inf, dtype=np.float32)  # this step's exact cosines
+        fresh[:, 0] = sim[items]
+        for s, e in iter_slices(len(items), ROW_CHUNK):
+            it = items[s:e]
+            fb = f[it]
+            for j in range(1, self.m):
+                sub = np.flatnonzero(need[it, j - 1])
+                if len(sub):
+                    fresh[s + sub, j] = np.einsum("ij,ij->i", fb[sub], theta[ids[it[sub], j]])
+        got = np.isfinite(fresh)
+        base_items = base[items]
+        base_items[got] = (fresh - now[ids[items]])[got]
+        best = fresh.argmax(axis=1)
+        swap = best > 0  # a candidate now beats the winner: swap it into slot 0
+        mv, bpos = items[swap], best[swap]
+        for arr in (cand, base_items):
+            rows_ = mv if arr is cand else np.flatnonzero(swap)
+            w = arr[rows_, 0].copy()
+            arr[rows_, 0] = arr[rows_, bpos]
+            arr[rows_, bpos] = w
+        base[items] = base_items
+        sim[mv] = fresh[swap, bpos]
         if len(full):
             self.searched += len(full)
             d, i = knn(f, theta, self.k, metric="ip", query_rows=full)
-            a[full], sim[full] = i[:, 0], d[:, 0]
-            others[full] = d[:, 1] if self.k > 1 else -np.inf
-            others_at[full] = drift
-            g = full if rows is None else rows[full]
-            self.cand[g] = i[:, :self.m]
-            self.rest[g] = d[:, self.m] if self.k > self.m else -np.inf
-            self.rest_at[g] = drift
+            cand[full] = i[:, :self.m]
+            base[full] = d[:, :self.m] - now[i[:, :self.m]]
+            sim[full] = d[:, 0]
+            rest[full] = d[:, self.m] if self.k > self.m else -np.inf
+            rest_at[full] = self.t
         if rows is not None:
-            self.winner[rows], self.others[rows], self.others_at[rows] = a, others, others_at
-        return a, sim
+            self.cand[rows], self.base[rows], self.rest[rows], self.rest_at[rows] = cand, base, rest, rest_at
+        return cand[:, 0].astype(np.int64), sim
 
 
 def optimise_centroids(x: np.ndarray, init_rows: np.ndarray, cfg: ActiveFTConfig, rng: np.random.Generator, *,
@@ -197,8 +211,9 @@ def optimise_centroids(x: np.ndarray, init_rows: np.ndarray, cfg: ActiveFTConfig
         feats = np.empty((n, dim), dtype=np.float32)
         for s, e in iter_slices(n, chunk_rows(dim)):
             feats[s:e] = read_rows(x, s, e, normalize=True)
-    win = _Winners(n, len(theta), CANDIDATES)
-    drift = 0.0
+    win = _Winners(n, len(theta), CANDIDATES, cfg.iterations)
+    # below ~4e9 multiply-adds the centroid products run best on one BLAS thread (no waiting on a second one)
+    small = (len(theta) - n_fixed) * len(theta) * dim < 1 << 32
     adam = _Adam(c.shape, cfg.lr, cfg.betas, cfg.eps)
     losses: list[float] = []
     for _ in range(cfg.iterations):
@@ -207,20 +222,23 @@ def optimise_centroids(x: np.ndarray, init_rows: np.ndarray, cfg: ActiveFTConfig
         else:
             rows = np.sort(rng.choice(n, size=cfg.batch, replace=False))
             f = read_rows(x, 0, len(rows), rows, normalize=True)
-        a, sim = win.update(f, theta, rows, drift)
+        a, sim = win.update(f, theta, rows)
         if _check_assign:
             full_sims = f @ theta.T
             assert np.all(full_sims[np.arange(len(f)), a] >= full_sims.max(axis=1) - 1e-5), "winner is not argmax"
             np.testing.assert_allclose(sim, full_sims[np.arange(len(f)), a], atol=1e-5)
-        loss, grad = loss_and_grad(f, theta, n_fixed, c_norm, a, sim, cfg)
+        with blas_threads(1) if small else contextlib.nullcontext():
+            loss, grad = loss_and_grad(f, theta, n_fixed, c_norm, a, sim, cfg)
         losses.append(loss)
         adam.step(c, grad)
         old = theta[n_fixed:].copy()
         theta[n_fixed:], c_norm = _normalize_rows(c)
-        drift += float(np.sqrt(np.einsum("ij,ij->i", theta[n_fixed:] - old, theta[n_fixed:] - old).max()))
+        delta = np.zeros(len(theta), dtype=np.float32)
+        delta[n_fixed:] = np.sqrt(np.einsum("ij,ij->i", theta[n_fixed:] - old, theta[n_fixed:] - old))
+        win.moved(delta)
     if stats is not None:
         stats.update(item_steps=cfg.iterations * (n if full else cfg.batch), searched=win.searched,
-                     candidate_checked=win.candidate_checked)
+                     candidate_cosines=win.cosines)
     return theta[n_fixed:].copy(), losses
 
 

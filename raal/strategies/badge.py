@@ -13,9 +13,11 @@ from raal.strategies.base import Pool, Strategy
 
 TOL = 1e-10  # squared distances below TOL * (|g_x|^2 + |g_z|^2) are float64 rounding of a true 0 (a duplicate)
 CHUNK_BYTES = 32 << 20
-CENTRE_GROUP = 1024  # centres per product, bounding the (rows x centres) temporaries
+CENTRE_GROUP = 1024  # centres per product at most
+PAIR_BLOCK = 1 << 20  # (rows x centres) float64 entries per temporary: 8 MB
 SAMPLE_BLOCK = 1024  # items per block of the two-level D^2 sampler
 SYNC_MIN_ATTEMPTS = 32  # proposals seen before the acceptance rate may trigger a full re-sync
+GEMV_PENALTY = 16  # a single-item update's multiply-add costs about this many of a full pass's (GEMV vs GEMM)
 
 
 def grad_factors(probs_rows: np.ndarray, emb_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -62,8 +64,9 @@ class _Centres:
     def min_sq_dist(self, a, h, g, start: int) -> np.ndarray:
         """Min squared distance of rows (a, h, g) to centres start..k-1 (+inf when there are none)."""
         out = np.full(len(a), np.inf)
-        for s in range(start, self.k, CENTRE_GROUP):
-            e = min(self.k, s + CENTRE_GROUP)
+        group = max(16, min(CENTRE_GROUP, PAIR_BLOCK // max(1, len(a))))  # bound the (rows x centres) temporaries
+        for s in range(start, self.k, group):
+            e = min(self.k, s + group)
             np.minimum(out, grad_sq_dist(a, h, g, self.a[s:e], self.h[s:e], self.g[s:e]).min(axis=1), out=out)
         return out
 
@@ -80,8 +83,10 @@ def badge_select(probs: np.ndarray, emb: np.ndarray, cand: np.ndarray, budget: i
     two-level cumulative sum), brings that one item up to date against the centres it missed, and accepts it with
     probability D(x)^2 / u(x); a rejected item keeps its now exact value. Conditional on acceptance, x is drawn with
     probability D(x)^2 / sum D^2 exactly, whatever state u is in. When fewer than `min_accept` of recent proposals
-    are accepted, one chunked pass brings every u up to date (a GEMM against the missed centres). So a pick costs a
-    few single-item updates instead of a pass over N items, and the passes that remain are matrix-matrix work.
+    are accepted, or when the single-item updates since the last pass have cost more than a pass would (each one
+    grows with the centres its item missed), one chunked pass brings every u up to date (a GEMM against the missed
+    centres). So a pick costs a few single-item updates instead of a pass over N items, and the passes that remain
+    are matrix-matrix work.
     `stats`, when given, receives the counts of proposals, rejections and full passes.
     """
     m = len(cand)
@@ -122,6 +127,8 @@ def badge_select(probs: np.ndarray, emb: np.ndarray, cand: np.ndarray, budget: i
     nb = len(starts)
     bsum = np.add.reduceat(u, starts)
     attempts = accepts = 0
+    refresh_work = 0  # centre-item products spent in single-item updates since the last full pass
+    last_pass_k = centres.k
     counts = {"proposals": 0, "rejections": 0, "full_passes": 1, "uniform_fallback": 0}
     # the single-item updates are thin products: one BLAS thread is faster; a full pass gets the default back
     with blas_threads(1) as default:
@@ -146,6 +153,7 @@ def badge_select(probs: np.ndarray, emb: np.ndarray, cand: np.ndarray, budget: i
             counts["proposals"] += 1
             k = centres.k
             if synced[i] < k:
+                refresh_work += k - int(synced[i])
                 a, h, g = grad_factors(_read(probs, cand[i:i + 1]), _read(emb, cand[i:i + 1]))
                 true = min(u[i], float(centres.min_sq_dist(a, h, g, int(synced[i]))[0]))
             else:
@@ -158,7 +166,9 @@ def badge_select(probs: np.ndarray, emb: np.ndarray, cand: np.ndarray, budget: i
             else:
                 counts["rejections"] += 1
             bsum[b] = ub.sum()
-            if not accept and attempts >= SYNC_MIN_ATTEMPTS and accepts < min_accept * attempts:
+            stale = not accept and attempts >= SYNC_MIN_ATTEMPTS and accepts < min_accept * attempts
+            if stale or GEMV_PENALTY * refresh_work > m * (centres.k - last_pass_k + 4):
+                refresh_work, last_pass_k = 0, centres.k
                 with blas_threads(default or 1):
                     sync_all()
                 counts["full_passes"] += 1

@@ -151,7 +151,7 @@ def top_by_score(scores: np.ndarray, candidates: np.ndarray, budget: int, *, lar
     return candidates[order]
 
 
-def row_scores(probs: np.ndarray, rows: np.ndarray, fn, *, chunk_bytes: int = 32 << 20) -> np.ndarray:
+def row_scores(probs: np.ndarray, rows: np.ndarray, fn, *, chunk_bytes: int = 8 << 20) -> np.ndarray:
     """`fn(block) -> per-row float64 score` over `probs[rows]`, read in chunks (rows sorted ascending)."""
     out = np.empty(len(rows), dtype=np.float64)
     step = max(1, chunk_bytes // max(1, probs.shape[1] * probs.itemsize))

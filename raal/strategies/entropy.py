@@ -10,7 +10,9 @@ P_MIN = 1e-12  # p is clamped here inside the log, so 0 * ln 0 counts as 0 inste
 
 def entropies(block: np.ndarray) -> np.ndarray:
     p = block.astype(np.float64)
-    return -np.einsum("ij,ij->i", p, np.log(np.maximum(p, P_MIN)))
+    logp = np.maximum(p, P_MIN)
+    np.log(logp, out=logp)
+    return -np.einsum("ij,ij->i", p, logp)
 
 
 class Entropy(Strategy):
