@@ -145,7 +145,11 @@ def kcenter_numpy(x, budget, labeled, *, normalize=False, picks=None, kernel="nu
     step = _rows(d)
     t0 = time.perf_counter()
     sqn = np.concatenate([np.einsum("ij,ij->i", b, b) for b in
-                          (_block(x, s, min(n, s + step), normalize) for s in range(0, n, step))])
+                          (_block(x, s, min(n, s + step), False) for s in range(0, n, step))])
+    # featdist: ||x/|x| - c||^2 = 1 - 2 (x.c)/|x| + |c|^2, with the row norms computed once (no normalised copy)
+    inv = (1 / np.maximum(np.sqrt(sqn), 1e-12)).astype(np.float32) if normalize else None
+    if normalize:
+        sqn = np.ones(n, dtype=np.float32)
     mind = np.full(n, np.inf, dtype=np.float32)
     lab = np.flatnonzero(labeled)
     for ls in range(0, len(lab), 4096):
@@ -153,7 +157,8 @@ def kcenter_numpy(x, budget, labeled, *, normalize=False, picks=None, kernel="nu
         csq = np.einsum("ij,ij->i", cl, cl)
         for s in range(0, n, step):
             e = min(n, s + step)
-            dd = sqn[s:e, None] - 2 * (_block(x, s, e, normalize) @ cl.T) + csq[None, :]
+            g = _block(x, s, e, False) @ cl.T
+            dd = sqn[s:e, None] - 2 * (g * inv[s:e, None] if normalize else g) + csq[None, :]
             np.minimum(mind[s:e], dd.min(axis=1), out=mind[s:e])
     mind[labeled] = -np.inf
     t_init = time.perf_counter() - t0
@@ -170,7 +175,8 @@ def kcenter_numpy(x, budget, labeled, *, normalize=False, picks=None, kernel="nu
                 import faiss
                 dd = faiss.pairwise_distances(_block(x, s, e, normalize), c[None, :])[:, 0]
             else:
-                dd = sqn[s:e] - 2 * (_block(x, s, e, normalize) @ c) + cc
+                g = _block(x, s, e, False) @ c
+                dd = sqn[s:e] - 2 * (g * inv[s:e] if normalize else g) + cc
             np.minimum(mind[s:e], dd, out=mind[s:e])
         mind[u] = -np.inf
     return np.array(out), t_init, time.perf_counter() - t1
@@ -353,7 +359,7 @@ def run_worker(spec: dict, timeout: int = 7200) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 # parts
 # ---------------------------------------------------------------------------------------------------------------
-def pool_part(name: str, cfg: dict, workdir: Path) -> dict:
+def pool_part(name: str, cfg: dict, workdir: Path, only: list[str] | None = None) -> dict:
     data = workdir / name
     t = time.perf_counter()
     generate(data, cfg["n"], cfg["d"], cfg["c"], n_labeled=cfg.get("labeled"))
@@ -362,7 +368,7 @@ def pool_part(name: str, cfg: dict, workdir: Path) -> dict:
     base = {"data": str(data), "memmap": cfg["memmap"], "budget": cfg["budget"]}
     rows = {}
     try:
-        for s in ALL:
+        for s in (only or ALL):
             spec = dict(base, strategy=s, impl="raal")
             if s in ("activeft", "activeft_al"):
                 spec["iterations"] = cfg["aft_iters"]
@@ -517,6 +523,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes, under a minute")
     ap.add_argument("--parts", default="targets,100k,1.28M", help="comma list of: targets, 100k, 1.28M")
     ap.add_argument("--workdir", default="/tmp/raal-bench-strategies")
+    ap.add_argument("--only", help="comma list of strategies to re-run in the given pool parts (merged into the JSON)")
+    ap.add_argument("--aft-iters", type=int, help="ActiveFT steps to time in the pool parts (default per part)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -537,7 +545,13 @@ def main() -> None:
                 if part == "targets":
                     res["parts"]["targets"] = targets_part(workdir)
                 else:
-                    res["parts"][part] = pool_part(part, PARTS[part], workdir)
+                    cfg = dict(PARTS[part], **({"aft_iters": args.aft_iters} if args.aft_iters else {}))
+                    only = args.only.split(",") if args.only else None
+                    out = pool_part(part, cfg, workdir, only)
+                    if only and part in res["parts"]:
+                        res["parts"][part]["rows"].update(out["rows"])
+                    else:
+                        res["parts"][part] = out
                 RESULTS.mkdir(parents=True, exist_ok=True)
                 out_json.write_text(json.dumps(res, indent=1))
                 (RESULTS / f"{stem}.md").write_text(render(res))
