@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -36,7 +35,7 @@ from typing import Callable
 import numpy as np
 
 from raal.errors import StoreError
-from raal.store import RunStore
+from raal.store import RunStore, atomic_local_file
 
 log = logging.getLogger(__name__)
 
@@ -409,27 +408,18 @@ class ShardedSet:
         """Concatenate the verified shards into one raw file (tmp + rename), then stamp it."""
         t0 = time.perf_counter()
         row_bytes = dim * np.dtype(DTYPE).itemsize
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                for rec in manifest["shards"]:
-                    fname = self.shard_file(rec["index"], f"{name}.f32")
-                    try:
-                        data = self.store.read_bytes(self.p(fname))
-                    except StoreError as err:
-                        raise StoreError(f"{self.store.path(self.rel)}: shard {rec['index']} is missing ({fname}); "
-                                         "rerun the pass to recompute it") from err
-                    if len(data) != (rec["stop"] - rec["start"]) * row_bytes or sha256(data) != rec["sha256"][name]:
-                        raise StoreError(f"{self.store.path(self.rel)}: shard {rec['index']} ({fname}) is corrupt "
-                                         "or truncated; rerun the pass to recompute it")
-                    out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_local_file(path) as out:
+            for rec in manifest["shards"]:
+                fname = self.shard_file(rec["index"], f"{name}.f32")
+                try:
+                    data = self.store.read_bytes(self.p(fname))
+                except StoreError as err:
+                    raise StoreError(f"{self.store.path(self.rel)}: shard {rec['index']} is missing ({fname}); "
+                                     "rerun the pass to recompute it") from err
+                if len(data) != (rec["stop"] - rec["start"]) * row_bytes or sha256(data) != rec["sha256"][name]:
+                    raise StoreError(f"{self.store.path(self.rel)}: shard {rec['index']} ({fname}) is corrupt "
+                                     "or truncated; rerun the pass to recompute it")
+                out.write(data)
         st = path.stat()
         self._stamp_path(path).write_text(json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns,
                                                       "digest": self._digest(manifest, name)}))

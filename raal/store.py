@@ -12,6 +12,7 @@ import os
 import posixpath
 import tempfile
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -100,18 +101,8 @@ class RunStore:
             with self.fs.open_output_stream(target) as out:
                 out.write(data)
             return
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(parent)
+        with atomic_local_file(target) as f:
+            f.write(data)
 
     def write_text(self, rel: str, text: str) -> None:
         self.write_bytes(rel, text.encode("utf-8"))
@@ -149,6 +140,25 @@ class RunStore:
 
     def tmp_name(self) -> str:
         return f".tmp-{uuid.uuid4().hex}"
+
+
+@contextmanager
+def atomic_local_file(target: str | os.PathLike):
+    """A binary file that replaces `target` only once written completely: temp file beside it, fsync, rename,
+    fsync of the folder. On any error the temp file is removed and `target` is untouched."""
+    parent = os.path.dirname(os.fspath(target))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(parent)
 
 
 def _fsync_dir(path: str) -> None:

@@ -196,8 +196,9 @@ def _session_pids(sid: int) -> list[int]:
 class LocalCluster:
     """A head and one worker node, each a blocking `ray start` in its own session."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, cpus_per_node: int = 2):
         self.root = root
+        self.cpus = cpus_per_node
         self.temp = root / "ray"  # short: Ray's socket paths must stay under 107 bytes
         self.gcs, self.dash = _free_port(), _free_port()
         self.address = f"http://127.0.0.1:{self.dash}"
@@ -211,7 +212,8 @@ class LocalCluster:
         out = open(self.root / log, "w")
         self.procs.append(subprocess.Popen([str(VENV_BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1",
                                             f"--temp-dir={self.temp}", "--object-store-memory=200000000",
-                                            "--disable-usage-stats", "--num-cpus=1", *args, *_node_ports()],
+                                            "--disable-usage-stats", f"--num-cpus={self.cpus}", *args,
+                                            *_node_ports()],
                                            env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                            start_new_session=True))
 
@@ -294,11 +296,13 @@ def two_nodes(tmp_path_factory):
         assert not left, f"processes of the test cluster survived: {left}"
 
 
-SMALL = ["conf=demo", "al.pipeline=svpp", "al.compare=[]", "data.pool_size=200", "data.test_size=100", "data.image_size=32", "al.initial=20",
-         "al.schedule=[20]*2", "embed.batch_size=32", "embed.num_actors=2", "al.baseline=false",
-         # the final model as a 2-worker Ray Train job: 0.9 CPU a worker cannot share a 1-CPU node
-         "eval.final=ft", "train.num_workers=2", "train.epochs=1", "train.lp_epochs=0", "train.milestones=[]",
-         "train.batch_size=16", "train.augment=false"]
+# Two nodes of 2 CPUs. raal sizes actors and workers from the free CPUs (4): 3 embedding actors of
+# min(1, (4 - 1) / 3) = 1 CPU and 3 training workers of min(1, 0.9 * 4 / 3) = 1 CPU cannot all fit on one
+# 2-CPU node, so both kinds must use both nodes whatever the scheduler prefers.
+SMALL = ["conf=demo", "al.pipeline=svpp", "al.compare=[]", "al.baseline=false", "data.pool_size=200",
+         "data.test_size=100", "data.image_size=32", "al.initial=20", "al.schedule=[20]*2", "embed.batch_size=32",
+         "embed.num_actors=3", "eval.final=ft", "train.num_workers=3", "train.epochs=1", "train.lp_epochs=0",
+         "train.milestones=[]", "train.batch_size=8", "train.augment=false"]
 
 
 def _actors(address: str, job_id: str) -> list[dict]:

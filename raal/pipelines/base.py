@@ -81,6 +81,8 @@ class Pipeline:
     """Base policy. Subclasses implement `strategy_inputs` (score the pool) and `after_labels` (train/evaluate)."""
 
     name = "base"
+    #: whether the arm works on the experiment's pre-computed v0 features (its T_pre is then charged to round 0)
+    uses_precomputed_features = True
 
     def __init__(self, ctx: Context, arm: ArmSpec):
         self.ctx = ctx
@@ -151,6 +153,8 @@ class Pipeline:
         row = {"round": r, "n_labeled": len(self.state.label_ids), "n_new": len(ids),
                "random_only": self.random_only(r)}
         row.update(self.after_labels(r, timer))
+        if r == 0 and self.uses_precomputed_features:
+            timer.times["t_pre"] = timer.times.get("t_pre", 0.0) + self.ctx.t_pre
         row.update(timer.times)
         row["t_round"] = time.perf_counter() - t0
         self.state.commit_round(row)

@@ -26,6 +26,7 @@ def head_probs(features, head: dict[str, torch.Tensor], chunk: int = 65536) -> n
 
 class StandardPipeline(Pipeline):
     name = "standard"
+    uses_precomputed_features = False  # it re-embeds the pool with its own fine-tuned model each round
 
     def method(self) -> str:
         return "LP-FT" if self.ctx.cfg.train.method == "lpft" else "FT"
