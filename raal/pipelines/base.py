@@ -118,18 +118,18 @@ class Pipeline:
         return r == 0 or self.arm.strategy == "random"
 
     # -- the round --------------------------------------------------------------------------------------------------
-    def select(self, r: int, size: int, timer: PhaseTimer) -> tuple[np.ndarray, np.ndarray | None]:
+    def select(self, r: int, size: int, timer: PhaseTimer) -> np.ndarray:
         """Round 0 is a uniformly random batch; later rounds ask the strategy with the pipeline's inputs."""
         seed = round_seed(self.ctx.cfg.al.seed, r)
         mask = self.labeled_mask()
         if r == 0 and not self.chooses_initial():
             with timer.phase("t_select"):
                 pos = strategies.get("random").select(size, labeled_mask=mask, seed=seed)
-            return self.pool_ids[np.sort(pos)], None
+            return self.pool_ids[np.sort(pos)]
         inputs = self.strategy_inputs(r, self.strategy.requires, timer)
         with timer.phase("t_select"):
             pos = self.strategy.select(size, labeled_mask=mask, seed=seed, **inputs)
-        return self.pool_ids[np.asarray(pos, dtype=np.int64)], None
+        return self.pool_ids[np.asarray(pos, dtype=np.int64)]
 
     def chooses_initial(self) -> bool:
         return self.arm.strategy in ("activeft", "activeft_al")
@@ -144,8 +144,8 @@ class Pipeline:
         timer = PhaseTimer()
         ids = self.state.saved_query(r)
         if ids is None:
-            ids, scores = self.select(r, size, timer)
-            self.state.save_query(r, ids, scores)
+            ids = self.select(r, size, timer)
+            self.state.save_query(r, ids)
         answered = self.state.labels_for_round(r)
         todo = np.asarray([i for i in ids.tolist() if i not in answered], dtype=np.int64)
         if len(todo):
