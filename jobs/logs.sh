@@ -15,6 +15,8 @@ while [ $# -gt 0 ]; do
 done
 [ $# -eq 1 ] || die "usage: jobs/logs.sh [--address URL] [--follow] JOB_ID"
 "$RAY" job logs --address "$ADDRESS" "${FOLLOW[@]}" "$1"
-STATUS=$("$RAY" job status --address "$ADDRESS" "$1" 2>&1 | grep -oE "(PENDING|RUNNING|SUCCEEDED|FAILED|STOPPED)" | tail -1)
+STATUS=$("$LOCAL_PY" -c 'import sys
+from ray.job_submission import JobSubmissionClient
+print(JobSubmissionClient(sys.argv[1]).get_job_status(sys.argv[2]).value)' "$ADDRESS" "$1" 2>/dev/null || true)
 echo "raal: job $1: ${STATUS:-UNKNOWN}"
 case "$STATUS" in SUCCEEDED) exit 0;; PENDING|RUNNING) exit 3;; *) exit 1;; esac

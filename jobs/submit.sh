@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Submit a raal run (or, with --tune, a sweep) to a Ray cluster as a Ray job; by default follow its logs.
 #
-#   jobs/submit.sh [--address URL] [--tune] [--gpus N] [--hold NAME=AMOUNT]... [--id ID] [--no-wait]
-#                  -- [conf=NAME] [key=value ...]
+#   jobs/submit.sh [--address URL] [--tune] [--gpus N] [--hold NAME=AMOUNT]... [--hold-timeout S] [--id ID]
+#                  [--no-wait] -- [conf=NAME] [key=value ...]
 #
 # The repo is shipped with --working-dir (without .venv, runs/ and .git). Run stores must outlive the job's
 # temporary working dir: give run_dir=/tune.dir= yourself, or set RAAL_RUN_ROOT (a shared path or s3://bucket/prefix)
@@ -22,7 +22,7 @@ while [ $# -gt 0 ]; do
     --id) ID="$2"; shift 2;;
     --no-wait) WAIT=0; shift;;
     --) shift; break;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0;;
     *) die "unknown option $1 (raal arguments go after --)";;
   esac
 done
