@@ -20,12 +20,12 @@ def init_local_ray(num_cpus: int | None = None, *, address: str | None = None, q
 
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = address or os.environ.get("RAY_ADDRESS")
-    if address:
+    if address:  # the cluster's own auth setting applies
         ray.init(address=address, log_to_driver=not quiet)
         return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=not quiet,
              object_store_memory=object_store_bytes, configure_logging=True,
              logging_level=logging.WARNING if quiet else logging.INFO)
