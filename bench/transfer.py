@@ -139,6 +139,7 @@ def phase_times(profile) -> dict:
 
 def worker_raal(n: int, d: int, c: int) -> dict:
     import cProfile
+
     from raal.transfer import logme, logme_ped
     X, y = make_features(n, d, c)
     data_gb = rss_gb()

@@ -99,7 +99,6 @@ def prepare(config: dict) -> dict:
     Returns the prepared config (provider defaults merged, per-type min/max filled in); errors as one line.
     """
     import jsonschema
-
     from ray.autoscaler._private.util import prepare_config, validate_config
 
     logging.getLogger("ray.autoscaler._private.util").setLevel(logging.WARNING)  # "setting max workers…"

@@ -219,9 +219,15 @@ def conf_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "conf"
 
 
-def available_configs() -> list[str]:
+def is_sweep_config(path: Path) -> bool:
+    """A Ray Tune sweep file (top-level `tune:`), run by `python -m raal.tune`, not by `raal.run`."""
+    return any(line.startswith("tune:") for line in path.read_text().splitlines())
+
+
+def available_configs(sweeps: bool = False) -> list[str]:
+    """Run configs in conf/ (or, with `sweeps`, the sweep files)."""
     d = conf_dir()
-    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+    return sorted(p.stem for p in d.glob("*.yaml") if is_sweep_config(p) == sweeps) if d.is_dir() else []
 
 
 _SCHEDULE_TERM = re.compile(r"^\[\s*(\d+(?:\s*,\s*\d+)*)\s*\](?:\s*\*\s*(\d+))?$")
@@ -307,6 +313,8 @@ def load_config(name: str | None = None, overrides: list[str] | None = None) -> 
     Raises ConfigError with one line naming the key for anything wrong.
     """
     name = name or "demo"
+    if name in available_configs(sweeps=True):
+        raise ConfigError(f"conf={name!r} is a Ray Tune sweep; run it with: python -m raal.tune conf={name}")
     schema = OmegaConf.structured(RunConfig)
     file_cfg = _load_named(name, [])
     overrides = list(overrides or [])

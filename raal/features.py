@@ -34,6 +34,7 @@ from typing import Callable
 
 import numpy as np
 
+from raal import faults
 from raal.errors import StoreError
 from raal.store import RunStore, atomic_local_file
 
@@ -497,6 +498,7 @@ class ShardAssembler:
                 self.written.append(k)
                 if self.on_shard is not None:
                     self.on_shard(k)
+                faults.reach("embed")
         return int(ids.size)
 
     def check_done(self) -> None:

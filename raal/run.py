@@ -17,6 +17,8 @@ log = logging.getLogger("raal")
 
 USAGE = """usage: python -m raal.run [conf=NAME] [key=value ...]
        python -m raal.run run_dir=DIR            (resume the run stored in DIR with its own config)
+       python -m raal.run label run_dir=DIR file=LABELS.csv|EXPORT.json [allow_partial=true]
+                                                 (import people's labels into a run with oracle.kind=files)
 
 Runs one active-learning experiment: embeds the pool with the backbone through Ray Data, runs the configured
 pipeline/strategy next to a random baseline, evaluates every round on the test split, writes the run store and an
@@ -26,7 +28,9 @@ HTML report. Without conf= it runs 'demo'. Ray: a private local instance, or the
 
 def help_text() -> str:
     configs = available_configs()
-    lines = [USAGE, f"configs ({conf_dir()}):", "  " + (", ".join(configs) or "none"), "", "main keys:"]
+    lines = [USAGE, f"configs ({conf_dir()}):", "  " + (", ".join(configs) or "none"),
+             "sweeps (python -m raal.tune conf=NAME): " + (", ".join(available_configs(sweeps=True)) or "none"), "",
+             "main keys:"]
     from raal.config import to_dict
 
     defaults = to_dict(RunConfig())
@@ -107,13 +111,25 @@ def main(argv: list[str] | None = None) -> int:
     return run(cfg)
 
 
+def print_waiting(status: dict, run_dir: str) -> None:
+    """The stop of a files-oracle run: what to label, and the two commands that continue it."""
+    todo = status["queried"] - status.get("labeled", 0)
+    print(f"raal: round {status['round']} waits for {todo} of {status['queried']} labels; label one of:")
+    for f in status["files"]:
+        print(f"  {f}")
+    print(f"raal: then: python -m raal.run label run_dir={run_dir} file=LABELS.csv   (or the Label Studio export)")
+    print(f"raal: and:  python -m raal.run run_dir={run_dir}", flush=True)
+
+
 def run(cfg: RunConfig) -> int:
     import ray
 
     from raal.pipelines.experiment import default_run_dir, format_header, format_row, start_driver
     from raal.raylocal import init_local_ray
+    from raal.store import redact_uri
 
     run_dir = default_run_dir(cfg)
+    shown = redact_uri(run_dir)  # what is printed: never the credentials a URI may carry
     started_here = not ray.is_initialized()
     init_local_ray(cfg.ray.num_cpus or None, address=cfg.ray.address or None)
     t0 = time.perf_counter()
@@ -121,15 +137,20 @@ def run(cfg: RunConfig) -> int:
         driver = start_driver(cfg)
         info = ray.get(driver.prepare.remote())
         names = info["arms"]
-        print(f"raal: run_dir={run_dir}  pool={info['pool']}  test={info['test']}  arms={', '.join(names)}"
+        print(f"raal: run_dir={shown}  pool={info['pool']}  test={info['test']}  arms={', '.join(names)}"
               f"{'  (resumed at round ' + str(info['completed_rounds']) + ')' if info['resumed'] else ''}")
         print(f"raal: pre-computed features (v0) in {info['t_pre']:.1f} s")
         print(format_header(names), flush=True)
         n = ray.get(driver.num_rounds.remote())
+        waiting = None
         for r in range(n):
             rows = ray.get(driver.run_round.remote(r))
+            waiting = ray.get(driver.waiting.remote())
+            if waiting:
+                print_waiting(waiting, shown)
+                break
             print(format_row(r, rows, names), flush=True)
-        finals = ray.get(driver.finalize.remote())
+        finals = {} if waiting else ray.get(driver.finalize.remote())
         for name, res in finals.items():
             print(f"raal: final model of {name}: {res['method']} on {res['n_labeled']} labels -> "
                   f"test accuracy {res['accuracy']:.4f}")
@@ -137,6 +158,8 @@ def run(cfg: RunConfig) -> int:
     finally:
         if started_here:
             ray.shutdown()
+    if waiting:
+        return 0
     if cfg.report and "://" not in run_dir:
         try:
             from raal.report import write_report

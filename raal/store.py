@@ -22,6 +22,26 @@ import pyarrow.parquet as pq
 
 from raal.errors import StoreError
 
+SECRET_QUERY_KEYS = ("access_key", "secret_key", "session_token", "password", "token", "credential", "sig",
+                     "signature", "key")
+
+
+def redact_uri(uri: str) -> str:
+    """`uri` without `user:secret@` and without secret-looking query values: what may be stored or logged.
+
+    pyarrow accepts credentials inside S3 URIs (s3://KEY:SECRET@bucket/x, ?access_key=...); they must never reach
+    config.yaml, status files or logs.
+    """
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    if "://" not in uri:
+        return uri
+    parts = urlsplit(uri)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = [(k, "REDACTED" if any(s in k.lower() for s in SECRET_QUERY_KEYS) else v)
+             for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="/"), parts.fragment))
+
 
 def _resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     if "://" in uri:

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from raal import faults
 from raal.config import LoraConfig, ModelConfig, TrainConfig
 from raal.data.transforms import IMAGE_COLUMNS, ImageTransform
 from raal.proxy import cosine_multiplier, epoch_batches
@@ -259,12 +260,16 @@ class _Job:
         import ray.train
 
         ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
+        rescued = self.cfg.get("rescued_checkpoint")
+        if ckpt is None and rescued:  # the run folder lost its newest checkpoint: go on from the newest intact one
+            state = torch.load(Path(rescued) / STATE_FILE, map_location="cpu", weights_only=True)
+        elif ckpt is None:
             self.log.append({"event": "start", "trunk_digest": state_digest(self.net.trunk.state_dict()),
                              "head_digest": state_digest(self.net.head.state_dict())})
             return
-        with ckpt.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        else:
+            with ckpt.as_directory() as d:
+                state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
         if state["fingerprint"] != self.cfg["fingerprint"]:
             raise ValueError("the checkpoint in this run folder belongs to a job with other inputs")
         self.net.load_state_dict({k: v for k, v in state["net"].items() if not k.endswith("lora_scale")})
@@ -462,6 +467,8 @@ class _Job:
                 self.log.append(entry)
                 metrics = {k: v for k, v in entry.items() if isinstance(v, (int, float))}
                 ckpt_time = self._save(metrics, done)
+                if self.rank == 0 and not done and self.epoch >= 2:
+                    faults.reach("finetune")  # two checkpoints are on disk: one can be removed
                 entry["epoch_time"] = round(train_time + ckpt_time, 4)
                 if self.rank == 0:
                     print(f"[raal.train] {self.method} epoch {self.epoch}/{self.total_epochs} stage={stage.name} "
@@ -614,6 +621,28 @@ def _crash_setting() -> tuple[int, str] | None:
     return int(epoch), marker
 
 
+def rescue_damaged_run(run_dir: Path) -> str | None:
+    """If Ray Train's checkpoint snapshot names a checkpoint that is gone or lacks its state file, Ray cannot
+    resume the run folder. Move the folder aside (`NAME.damaged-TIME`, kept for inspection) and return the newest
+    intact checkpoint in it (None if none is left), from which the job then starts again in a fresh folder."""
+    snap = run_dir / "checkpoint_manager_snapshot.json"
+    if not snap.is_file():
+        return None
+    try:
+        results = json.loads(snap.read_text()).get("checkpoint_results", [])
+        names = [r["checkpoint_dir_name"] for r in results]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        names = None  # an unreadable snapshot is damage too
+    if names is not None and all((run_dir / n / STATE_FILE).is_file() for n in names):
+        return None
+    aside = run_dir.with_name(f"{run_dir.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**9}")
+    run_dir.rename(aside)
+    intact = [n for n in (names or []) if (aside / n / STATE_FILE).is_file()]
+    log.warning("Ray Train run %s: checkpoint(s) %s missing; moved to %s, resuming from %s", run_dir,
+                sorted(set(names or []) - set(intact)) or "snapshot", aside.name, intact[-1] if intact else "scratch")
+    return str(aside / intact[-1]) if intact else None
+
+
 def _run_job(method: str, train_images: dict, test, *, num_classes: int, model_cfg: ModelConfig,
              train_cfg: TrainConfig, lora_cfg: LoraConfig | None, transform: ImageTransform, storage_path: str,
              name: str, seed: int, init_state_dict, backbone_factory) -> TrainResult:
@@ -643,6 +672,8 @@ def _run_job(method: str, train_images: dict, test, *, num_classes: int, model_c
                       backbone_factory)
     if run_store.exists("raal_inputs.json") and run_store.read_json("raal_inputs.json").get("fingerprint") != fp:
         raise ValueError(f"{run_store.path()} holds a training run with other inputs; pick another name")
+    rescued = rescue_damaged_run(run_store.local_path()) if run_store.is_local else None
+    run_store = RunStore(run_store.uri)  # (re)creates the folder if the damaged one was moved aside
     run_store.write_json("raal_inputs.json", {"fingerprint": fp, "method": method, "rows": len(batch["id"])})
 
     workers, cpus = worker_resources(train_cfg, len(batch["id"]))
@@ -652,6 +683,7 @@ def _run_job(method: str, train_images: dict, test, *, num_classes: int, model_c
     config = {"method": method, "num_classes": num_classes, "model_cfg": model_cfg, "train_cfg": train_cfg,
               "lora_cfg": lora_cfg, "transform": transform, "seed": seed,
               "init_state": ray.put(init_state_dict) if init_state_dict is not None else None,
+              "rescued_checkpoint": rescued,
               "backbone_factory": backbone_factory, "fingerprint": fp, "crash": _crash_setting(),
               "cache_bytes": CACHE_BYTES, "cpus_per_worker": cpus}
     trainer = TorchTrainer(

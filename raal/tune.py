@@ -22,7 +22,6 @@ one swept key (replacing the file's spec of that key).
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import json
 import logging

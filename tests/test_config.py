@@ -75,3 +75,11 @@ def test_cli_help_lists_configs_and_keys():
     proc = subprocess.run([sys.executable, "-m", "raal.run", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
     assert "demo" in proc.stdout and "al.strategy" in proc.stdout and "al.schedule" in proc.stdout
+
+
+def test_sweep_files_are_not_run_configs():
+    from raal.config import available_configs
+
+    assert "tune_demo" in available_configs(sweeps=True) and "tune_demo" not in available_configs()
+    with pytest.raises(ConfigError, match="python -m raal.tune conf=tune_demo"):
+        load_config("tune_demo")

@@ -7,8 +7,16 @@ import pytest
 import torch
 from torch import nn
 
-from raal.models.lora import (LoraQKV, apply_lora, lora_parameters, lora_state_dict, merge_lora,
-                              merge_lora_state_dict, num_lora_parameters, small_vit_backbone)
+from raal.models.lora import (
+    LoraQKV,
+    apply_lora,
+    lora_parameters,
+    lora_state_dict,
+    merge_lora,
+    merge_lora_state_dict,
+    num_lora_parameters,
+    small_vit_backbone,
+)
 from raal.train import Classifier
 
 pytestmark = pytest.mark.timeout(120)

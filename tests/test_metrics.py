@@ -4,9 +4,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from raal.metrics import (PhaseTimes, Prices, compute_cost, equivalent_labels, measured_phase_times,
-                          modelled_totals, monotone_curve, overall_cost, phase_totals, round_seconds,
-                          sample_saving_ratio, saving_curve)
+from raal.metrics import (
+    PhaseTimes,
+    Prices,
+    compute_cost,
+    equivalent_labels,
+    measured_phase_times,
+    modelled_totals,
+    monotone_curve,
+    overall_cost,
+    phase_totals,
+    round_seconds,
+    sample_saving_ratio,
+    saving_curve,
+)
 
 pytestmark = pytest.mark.timeout(30)
 

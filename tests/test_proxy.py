@@ -9,8 +9,16 @@ import pytest
 import torch
 
 from raal.config import ProxyConfig
-from raal.proxy import (ProxyMLP, cosine_multiplier, epoch_batches, load_proxy, num_parameters, predict,
-                        proxy_state_dict, train_proxy)
+from raal.proxy import (
+    ProxyMLP,
+    cosine_multiplier,
+    epoch_batches,
+    load_proxy,
+    num_parameters,
+    predict,
+    proxy_state_dict,
+    train_proxy,
+)
 
 pytestmark = pytest.mark.timeout(120)
 

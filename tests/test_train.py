@@ -20,8 +20,17 @@ from raal.data.sources import load_data
 from raal.data.transforms import ImageTransform
 from raal.models.backbones import build_backbone
 from raal.models.lora import small_vit_backbone
-from raal.train import (CRASH_ENV, _build_classifier, check_train_images, finetune, finetune_lora,
-                        random_resized_crop_flip, rank_order, state_digest, worker_resources)
+from raal.train import (
+    CRASH_ENV,
+    _build_classifier,
+    check_train_images,
+    finetune,
+    finetune_lora,
+    random_resized_crop_flip,
+    rank_order,
+    state_digest,
+    worker_resources,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -162,3 +171,24 @@ def test_lora_job_merged_weights_load_as_a_plain_vit(ray_local, data, tmp_path):
     plain.load_state_dict(state, strict=True)
     assert abs(accuracy_of(plain, res.head_state, data.test) - res.accuracy) <= 0.011
     assert Path(res.backbone_path).parent.name == "peal"
+
+
+def test_a_run_folder_whose_newest_checkpoint_is_gone_is_moved_aside(tmp_path):
+    import json
+
+    from raal.train import STATE_FILE, rescue_damaged_run
+
+    run = tmp_path / "job"
+    for name in ("checkpoint_a", "checkpoint_b"):
+        (run / name).mkdir(parents=True)
+        (run / name / STATE_FILE).write_bytes(b"x")
+    snap = {"checkpoint_results": [{"checkpoint_dir_name": "checkpoint_a"}, {"checkpoint_dir_name": "checkpoint_b"}]}
+    (run / "checkpoint_manager_snapshot.json").write_text(json.dumps(snap))
+    assert rescue_damaged_run(run) is None and run.is_dir()  # intact: Ray resumes it itself
+    (run / "checkpoint_b" / STATE_FILE).unlink()
+    rescued = rescue_damaged_run(run)
+    assert not run.exists() and rescued is not None and rescued.endswith("checkpoint_a")
+    assert (tmp_path / rescued).parent.name.startswith("job.damaged-")
+    (run / "checkpoint_c").mkdir(parents=True)
+    (run / "checkpoint_manager_snapshot.json").write_text("{not json")
+    assert rescue_damaged_run(run) is None and not run.exists()  # unreadable snapshot, nothing intact: scratch

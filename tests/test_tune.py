@@ -140,8 +140,9 @@ def test_features_are_shared_by_hard_links(tmp_path):
 def test_results_table_and_best_config(tmp_path):
     f = sweep_file(tmp_path, "tune:\n  overrides: [al.pipeline=svpp]\n  params:\n    proxy.lr: {grid: [0.01, 0.1, 1.0]}\n")
     plan = rt.make_plan(str(f), [f"tune.dir={tmp_path / 'sw'}"])
-    from raal.store import RunStore
     import pyarrow as pa
+
+    from raal.store import RunStore
 
     baseline = [(100.0, 0.5), (200.0, 0.6), (300.0, 0.7)]
     for i, acc in enumerate([0.6, 0.7]):  # trial 2 never ran

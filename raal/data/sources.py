@@ -58,7 +58,8 @@ class ImageSet:
             ds = ray.data.read_parquet(path).select_columns(["id", col])
             keep = self.ids
             rename = {"image": "bytes"} if col == "image" else {}
-            return ds.map_batches(_KeepIds(keep, rename), batch_format="numpy")
+            return ds.map_batches(_KeepIds(keep, rename, os.path.dirname(os.path.realpath(path))),
+                                  batch_format="numpy")
         num_blocks = num_blocks or max(1, min(64, n // 512))
         bounds = np.linspace(0, n, num_blocks + 1).astype(int)
         tables = []
@@ -82,6 +83,9 @@ class ImageSet:
             got = table.column("id").to_numpy()
             order = np.argsort(got)[np.searchsorted(np.sort(got), out["id"])]
             values = table.column(col).to_pylist()
+            if col == "path":  # relative paths count from the manifest's folder
+                base = os.path.dirname(os.path.realpath(path))
+                values = [os.path.join(base, v) for v in values]
             out["bytes" if col == "image" else "path"] = np.asarray([values[i] for i in order], dtype=object)
             return out
         for key, values in self.columns.items():
@@ -92,15 +96,19 @@ class ImageSet:
 class _KeepIds:
     """Filter a manifest stream to the ids of one split (pool or test)."""
 
-    def __init__(self, ids: np.ndarray, rename: dict | None = None):
+    def __init__(self, ids: np.ndarray, rename: dict | None = None, base: str = ""):
         self.ids = np.sort(np.asarray(ids, dtype=np.int64))
         self.rename = rename or {}
+        self.base = base  # relative image paths count from the manifest's folder
 
     def __call__(self, batch: dict) -> dict:
         ids = np.asarray(batch["id"], dtype=np.int64)
         pos = np.searchsorted(self.ids, ids).clip(0, len(self.ids) - 1)
         keep = self.ids[pos] == ids
-        return {self.rename.get(k, k): np.asarray(v)[keep] for k, v in batch.items()}
+        out = {self.rename.get(k, k): np.asarray(v)[keep] for k, v in batch.items()}
+        if "path" in out and self.base:
+            out["path"] = np.asarray([os.path.join(self.base, str(p)) for p in out["path"]], dtype=object)
+        return out
 
 
 def _arrow_column(values):
@@ -276,6 +284,8 @@ def load_parquet(cfg: DataConfig) -> Dataset:
     """A Parquet manifest (id, path | image bytes, optional label). Image rows stay on disk; Ray Data reads them."""
     meta, col = _read_manifest(cfg.root)
     ids = meta.column("id").to_numpy().astype(np.int64)
+    if col == "path":
+        _resolve_manifest_paths(cfg.root, ids, effective_roots(cfg))
     labels, classes = _labels_from(meta)
     image_col = "path" if col == "path" else "bytes"
     parquet = (cfg.root, col)
@@ -285,17 +295,50 @@ def load_parquet(cfg: DataConfig) -> Dataset:
 
     if cfg.test_root:
         tmeta, tcol = _read_manifest(cfg.test_root)
-        tlabels, _ = _labels_from(tmeta, classes)
+        if tcol == "path":
+            _resolve_manifest_paths(cfg.test_root, tmeta.column("id").to_numpy(), effective_roots(cfg))
+        tlabels, tclasses = _labels_from(tmeta, classes)
         if tlabels is None:
             raise ConfigError(f"data.test_root={cfg.test_root!r}: the test manifest needs a 'label' column")
+        classes = classes or tclasses  # an unlabeled pool (people label it) takes its classes from the test set
         data = _finish("parquet", ids, labels, cols, classes, cfg,
                        test_ids=tmeta.column("id").to_numpy().astype(np.int64), test_labels=tlabels,
-                       test_columns_fn=lambda: {})
+                       test_columns_fn=lambda: {}, parquet=parquet)
         data.test.parquet = (cfg.test_root, tcol)
     else:
         data = _finish("parquet", ids, labels, cols, classes, cfg, parquet=parquet)
     data.pool.meta["image_column"] = image_col
     return data
+
+
+def effective_roots(cfg: DataConfig) -> tuple[str, ...]:
+    """Folders every image path must lie under: `data.data_roots`, else the image folder or the manifests' folders.
+
+    Paths in manifests and label files are untrusted: `../` or an absolute path outside these is refused.
+    """
+    if cfg.data_roots:
+        return tuple(os.path.realpath(r) for r in cfg.data_roots)
+    if cfg.source == "image_folder":
+        return tuple(os.path.realpath(r) for r in (cfg.root, cfg.test_root) if r)
+    if cfg.source == "parquet":
+        return tuple(os.path.dirname(os.path.realpath(r)) for r in (cfg.root, cfg.test_root) if r)
+    return ()
+
+
+def _resolve_manifest_paths(path: str, ids: np.ndarray, roots: tuple[str, ...]) -> None:
+    """Refuse a manifest whose image paths leave the data roots (relative paths count from the manifest)."""
+    from raal.data.transforms import confine_path
+
+    base = os.path.dirname(os.path.realpath(path))
+    values = pq.read_table(path, columns=["path"]).column("path").to_pylist()
+    for i, p in zip(ids.tolist(), values):
+        if not isinstance(p, str) or not p:
+            raise ConfigError(f"{path}: id {i} has no image path")
+        try:
+            confine_path(os.path.join(base, p), roots)
+        except ValueError:
+            raise ConfigError(f"{path}: id {i} has path {p!r}, which lies outside the data roots {list(roots)}"
+                              ) from None
 
 
 LOADERS = {"animal_mnist": load_animal_mnist, "image_folder": load_image_folder, "parquet": load_parquet}

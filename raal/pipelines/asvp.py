@@ -17,7 +17,6 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-
 from raal.config import ASVPConfig
 from raal.pipelines.base import PhaseTimer, round_seed
 from raal.pipelines.svpp import SVPpPipeline

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from raal import strategies
+from raal import faults, strategies
 from raal.config import RunConfig, parse_schedule
 from raal.data.sources import Dataset
 from raal.data.transforms import ImageTransform
-from raal.oracle import SimulatedOracle
+from raal.oracle import WaitingForLabels
 from raal.pipelines.state import ArmState
 from raal.store import RunStore
 
@@ -44,7 +44,7 @@ class Context:
     cfg: RunConfig
     store: RunStore
     data: Dataset
-    oracle: SimulatedOracle
+    oracle: object  # raal.oracle.SimulatedOracle | FilesOracle
     transform: ImageTransform
     features: object = None  # raal.features.FeatureStore of the experiment (v0 lives here)
     t_pre: float = 0.0  # wall time of the v0 feature pass (pool + test)
@@ -128,8 +128,15 @@ class Pipeline:
             return self.pool_ids[np.sort(pos)]
         inputs = self.strategy_inputs(r, self.strategy.requires, timer)
         with timer.phase("t_select"):
-            pos = self.strategy.select(size, labeled_mask=mask, seed=seed, **inputs)
-        return self.pool_ids[np.asarray(pos, dtype=np.int64)]
+            faults.reach("select")
+            pos = np.asarray(self.strategy.select(size, labeled_mask=mask, seed=seed, **inputs), dtype=np.int64)
+        probs = inputs.get("probs")
+        if probs is not None:  # what annotators see beside each query (files oracle)
+            block = np.asarray(probs[pos], dtype=np.float32)
+            self.query_info = {"prediction": block.argmax(1).astype(np.int64),
+                               "score": (self.strategy.item_score(block) if self.strategy.item_score is not None
+                                         else block.max(1)).astype(np.float64)}
+        return self.pool_ids[pos]
 
     def chooses_initial(self) -> bool:
         return self.arm.strategy in ("activeft", "activeft_al")
@@ -144,19 +151,27 @@ class Pipeline:
         timer = PhaseTimer()
         ids = self.state.saved_query(r)
         if ids is None:
+            self.query_info = {}
             ids = self.select(r, size, timer)
-            self.state.save_query(r, ids)
+            self.state.save_query(r, ids, **self.query_info)
         answered = self.state.labels_for_round(r)
         todo = np.asarray([i for i in ids.tolist() if i not in answered], dtype=np.int64)
         if len(todo):
-            self.state.add_labels(r, todo, self.ctx.oracle.label(todo), self.ctx.oracle.source)
-        row = {"round": r, "n_labeled": len(self.state.label_ids), "n_new": len(ids),
+            got, labels = self.ctx.oracle.answer(todo, r)
+            if len(got):
+                self.state.add_labels(r, got, labels, self.ctx.oracle.source)
+            answered = self.state.labels_for_round(r)
+            missing = [i for i in ids.tolist() if i not in answered]
+            if missing and not (answered and self.ctx.oracle.accepts_partial(r)):
+                raise WaitingForLabels(self.arm.name, r, missing)
+        row = {"round": r, "n_labeled": len(self.state.label_ids), "n_new": len(answered),
                "random_only": self.random_only(r)}
         row.update(self.after_labels(r, timer))
         if r == 0 and self.uses_precomputed_features:
             timer.times["t_pre"] = timer.times.get("t_pre", 0.0) + self.ctx.t_pre
         row.update(timer.times)
         row["t_round"] = time.perf_counter() - t0
+        faults.reach("before_commit")
         self.state.commit_round(row)
         return self.state.rounds[r]
 

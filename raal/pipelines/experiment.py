@@ -6,18 +6,19 @@ Ray restarts (`max_restarts`) and which then continues from the last committed r
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
 import numpy as np
 
 from raal.config import RunConfig, diff_keys, from_yaml, to_dict, to_yaml, validate_against_pool
-from raal.data.sources import load_data
+from raal.data.sources import effective_roots, load_data
 from raal.data.transforms import ImageTransform
 from raal.errors import ConfigError
-from raal.oracle import SimulatedOracle
+from raal.oracle import FilesOracle, SimulatedOracle, WaitingForLabels
 from raal.pipelines.base import ArmSpec, Context, Pipeline
-from raal.store import RunStore
+from raal.store import RunStore, redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def check_resume(store: RunStore, cfg: RunConfig) -> bool:
     new = to_dict(cfg)
     differ = [k for k in diff_keys(old, new) if not _operational(k)]
     if differ:
-        raise ConfigError(f"run_dir={store.uri!r} holds a run with a different config; differing keys: "
+        raise ConfigError(f"run_dir={redact_uri(store.uri)!r} holds a run with a different config; differing keys: "
                           f"{', '.join(differ)} (use another run_dir, or the same settings to resume)")
     return True
 
@@ -106,11 +107,13 @@ class Experiment:
         specs = arm_specs(cfg)
         validate_arms(specs, classes)
         if not self.resumed:
-            self.store.write_text("config.yaml", to_yaml(cfg))
+            self.store.write_text("config.yaml", to_yaml(dataclasses.replace(cfg, run_dir=redact_uri(cfg.run_dir))))
         transform = ImageTransform(cfg.data.image_size, tuple(cfg.data.mean), tuple(cfg.data.std),
-                                   tuple(cfg.data.data_roots))
-        self.ctx = Context(cfg=cfg, store=self.store, data=data, oracle=SimulatedOracle(data.truth),
-                           transform=transform)
+                                   effective_roots(cfg.data))
+        oracle = (FilesOracle(self.store, cfg.oracle.allow_partial) if cfg.oracle.kind == "files"
+                  else SimulatedOracle(data.truth))
+        self.ctx = Context(cfg=cfg, store=self.store, data=data, oracle=oracle, transform=transform)
+        self.waiting: dict | None = None  # the status while a round waits for people's labels
         self.specs = specs
         self.arms: list[Pipeline] = []
         self._classes = classes
@@ -145,7 +148,22 @@ class Experiment:
         return min((a.state.completed_rounds for a in self.arms), default=0)
 
     def run_round(self, r: int) -> dict[str, dict]:
-        rows = {a.arm.name: a.run_round(r, a.sizes()[r]) for a in self.arms if r < len(a.sizes())}
+        """Round r of every arm; with the files oracle it may stop short (`self.waiting` says so, rows are partial)."""
+        rows, waiting = {}, {}
+        for a in self.arms:
+            if r >= len(a.sizes()):
+                continue
+            try:
+                rows[a.arm.name] = a.run_round(r, a.sizes()[r])
+            except WaitingForLabels as w:
+                waiting[a.arm.name] = (a, w.missing)
+        if waiting:
+            from raal.labeling import export_round
+
+            self.waiting = export_round(self.ctx, r, waiting)
+            self.store.write_json("status.json", self.waiting)
+            return rows
+        self.waiting = None
         done = r + 1 == self.num_rounds
         self.store.write_json("status.json", {"state": "done" if done else "running", "round": r + 1})
         return rows
@@ -182,6 +200,10 @@ class DriverActor:
         if not self.exp.arms:
             self.exp.prepare()
         return self.exp.run_round(r)
+
+    def waiting(self) -> dict | None:
+        """The waiting-for-labels status of the last round run, or None."""
+        return self.exp.waiting
 
     def history(self) -> dict[str, list[dict]]:
         if not self.exp.arms:

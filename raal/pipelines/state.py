@@ -32,7 +32,7 @@ ROUND_DEFAULTS = {"accuracy": math.nan, "eval_method": "none", "random_only": Fa
                   "train_method": "", "t_pre": 0.0, "t_tr_proxy": 0.0, "t_f_proxy": 0.0, "t_tr_full": 0.0,
                   "t_f_full": 0.0, "t_select": 0.0, "t_eval": 0.0, "t_round": 0.0, "device": "cpu"}
 LABEL_SCHEMA = pa.schema([("id", pa.int64()), ("label", pa.int64()), ("round", pa.int64()), ("source", pa.string())])
-QUERY_SCHEMA = pa.schema([("id", pa.int64()), ("score", pa.float64())])
+QUERY_SCHEMA = pa.schema([("id", pa.int64()), ("score", pa.float64()), ("prediction", pa.int64())])
 
 
 @dataclass
@@ -91,16 +91,24 @@ class ArmState:
         return {i: v for i, v, rr in zip(self.label_ids, self.label_values, self.label_rounds) if rr == r}
 
     # -- writes -----------------------------------------------------------------------------------------------------
-    def save_query(self, r: int, ids: np.ndarray, scores: np.ndarray | None = None) -> None:
+    def save_query(self, r: int, ids: np.ndarray, score: np.ndarray | None = None,
+                   prediction: np.ndarray | None = None) -> None:
+        """The round's query with, where the strategy had model outputs, the model's class and the strategy's
+        score per item (-1 / NaN otherwise)."""
         ids = np.asarray(ids, dtype=np.int64)
         if len(np.unique(ids)) != len(ids):
             raise StoreError(f"round {r}: the query has duplicate ids")
         clash = set(ids.tolist()) & set(self.label_ids)
         if clash:
             raise StoreError(f"round {r}: the query re-asks labeled ids {sorted(clash)[:10]}")
-        sc = np.full(len(ids), np.nan) if scores is None else np.asarray(scores, dtype=np.float64)
+        sc = np.full(len(ids), np.nan) if score is None else np.asarray(score, dtype=np.float64)
+        pred = np.full(len(ids), -1, np.int64) if prediction is None else np.asarray(prediction, dtype=np.int64)
         self.store.write_table(f"queries/round_{r}.parquet",
-                               pa.table({"id": ids, "score": sc}, schema=QUERY_SCHEMA))
+                               pa.table({"id": ids, "score": sc, "prediction": pred}, schema=QUERY_SCHEMA))
+
+    def saved_query_table(self, r: int) -> pa.Table | None:
+        rel = f"queries/round_{r}.parquet"
+        return self.store.read_table(rel) if self.store.exists(rel) else None
 
     def add_labels(self, r: int, ids: np.ndarray, labels: np.ndarray, source: str) -> None:
         ids = np.asarray(ids, dtype=np.int64)

@@ -32,6 +32,8 @@ class Strategy:
     name: str = ""
     requires: frozenset = frozenset()
     min_classes: int = 1  # probs columns the strategy needs
+    #: per-item score from a block of probabilities (shown to annotators beside each query); None = no such score
+    item_score = None
 
     def select(self, budget, *, labeled_mask, probs=None, embeddings=None, seed=0) -> np.ndarray:
         pool = check_inputs(self, budget, labeled_mask=labeled_mask, probs=probs, embeddings=embeddings, seed=seed)

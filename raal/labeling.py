@@ -1,0 +1,327 @@
+"""Human labeling round trip (`oracle.kind=files`): export a round's queries, import people's answers.
+
+    python -m raal.run conf=X oracle.kind=files            # runs until a round needs labels, writes the files, stops
+    python -m raal.run label run_dir=DIR file=labels.csv   # or a Label Studio JSON export; allow_partial=true
+    python -m raal.run run_dir=DIR                         # continues once the round's query is answered
+
+Export (run store, `queries/`): `round_K.csv` (id, path, prediction, score, arms, label — fill in `label`),
+`round_K.parquet` (the same), `round_K.labelstudio.json` (tasks with raal's prediction as a pre-annotation) and
+`labelstudio_config.xml`. Images that live inside arrays or a manifest's bytes are written as files under
+`queries/images/round_K/` so that annotators can see them.
+
+Import is validated whole before anything is written (one error naming the problem, nothing changed): every id
+must be in the open round's query and not labeled yet, every label in the class list, no id twice with different
+labels, any path inside the data roots and equal to the exported one. Labels identical to ones already imported are
+skipped, so re-running an import after a crash is safe. Accepted labels go to one ledger (`oracle/labels.parquet`,
+written atomically) that answers every arm that asked for the id. Nothing here unpickles anything: CSV and JSON only.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import sys
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+import pyarrow as pa
+
+from raal import faults
+from raal.errors import ConfigError, LabelImportError, StoreError
+from raal.store import RunStore
+
+LEDGER = "oracle/labels.parquet"
+PARTIAL = "oracle/partial.json"
+CLASSES = "oracle/classes.json"
+LEDGER_SCHEMA = pa.schema([("id", pa.int64()), ("label", pa.int64()), ("round", pa.int64()), ("file", pa.string()),
+                           ("sha256", pa.string())])
+EXPORT_COLUMNS = ("id", "path", "prediction", "score", "arms", "label")
+MAX_LABEL_FILE_BYTES = 256 << 20
+
+
+class Ledger:
+    """Every label people gave this run: id -> class index, with the round and the file it came in."""
+
+    def __init__(self, store: RunStore):
+        self.store = store
+
+    def table(self) -> pa.Table:
+        if not self.store.exists(LEDGER):
+            return LEDGER_SCHEMA.empty_table()
+        return self.store.read_table(LEDGER)
+
+    def load(self) -> dict[int, int]:
+        t = self.table()
+        return dict(zip(t.column("id").to_pylist(), t.column("label").to_pylist()))
+
+    def append(self, round_: int, ids: list[int], labels: list[int], file: str, digest: str) -> None:
+        new = pa.table({"id": ids, "label": labels, "round": [round_] * len(ids), "file": [file] * len(ids),
+                        "sha256": [digest] * len(ids)}, schema=LEDGER_SCHEMA)
+        self.store.write_table(LEDGER, pa.concat_tables([self.table(), new]))
+
+    def partial_rounds(self) -> set[int]:
+        return set(self.store.read_json(PARTIAL)) if self.store.exists(PARTIAL) else set()
+
+    def mark_partial(self, round_: int) -> None:
+        self.store.write_json(PARTIAL, sorted(self.partial_rounds() | {round_}))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# export
+# ---------------------------------------------------------------------------------------------------------------
+def _image_files(ctx, r: int, ids: np.ndarray, positions: np.ndarray) -> list[str]:
+    """A path per queried item: its own file, or one written under queries/images/round_r/ for in-memory images."""
+    from PIL import Image
+
+    batch = ctx.data.pool.take(positions)
+    if "path" in batch:
+        return [str(p) for p in batch["path"]]
+    out = []
+    for i, item in zip(ids.tolist(), batch["image"] if "image" in batch else batch["bytes"]):
+        if "image" in batch:
+            buf = io.BytesIO()
+            Image.fromarray(np.asarray(item, dtype=np.uint8)).save(buf, format="PNG")
+            data, ext = buf.getvalue(), "png"
+        else:
+            data = bytes(item)
+            ext = "png" if data[:4] == b"\x89PNG" else "jpg"
+        rel = f"queries/images/round_{r}/{i}.{ext}"
+        if not ctx.store.exists(rel):
+            ctx.store.write_bytes(rel, data)
+        out.append(ctx.store.path(rel))
+    return out
+
+
+def export_round(ctx, r: int, waiting: dict) -> dict:
+    """Write the files people label for round r; `waiting` maps arm name -> (pipeline, missing ids).
+
+    The whole query of every waiting arm is exported, one row per id (the first arm's score), with the labels
+    imported so far already filled in. Returns the status the run stops with.
+    """
+    names = ctx.data.class_names
+    done = Ledger(ctx.store).load()
+    info: dict[int, dict] = {}
+    for arm_name, (pipe, _missing) in waiting.items():
+        cols = pipe.state.saved_query_table(r).to_pydict()
+        for k, i in enumerate(cols["id"]):
+            pred = cols.get("prediction", [-1] * len(cols["id"]))[k]
+            row = info.setdefault(i, {"id": i, "prediction": names[pred] if pred is not None and pred >= 0 else "",
+                                      "score": cols["score"][k], "arms": []})
+            row["arms"].append(arm_name)
+    ids = np.asarray(sorted(info), dtype=np.int64)
+    pipe = next(iter(waiting.values()))[0]
+    paths = _image_files(ctx, r, ids, pipe.positions(ids))
+    rows = []
+    for i, path in zip(ids.tolist(), paths):
+        row = info[i]
+        score = row["score"]
+        rows.append({"id": i, "path": path, "prediction": row["prediction"],
+                     "score": None if score is None or not np.isfinite(score) else float(score),
+                     "arms": ",".join(row["arms"]), "label": names[done[i]] if i in done else ""})
+    store = ctx.store
+    store.write_json(CLASSES, list(names))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows([{k: ("" if v is None else v) for k, v in row.items()} for row in rows])
+    store.write_text(f"queries/round_{r}.csv", text.getvalue())
+    store.write_table(f"queries/round_{r}.parquet", pa.table({
+        "id": pa.array([x["id"] for x in rows], pa.int64()), "path": [x["path"] for x in rows],
+        "prediction": [x["prediction"] for x in rows], "score": pa.array([x["score"] for x in rows], pa.float64()),
+        "arms": [x["arms"] for x in rows]}))
+    tasks = []
+    for x in rows:
+        task = {"data": {"image": x["path"], "raal_id": x["id"], "raal_round": r}}
+        if x["prediction"]:
+            task["predictions"] = [{"model_version": f"raal-round-{r}", "score": x["score"], "result": [
+                {"from_name": "label", "to_name": "image", "type": "choices",
+                 "value": {"choices": [x["prediction"]]}}]}]
+        tasks.append(task)
+    store.write_text(f"queries/round_{r}.labelstudio.json", json.dumps(tasks, indent=1))
+    choices = "\n".join(f"    <Choice value={quoteattr(n)}/>" for n in names)
+    store.write_text("queries/labelstudio_config.xml",
+                     f'<View>\n  <Image name="image" value="$image"/>\n  <Choices name="label" toName="image" '
+                     f'choice="single" showInLine="true">\n{choices}\n  </Choices>\n</View>\n')
+    return {"state": "waiting_for_labels", "round": r, "queried": len(rows),
+            "labeled": sum(1 for x in rows if x["label"]),
+            "files": [store.path(f"queries/round_{r}.{ext}") for ext in ("csv", "parquet", "labelstudio.json")]}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# import
+# ---------------------------------------------------------------------------------------------------------------
+def _int_id(value, where: str) -> int:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, (int, np.integer)):
+            return int(value)
+        text = str(value).strip()
+        if not text.lstrip("-").isdigit():
+            raise ValueError
+        return int(text)
+    except ValueError:
+        raise LabelImportError(f"{where}: id {value!r} is not an integer") from None
+
+
+def parse_csv(text: str, name: str) -> list[tuple[int, str, str]]:
+    """(id, label, path) rows of a CSV with `id` and `label` columns; rows with an empty label are unanswered."""
+    reader = csv.DictReader(io.StringIO(text))
+    fields = set(reader.fieldnames or [])
+    if not {"id", "label"} <= fields:
+        raise LabelImportError(f"{name}: a label CSV needs the columns id and label; it has {sorted(fields)}")
+    rows = []
+    for line, rec in enumerate(reader, start=2):
+        label = (rec.get("label") or "").strip()
+        if label:
+            rows.append((_int_id(rec.get("id"), f"{name} line {line}"), label, (rec.get("path") or "").strip()))
+    return rows
+
+
+def parse_label_studio(text: str, name: str) -> list[tuple[int, str, str]]:
+    """(id, label, path) from a Label Studio JSON export: the newest annotation that was not cancelled, per task."""
+    try:
+        tasks = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise LabelImportError(f"{name}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(tasks, list):
+        raise LabelImportError(f"{name}: a Label Studio export is a JSON list of tasks")
+    rows = []
+    for k, task in enumerate(tasks):
+        data = task.get("data") if isinstance(task, dict) else None
+        if not isinstance(data, dict) or "raal_id" not in data:
+            raise LabelImportError(f"{name}: task {k} has no data.raal_id (was it exported by raal?)")
+        done = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
+        choices = []
+        for ann in sorted(done, key=lambda a: str(a.get("updated_at") or a.get("created_at") or "")):
+            for res in ann.get("result") or []:
+                value = res.get("value") if isinstance(res, dict) else None
+                if isinstance(value, dict) and value.get("choices"):
+                    choices = value["choices"]
+        if len(choices) > 1:
+            raise LabelImportError(f"{name}: task {k} (id {data['raal_id']}) has several choices {choices}")
+        if choices:
+            rows.append((_int_id(data["raal_id"], f"{name} task {k}"), str(choices[0]), str(data.get("image", ""))))
+    return rows
+
+
+def _check_path(path: str, exported: str, roots: list[str], where: str) -> None:
+    from raal.data.transforms import confine_path
+
+    try:
+        confine_path(path, roots)
+    except ValueError:
+        raise LabelImportError(f"{where}: path {path!r} lies outside the data roots {roots}") from None
+    if os.path.realpath(path) != os.path.realpath(exported):
+        raise LabelImportError(f"{where}: path {path!r} is not the exported path {exported!r} of this id")
+
+
+def validate(rows: list[tuple[int, str, str]], *, name: str, round_: int, query: dict[int, str],
+             classes: list[str], ledger: dict[int, int], roots: list[str]) -> tuple[list[int], list[int], int]:
+    """Check a whole import; returns (new ids, their class indices, identical ones skipped). Raises on any problem."""
+    index = {c: k for k, c in enumerate(classes)}
+    stray = sorted({i for i, _, _ in rows if i not in query})
+    if stray:
+        already = [i for i in stray if i in ledger]
+        what = f"ids {stray[:10]}" + (f" (of which {already[:10]} are labeled already)" if already else "")
+        raise LabelImportError(f"{name}: {what} are not in round {round_}'s open query; only queried, unlabeled "
+                               "ids can be labeled")
+    unknown = sorted({lab for _, lab, _ in rows if lab not in index})
+    if unknown:
+        raise LabelImportError(f"{name}: labels {unknown[:10]} are not in the class list {classes[:20]}")
+    seen: dict[int, str] = {}
+    for i, lab, _ in rows:
+        if seen.setdefault(i, lab) != lab:
+            raise LabelImportError(f"{name}: id {i} appears with conflicting labels {seen[i]!r} and {lab!r}")
+    clash = sorted(i for i, lab in seen.items() if i in ledger and ledger[i] != index[lab])
+    if clash:
+        i = clash[0]
+        raise LabelImportError(f"{name}: id {i} was imported before as {classes[ledger[i]]!r}, now {seen[i]!r} "
+                               f"({len(clash)} such conflicts); a label cannot be changed once given")
+    for i, _, path in rows:
+        if path:
+            _check_path(path, query[i], roots, f"{name} id {i}")
+    new = sorted(i for i in seen if i not in ledger)
+    return new, [index[seen[i]] for i in new], len(seen) - len(new)
+
+
+def import_labels(run_dir: str, file: str, allow_partial: bool = False) -> dict:
+    """Validate `file` against the run's open query and add its labels to the ledger; returns a summary."""
+    from raal.config import from_yaml
+    from raal.data.sources import effective_roots
+
+    store = RunStore(run_dir)
+    if not store.exists("config.yaml"):
+        raise LabelImportError(f"run_dir={run_dir!r} holds no run")
+    cfg = from_yaml(store.read_text("config.yaml"))
+    if cfg.oracle.kind != "files":
+        raise LabelImportError(f"run_dir={run_dir!r} uses oracle.kind={cfg.oracle.kind!r}; labels are imported "
+                               "only into runs with oracle.kind=files")
+    status = store.read_json("status.json") if store.exists("status.json") else {}
+    if status.get("state") != "waiting_for_labels":
+        raise LabelImportError(f"run_dir={run_dir!r} is not waiting for labels (state "
+                               f"{status.get('state', 'unknown')!r})")
+    r = int(status["round"])
+    export = store.read_table(f"queries/round_{r}.parquet").to_pydict()
+    query = dict(zip(export["id"], export["path"]))
+    classes = store.read_json(CLASSES)
+    if not os.path.isfile(file):
+        raise LabelImportError(f"file={file!r} does not exist")
+    if os.path.getsize(file) > MAX_LABEL_FILE_BYTES:
+        raise LabelImportError(f"file={file!r} is larger than {MAX_LABEL_FILE_BYTES >> 20} MB")
+    raw = open(file, "rb").read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise LabelImportError(f"file={file!r} is not UTF-8 text (CSV or Label Studio JSON)") from None
+    name = os.path.basename(file)
+    is_json = file.lower().endswith(".json") or text.lstrip()[:1] in ("[", "{")
+    rows = parse_label_studio(text, name) if is_json else parse_csv(text, name)
+    ledger = Ledger(store)
+    known = ledger.load()
+    roots = list(effective_roots(cfg.data)) + [store.path("queries/images")]
+    new, labels, skipped = validate(rows, name=name, round_=r, query=query, classes=classes, ledger=known,
+                                    roots=roots)
+    if new:
+        ledger.append(r, new, labels, name, hashlib.sha256(raw).hexdigest())
+    faults.reach("label_import")
+    if allow_partial:
+        ledger.mark_partial(r)
+    labeled = set(known) | set(new)
+    answered = sum(1 for i in query if i in labeled)
+    status.update({"labeled": answered, "partial": bool(allow_partial or r in ledger.partial_rounds())})
+    store.write_json("status.json", status)
+    return {"round": r, "new": len(new), "skipped_identical": skipped, "answered": answered, "queried": len(query),
+            "partial": status["partial"]}
+
+
+def main(argv: list[str]) -> int:
+    """`python -m raal.run label run_dir=DIR file=F [allow_partial=true]`; errors exit 2 with one line."""
+    args: dict[str, str] = {}
+    try:
+        for a in argv:
+            key, eq, value = a.partition("=")
+            if not eq or key not in ("run_dir", "file", "allow_partial"):
+                raise ConfigError(f"{a!r}: expected run_dir=DIR file=F [allow_partial=true]")
+            args[key] = value
+        missing = [k for k in ("run_dir", "file") if not args.get(k)]
+        if missing:
+            raise ConfigError(f"label needs {' and '.join(k + '=' for k in missing)}")
+        partial = args.get("allow_partial", "false").lower()
+        if partial not in ("true", "false"):
+            raise ConfigError(f"allow_partial={args['allow_partial']!r}: expected true or false")
+        res = import_labels(args["run_dir"], args["file"], allow_partial=partial == "true")
+    except (ConfigError, LabelImportError, StoreError) as err:
+        print(f"raal label: error: {err}", file=sys.stderr)
+        return 2
+    waiting = res["queried"] - res["answered"]
+    go = waiting == 0 or (res["partial"] and res["answered"] > 0)
+    print(f"raal label: round {res['round']}: {res['new']} new labels imported"
+          + (f" ({res['skipped_identical']} identical ones were imported before)" if res["skipped_identical"] else "")
+          + f"; {res['answered']} of {res['queried']} queried items labeled"
+          + (f", {waiting} still waiting" if waiting else ""))
+    if go:
+        print(f"raal label: continue with: python -m raal.run run_dir={args['run_dir']}")
+    return 0
