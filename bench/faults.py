@@ -83,7 +83,8 @@ def corrupt_shard(run_dir: Path) -> str:
 
 
 def remove_newest_checkpoint(run_dir: Path) -> str:
-    ckpts = sorted((run_dir / "arms" / ARM / "ray_train").glob("*/checkpoint_*"), key=lambda p: p.stat().st_mtime)
+    ckpts = sorted((p for p in (run_dir / "arms" / ARM / "ray_train").glob("*/checkpoint_*") if p.is_dir()),
+                   key=lambda p: p.stat().st_mtime)
     if not ckpts:
         return "no checkpoint on disk"
     shutil.rmtree(ckpts[-1])
