@@ -78,6 +78,10 @@ def run_seed(seed: int, quick: bool) -> None:
 
 
 def rounds(seed: int, exp: str, arm: str) -> list[dict] | None:
+    """The rounds table of a finished experiment (None while it runs: partial curves would skew the means)."""
+    status = RUNS / f"seed{seed}" / exp / "status.json"
+    if not status.exists() or json.loads(status.read_text()).get("state") != "done":
+        return None
     path = RUNS / f"seed{seed}" / exp / "arms" / arm / "rounds.parquet"
     return pq.read_table(path).to_pylist() if path.exists() else None
 

@@ -20,6 +20,11 @@ rng.choice(p = D^2 / sum D^2); ActiveFT recomputes the full N x B argmax every s
 Where a baseline would run for hours, a fixed number of its picks (steps) is timed and the total extrapolated
 linearly (its per-pick cost is constant); raal's strategies run in full except ActiveFT at 100k and 1.28M, whose
 first steps are timed and extrapolated the same way (an upper bound for raal: its early steps cost the most).
+At 1.28M (a full run of every strategy would take hours on 2 shared cores) raal's coreset, featdist and badge run
+their first `raal_picks` picks (the same picks a full run starts with) and ActiveFT maps `map_centroids` of its
+centroids: the speed-up there compares raal and numpy over the same picks (numpy's init plus its constant per-pick
+cost times those picks), the starred totals are linear extrapolations (indicative: a lazy pick's cost varies), and
+the extra memory adds what the buffers sized by the budget (centres rows) would hold at the full budget.
 """
 from __future__ import annotations
 
@@ -48,8 +53,11 @@ PARTS = {
     "targets": dict(),  # special: the three absolute targets of the task
     "100k": dict(n=100_000, d=2048, c=1000, budget=10_000, memmap=False, picks=300, aft_iters=3, badge_picks=40,
                  labeled=1000),
+    # at 1.28M on 2 shared cores raal's own loops are timed in part too: the first raal_picks k-center / BADGE picks
+    # (the same first picks as a full run), the first aft_iters ActiveFT steps and the mapping of map_centroids of
+    # the 10,000 centroids; totals are extrapolated linearly and starred, speed-ups compare the same picks
     "1.28M": dict(n=1_280_000, d=2048, c=1000, budget=10_000, memmap=True, picks=6, aft_iters=2, badge_picks=4,
-                  labeled=1000),
+                  labeled=1000, raal_picks=500, badge_raal_picks=200, map_centroids=1000),
 }
 ALL = ["random", "margin", "confidence", "entropy", "coreset", "featdist", "badge", "activeft", "activeft_al"]
 BASELINED = ["coreset", "featdist", "badge", "activeft"]
@@ -300,18 +308,29 @@ def worker(spec: dict) -> dict:
                                                fixed_rows=fixed, stats=st)
             t_steps = time.perf_counter() - t0
             t1 = time.perf_counter()
-            map_to_items(feats, theta, mask)
-            t_map = time.perf_counter() - t1
+            nm = min(len(theta), spec.get("map_centroids") or len(theta))
+            map_to_items(feats, theta[:nm], mask)
+            t_map = (time.perf_counter() - t1) * len(theta) / nm
+            if nm < len(theta):
+                res["map_centroids"] = nm
             res.update(steps_timed=k, steps_total=cfg.iterations, t_steps=t_steps, t_map=t_map, losses=losses,
                        searched_frac=st["searched"] / max(1, st["item_steps"]),
                        wall_s=t_steps * cfg.iterations / k + t_map, extrapolated=k < cfg.iterations)
         elif impl == "raal" and name == "badge":
             st = {}
-            out = badge_select(probs, feats, unl, budget, 0, stats=st)
+            p = min(budget, spec.get("raal_picks") or budget)
+            out = badge_select(probs, feats, unl, p, 0, stats=st)
             res.update(wall_s=time.perf_counter() - t0, badge_stats=st)
+            if p < budget:  # _Centres holds budget x (C + d) float64 rows, filled one per pick
+                res.update(picks_timed=p, t_measured=res["wall_s"], wall_s=res["wall_s"] * budget / p,
+                           extrapolated=True, budget_rows_mb=(budget - p) * (probs.shape[1] + feats.shape[1]) * 8 / 2**20)
         elif impl == "raal":
-            out = strat.select(budget, labeled_mask=mask, seed=0, **inputs)
+            p = min(budget, spec.get("raal_picks") or budget)
+            out = strat.select(p, labeled_mask=mask, seed=0, **inputs)
             res["wall_s"] = time.perf_counter() - t0
+            if p < budget:  # k-center's centres buffer holds budget x d float32 rows, filled one per pick
+                res.update(picks_timed=p, t_measured=res["wall_s"], wall_s=res["wall_s"] * budget / p,
+                           extrapolated=True, budget_rows_mb=(budget - p) * feats.shape[1] * 4 / 2**20)
             if name in ("coreset", "featdist"):
                 res["first_picks"] = out[:spec.get("compare", 50)].tolist()
         elif name in ("coreset", "featdist"):
@@ -339,6 +358,7 @@ def worker(spec: dict) -> dict:
                        wall_s=t_steps * cfg.iterations / k, extrapolated=k < cfg.iterations)
     res["cpu_s"] = time.process_time() - c0
     res["mem"] = mem.result()
+    res["mem"]["extra_full_mb"] = res["mem"]["extra_mb"] + res.get("budget_rows_mb", 0.0)
     res["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     res["load"] = [load0, os.getloadavg()[0]]
     return res
@@ -359,12 +379,26 @@ def run_worker(spec: dict, timeout: int = 7200) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 # parts
 # ---------------------------------------------------------------------------------------------------------------
-def pool_part(name: str, cfg: dict, workdir: Path, only: list[str] | None = None) -> dict:
+def _have_data(data: Path, cfg: dict) -> bool:
+    """The generated files are already there with the part's shapes (generation is deterministic: seed 0)."""
+    try:
+        f = np.load(data / "features.npy", mmap_mode="r")
+        p = np.load(data / "probs.npy", mmap_mode="r")
+        lab = np.load(data / "labeled.npy")
+    except (OSError, ValueError):
+        return False
+    return f.shape == (cfg["n"], cfg["d"]) and p.shape == (cfg["n"], cfg["c"]) and len(lab) == cfg["n"]
+
+
+def pool_part(name: str, cfg: dict, workdir: Path, only: list[str] | None = None, keep: bool = False) -> dict:
     data = workdir / name
     t = time.perf_counter()
-    generate(data, cfg["n"], cfg["d"], cfg["c"], n_labeled=cfg.get("labeled"))
-    print(f"[{name}] generated {cfg['n']} x {cfg['d']} (+ probs x {cfg['c']}) in {time.perf_counter() - t:.0f}s",
-          flush=True)
+    if keep and _have_data(data, cfg):
+        print(f"[{name}] reusing the generated pool in {data}", flush=True)
+    else:
+        generate(data, cfg["n"], cfg["d"], cfg["c"], n_labeled=cfg.get("labeled"))
+        print(f"[{name}] generated {cfg['n']} x {cfg['d']} (+ probs x {cfg['c']}) in {time.perf_counter() - t:.0f}s",
+              flush=True)
     base = {"data": str(data), "memmap": cfg["memmap"], "budget": cfg["budget"]}
     rows = {}
     try:
@@ -372,6 +406,11 @@ def pool_part(name: str, cfg: dict, workdir: Path, only: list[str] | None = None
             spec = dict(base, strategy=s, impl="raal")
             if s in ("activeft", "activeft_al"):
                 spec["iterations"] = cfg["aft_iters"]
+                spec["map_centroids"] = cfg.get("map_centroids")
+            if s in ("coreset", "featdist"):
+                spec["raal_picks"] = cfg.get("raal_picks")
+            if s == "badge":
+                spec["raal_picks"] = cfg.get("badge_raal_picks")
             if s in ("coreset", "featdist"):
                 spec["compare"] = cfg["picks"]
             rows[s] = {"raal": run_worker(spec)}
@@ -381,20 +420,25 @@ def pool_part(name: str, cfg: dict, workdir: Path, only: list[str] | None = None
                 spec["iterations"] = cfg["aft_iters"]
                 rows[s]["numpy"] = run_worker(spec)
     finally:
-        if cfg["memmap"]:
+        if cfg["memmap"] and not keep:
             shutil.rmtree(data, ignore_errors=True)
     for s, r in rows.items():
         if s == "activeft" and "numpy" in r:
             r["numpy"]["t_map"] = r["raal"]["t_map"]
             r["numpy"]["wall_s"] += r["raal"]["t_map"]
-        if "numpy" in r:
+        if "numpy" in r and r["raal"].get("picks_timed"):  # raal timed in part: compare the same picks
+            nb, p = r["numpy"], r["raal"]["picks_timed"]
+            r["numpy_same_picks_s"] = nb["t_init"] + nb["t_picks"] * p / nb["picks_timed"]
+            r["speedup"] = r["numpy_same_picks_s"] / r["raal"]["t_measured"]
+        elif "numpy" in r:
             r["speedup"] = r["numpy"]["wall_s"] / r["raal"]["wall_s"]
             if s in ("coreset", "featdist"):
                 k = min(len(r["numpy"]["first_picks"]), len(r["raal"]["first_picks"]))
                 r["same_first_picks"] = int(sum(a == b for a, b in zip(r["numpy"]["first_picks"][:k],
                                                                          r["raal"]["first_picks"][:k])))
                 r["compared_picks"] = k
-    shutil.rmtree(data, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(data, ignore_errors=True)
     return {"config": cfg, "rows": rows}
 
 
@@ -443,7 +487,8 @@ def render(res: dict) -> str:
              "(load average at each run in the JSON), faiss-cpu, numpy OpenBLAS. Times are wall seconds; "
              "`*` marks an extrapolated total (see the method in bench/strategies.py's docstring); cpu is the CPU "
              "time of the measured part, load the 1-minute load average when it started (2 = both cores busy). "
-             "Extra memory = peak anonymous RSS above the loaded inputs.", ""]
+             "Extra memory = peak anonymous RSS above the loaded inputs (where only the first picks are timed, plus "
+             "what the budget-sized centre buffers would hold at the full budget).", ""]
     t = res.get("parts", {}).get("targets")
     if t:
         lines += ["## Targets", "", "| target | measured | status |", "|---|---|---|"]
@@ -480,6 +525,10 @@ def render(res: dict) -> str:
                 continue
             a = r["raal"]
             notes = []
+            if a.get("picks_timed"):
+                notes.append(f"raal: first {a['picks_timed']:,} of {c['budget']:,} picks timed ({a['t_measured']:.0f} s); "
+                             f"numpy over the same picks {r.get('numpy_same_picks_s', float('nan')):.0f} s; "
+                             f"extra MB at the full budget {a['mem']['extra_full_mb']:.0f}")
             if s in ("coreset", "featdist") and "same_first_picks" in r:
                 notes.append(f"first {r['compared_picks']} picks identical to numpy: {r['same_first_picks']}")
             if s == "badge":
@@ -487,15 +536,16 @@ def render(res: dict) -> str:
                 notes.append(f"{bs.get('proposals')} proposals, {bs.get('rejections')} rejected, "
                              f"{bs.get('full_passes')} full passes")
             if s in ("activeft", "activeft_al"):
+                mapped = a.get("map_centroids")
                 notes.append(f"{a['steps_timed']} of {a['steps_total']} steps timed ({a['t_steps']:.0f} s), "
-                             f"mapping {a['t_map']:.0f} s, full argmax for {100 * a['searched_frac']:.0f}% of "
-                             "item-steps")
+                             f"mapping {a['t_map']:.0f} s{' (%d centroids timed)' % mapped if mapped else ''}, "
+                             f"full argmax for {100 * a['searched_frac']:.0f}% of item-steps")
             if "numpy" in r and r["numpy"].get("picks_timed"):
                 notes.append(f"numpy: {r['numpy']['picks_timed']} picks timed")
             if a["mem"]["file_mb"] > 1 and c["memmap"]:
                 notes.append(f"mapped input pages {a['mem']['file_mb']:.0f} MB")
             nb = r.get("numpy")
-            cells = [s, _fmt_s(a), f"{a['cpu_s']:.1f}", f"{a['load'][0]:.1f}", f"{a['mem']['extra_mb']:.0f}",
+            cells = [s, _fmt_s(a), f"{a['cpu_s']:.1f}", f"{a['load'][0]:.1f}", f"{a['mem'].get('extra_full_mb', a['mem']['extra_mb']):.0f}",
                      f"{a['input_mb']:.0f}",
                      _fmt_s(nb) if nb else "", f"{nb['mem']['extra_mb']:.0f}" if nb else "",
                      f"{r['speedup']:.1f}x" if "speedup" in r else "", "; ".join(notes)]
@@ -525,6 +575,8 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/raal-bench-strategies")
     ap.add_argument("--only", help="comma list of strategies to re-run in the given pool parts (merged into the JSON)")
     ap.add_argument("--aft-iters", type=int, help="ActiveFT steps to time in the pool parts (default per part)")
+    ap.add_argument("--keep-data", action="store_true",
+                    help="keep the generated pools in --workdir and reuse them when their shapes match")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -547,7 +599,7 @@ def main() -> None:
                 else:
                     cfg = dict(PARTS[part], **({"aft_iters": args.aft_iters} if args.aft_iters else {}))
                     only = args.only.split(",") if args.only else None
-                    out = pool_part(part, cfg, workdir, only)
+                    out = pool_part(part, cfg, workdir, only, keep=args.keep_data)
                     if only and part in res["parts"]:
                         res["parts"][part]["rows"].update(out["rows"])
                     else:
@@ -556,7 +608,8 @@ def main() -> None:
                 out_json.write_text(json.dumps(res, indent=1))
                 (RESULTS / f"{stem}.md").write_text(render(res))
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if not args.keep_data:
+            shutil.rmtree(workdir, ignore_errors=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(res, indent=1))
     (RESULTS / f"{stem}.md").write_text(render(res))

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from raal import strategies
-from raal.strategies.activeft import (ActiveFTConfig, _Adam, loss_and_grad, map_to_items, optimise_centroids)
+from raal.strategies.activeft import (ActiveFTConfig, _Adam, _dots_by_index, loss_and_grad, map_to_items,
+                                     optimise_centroids)
 from raal.strategies.activeft_al import hybrid_selection
 
 pytestmark = pytest.mark.timeout(90)
@@ -80,6 +81,33 @@ def test_pruned_assignment_is_the_exact_argmax_every_step(batch):
                        fixed_rows=np.arange(3), stats=stats, _check_assign=True)
     # some item-steps were settled by the bounds or the candidates alone, and they were right to be
     assert 0 < stats["searched"] < stats["item_steps"] and stats["candidate_cosines"] > 0
+
+
+def test_float32_input_is_used_in_place_and_matches_a_normalised_copy():
+    """float32 C-contiguous pools are read in place (scaled by inverse norms); others through one float32 copy."""
+    x, _ = _clusters(6, 30, 10, 0.2, 3)
+    x *= np.random.default_rng(0).uniform(0.5, 3, (len(x), 1)).astype(np.float32)
+    init = np.arange(0, 180, 12)
+    before = x.copy()
+    a, la = optimise_centroids(x, init, ActiveFTConfig(iterations=40), np.random.default_rng(0), _check_assign=True)
+    np.testing.assert_array_equal(x, before)  # read, never written
+    b, lb = optimise_centroids(x.astype(np.float64), init, ActiveFTConfig(iterations=40), np.random.default_rng(0))
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    np.testing.assert_allclose(la, lb, rtol=1e-4)
+
+
+@pytest.mark.parametrize("use_faiss", [True, False])
+def test_indexed_dots_match_explicit_products(use_faiss):
+    """The winner and candidate cosines (faiss's indexed inner products, or numpy for small calls)."""
+    rng = np.random.default_rng(11)
+    f = rng.standard_normal((40, 9)).astype(np.float32)
+    theta = _unit(rng.standard_normal((7, 9))).astype(np.float32)
+    ids = rng.integers(-1, 7, (40, 5))
+    scale = rng.uniform(0.5, 2, 40).astype(np.float32)
+    out = _dots_by_index(f, theta, ids, scale, use_faiss=use_faiss)
+    ref = np.where(ids >= 0, np.einsum("id,ijd->ij", f, theta[np.maximum(ids, 0)]) * scale[:, None], -np.inf)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+    assert np.isneginf(out[ids < 0]).all()
 
 
 def test_loss_decreases_and_is_deterministic():

@@ -11,21 +11,30 @@ Why it is fast without changing the result:
 - The N x B argmax is not recomputed every step (`_Winners`): each item keeps its best centroids from its last full
   search with upper bounds that grow by each centroid's own path length, and only the cosines that could now win are
   computed again. The assignment is still the exact argmax at every step.
+- Those cosines are faiss's indexed inner products (no gathered copies of rows); the features are x_i times 1/|x_i|,
+  so a float32 pool is read in place, never copied or normalised whole.
+- The step's centroid-only products (S_j and its gradient term, 2 B K D multiply-adds) run in a second thread while
+  the main thread settles the winners: on 2 cores the two halves of a step overlap.
+- Memory: besides the input, a few B x D arrays (centroids, raw c, Adam's moments, two gradient terms) and O(N x 16)
+  winner state; the Adam update, renormalisation and searches work in row blocks.
 """
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 import scipy.sparse as sp
 
-from raal.index import blas_threads, chunk_rows, iter_slices, knn, read_rows
+from raal.index import SMALL_WORK, blas_threads, chunk_rows, iter_slices, knn, read_rows
 from raal.strategies.base import Pool, Strategy
 
 BOUND_SLACK = 1e-4  # covers float32 rounding of the similarities in the keep-the-winner tests
 CANDIDATES = 16  # centroids remembered per item from its last full search
-ROW_CHUNK = 1024  # rows per gathered block: the block of centroid rows stays in cache
+ROW_CHUNK = 1024  # rows per block of the centroid-side loops
+SEARCH_BYTES = 16 << 20  # query block of a full search
 
 
 @dataclass(frozen=True)
@@ -54,68 +63,151 @@ class _Adam:
         self.lr, (self.b1, self.b2), self.eps, self.t = lr, betas, eps, 0
 
     def step(self, param: np.ndarray, grad: np.ndarray) -> None:
+        """One update, in place, in row blocks (no temporaries the size of the parameters)."""
         self.t += 1
-        self.m *= self.b1
-        self.m += (1 - self.b1) * grad
-        self.v *= self.b2
-        self.v += (1 - self.b2) * grad * grad
-        denom = np.sqrt(self.v) / np.float32(np.sqrt(1 - self.b2 ** self.t)) + np.float32(self.eps)
-        param -= np.float32(self.lr / (1 - self.b1 ** self.t)) * self.m / denom
+        b1, b2 = np.float32(self.b1), np.float32(self.b2)
+        bc2 = np.float32(np.sqrt(1 - self.b2 ** self.t))
+        step = np.float32(self.lr / (1 - self.b1 ** self.t))
+        for s, e in iter_slices(len(param), ROW_CHUNK):
+            g, m, v = grad[s:e], self.m[s:e], self.v[s:e]
+            m *= b1
+            m += g * np.float32(1 - self.b1)
+            v *= b2
+            v += g * g * np.float32(1 - self.b2)
+            denom = np.sqrt(v) / bc2 + np.float32(self.eps)
+            param[s:e] -= step * m / denom
 
 
-def _normalize_rows(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _normalize_rows(c: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     n = np.sqrt(np.einsum("ij,ij->i", c, c))
     n = np.maximum(n, np.float32(1e-12))
-    return c / n[:, None], n
+    return np.divide(c, n[:, None], out=out), n
 
 
-def _row_dots(f: np.ndarray, theta: np.ndarray, assign: np.ndarray) -> np.ndarray:
-    """f_i . theta_{assign_i} for every row, in cache-sized chunks (no N x D gather at once)."""
+def _inv_norms(f: np.ndarray) -> np.ndarray:
+    """1/|f_i| per row (float32), in row chunks: feature i is f_i times this, no normalised copy of f is made."""
     out = np.empty(len(f), dtype=np.float32)
     for s, e in iter_slices(len(f), ROW_CHUNK):
-        out[s:e] = np.einsum("ij,ij->i", f[s:e], theta[assign[s:e]])
+        out[s:e] = np.einsum("ij,ij->i", f[s:e], f[s:e])
+    np.sqrt(out, out=out)
+    return np.divide(np.float32(1), np.maximum(out, np.float32(1e-12)), out=out)
+
+
+def _as_float32_rows(x: np.ndarray) -> np.ndarray:
+    """The pool itself when it is C-contiguous float32 (read in place), else one float32 copy made in chunks."""
+    if x.dtype == np.float32 and x.flags.c_contiguous:
+        return x
+    out = np.empty(x.shape, dtype=np.float32)
+    for s, e in iter_slices(len(x), chunk_rows(x.shape[1])):
+        out[s:e] = x[s:e]
     return out
 
 
-def loss_and_grad(f: np.ndarray, theta: np.ndarray, n_fixed: int, c_norm: np.ndarray, assign: np.ndarray,
-                  sim: np.ndarray, cfg: ActiveFTConfig) -> tuple[float, np.ndarray]:
-    """Loss (up to the constant of items won by fixed centroids) and its gradient w.r.t. the trainable raw c.
-
-    theta: all centroids, normalised, fixed ones first; assign/sim: exact winner and winning cosine per row of f.
-    """
-    n = len(f)
-    tau = cfg.tau
+def centroid_terms(theta: np.ndarray, n_fixed: int, tau: float) -> tuple[np.ndarray, np.ndarray]:
+    """S_j = sum_k exp(theta_k.theta_j / tau) (float64) and sum_k exp(theta_k.theta_j / tau) theta_k for every
+    trainable j: the two B x K x D products of a step, in row groups so the K-wide exp block stays ~32 MB."""
     theta_tr = theta[n_fixed:]
     b = len(theta_tr)
     ssum = np.empty(b, dtype=np.float64)
     e_theta = np.empty_like(theta_tr)
     for s, e in iter_slices(b, max(1, chunk_rows(len(theta), 32 << 20))):
-        ex = np.exp(theta_tr[s:e] @ theta.T / np.float32(tau))  # (group, K): <= e^(1/tau), fine in float32
+        ex = theta_tr[s:e] @ theta.T  # (group, K); exp <= e^(1/tau): fine in float32
+        np.divide(ex, np.float32(tau), out=ex)
+        np.exp(ex, out=ex)
         ssum[s:e] = ex.sum(axis=1, dtype=np.float64)
-        e_theta[s:e] = ex @ theta
-    mine = assign >= n_fixed
-    rows = np.flatnonzero(mine)
+        np.matmul(ex, theta, out=e_theta[s:e])
+    return ssum, e_theta
+
+
+def loss_and_grad(f: np.ndarray, theta: np.ndarray, n_fixed: int, c_norm: np.ndarray, assign: np.ndarray,
+                  sim: np.ndarray, cfg: ActiveFTConfig, scale: np.ndarray | None = None,
+                  terms: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[float, np.ndarray]:
+    """Loss (up to the constant of items won by fixed centroids) and its gradient w.r.t. the trainable raw c.
+
+    theta: all centroids, normalised, fixed ones first; assign/sim: exact winner and winning cosine per row of f.
+    The features are the rows of f times `scale` (their inverse norms) when given, else f itself. `terms`: this
+    step's `centroid_terms`, when already computed (they are overwritten).
+    """
+    n = len(f)
+    tau = cfg.tau
+    theta_tr = theta[n_fixed:]
+    b = len(theta_tr)
+    ssum, e_theta = centroid_terms(theta, n_fixed, tau) if terms is None else terms
+    rows = np.flatnonzero(assign >= n_fixed)
     j = assign[rows] - n_fixed
     z = np.log(cfg.balance) + np.log(ssum[j]) - sim[rows].astype(np.float64) / tau
     w = 0.5 * (1.0 + np.tanh(0.5 * z))  # sigmoid(z) = lambda S / (e^s + lambda S), overflow-free
     loss = float(np.logaddexp(0.0, z).sum() / n)
-    pull = sp.csr_matrix((w.astype(np.float32), (j, rows)), shape=(b, n)) @ f  # sum_{i won by j} w_i f_i
+    wf = w.astype(np.float32)
+    if scale is not None:
+        wf *= scale[rows]
+    # sum_{i won by j} w_i f_i: one CSR product (rows sorted by winner), a single pass over f
+    order = np.argsort(j, kind="stable")
+    indptr = np.searchsorted(j[order], np.arange(b + 1))
+    pull = sp.csr_matrix((wf[order], rows[order], indptr), shape=(b, n)) @ f
     push = np.bincount(j, weights=w / ssum[j], minlength=b)  # sum_{i won by j} lambda / (e^s_i + lambda S_j)
-    g_theta = (push[:, None].astype(np.float32) * e_theta - pull) / np.float32(tau * n)
-    radial = np.einsum("ij,ij->i", theta_tr, g_theta)
-    return loss, (g_theta - theta_tr * radial[:, None]) / c_norm[:, None]
+    g = e_theta  # reused in place: g = (push e_theta - pull) / (tau n), then its tangential part / |c|
+    g *= push[:, None].astype(np.float32)
+    g -= pull
+    g /= np.float32(tau * n)
+    radial = np.einsum("ij,ij->i", theta_tr, g)
+    np.multiply(theta_tr, radial[:, None], out=pull)
+    g -= pull
+    g /= c_norm[:, None]
+    return loss, g
+
+
+def _dots_by_index(f: np.ndarray, theta: np.ndarray, ids: np.ndarray, scale: np.ndarray | None, *,
+                   use_faiss: bool | None = None) -> np.ndarray:
+    """out[i, j] = scale_i f_i . theta[ids[i, j]] (-inf where ids < 0).
+
+    Large calls go to faiss's indexed inner products (threaded, no gathered copies of rows); small ones, where
+    faiss's thread start-up on a busy machine costs more than the dots, to numpy.
+    """
+    out = np.full(ids.shape, -np.inf, dtype=np.float32)
+    if use_faiss is None:
+        use_faiss = ids.size * f.shape[1] >= SMALL_WORK
+    if use_faiss:
+        f, theta = np.ascontiguousarray(f, dtype=np.float32), np.ascontiguousarray(theta, dtype=np.float32)
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        faiss.fvec_inner_products_by_idx(faiss.swig_ptr(out), faiss.swig_ptr(f), faiss.swig_ptr(theta),
+                                         faiss.swig_ptr(ids), f.shape[1], len(f), ids.shape[1])
+    else:
+        r, j = np.nonzero(ids >= 0)
+        for s, e in iter_slices(len(r), ROW_CHUNK):  # bounded gathers
+            out[r[s:e], j[s:e]] = np.einsum("ij,ij->i", f[r[s:e]], theta[ids[r[s:e], j[s:e]]])
+    if scale is not None:
+        out *= scale[:, None]
+    return out
+
+
+def _search(f: np.ndarray, theta: np.ndarray, rows: np.ndarray, scale: np.ndarray | None, k: int
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k cosines and centroids of the items `rows`, exact (faiss), their rows gathered and scaled in ~16 MB
+    blocks; the centroids are searched in place."""
+    d = np.empty((len(rows), k), dtype=np.float32)
+    i = np.empty((len(rows), k), dtype=np.int64)
+    for s, e in iter_slices(len(rows), chunk_rows(f.shape[1], SEARCH_BYTES)):
+        q = np.ascontiguousarray(f[rows[s:e]], dtype=np.float32)
+        if scale is not None:
+            q *= scale[rows[s:e], None]
+        d[s:e], i[s:e] = knn(q, theta, k, metric="ip")
+    return d, i
 
 
 class _Winners:
     """Each item's winning centroid, kept exact across steps while computing as few cosines as possible.
 
-    A full search (faiss, top M+1) gives an item its M best centroids (the candidates) with their cosines, and the
+    A full search (top M+1) gives an item its M best centroids (the candidates) with their cosines, and the
     (M+1)-th cosine, which bounds every other centroid. A stored cosine stays an upper bound if the centroid's path
     length since then is added: a unit item's cosine to a centroid that moved by delta changes by at most delta.
     Path lengths are tracked per centroid (Elkan's bounds), so a centroid that barely moves keeps its bound tight.
     Each step, per item: the exact cosine to its winner (one row dot, needed for the gradient anyway); then the exact
     cosine to just those candidates whose bound reaches it (these are stored back, tight again); a full search only
     when the bound on the non-candidates reaches it. The winner is therefore the exact argmax at every step.
+
+    The winner dots and the candidate checks are faiss's indexed inner products: no feature or centroid row is
+    gathered into a copy, and only the (item, centroid) pairs that need it are computed.
     """
 
     def __init__(self, n: int, n_centroids: int, m: int, steps: int):
@@ -135,48 +227,50 @@ class _Winners:
         self.path[self.t + 1] = self.path[self.t] + delta
         self.t += 1
 
-    def update(self, f: np.ndarray, theta: np.ndarray, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Exact (winner, winning cosine) for the items `rows` (all items when None) whose features are f."""
+    def update(self, f: np.ndarray, theta: np.ndarray, rows: np.ndarray | None, scale: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact (winner, winning cosine) for the items `rows` (all items when None) whose features are f (times
+        `scale`, their inverse norms, when given)."""
         if rows is None:  # full batch: work on the state itself
             cand, base, rest, rest_at = self.cand, self.base, self.rest, self.rest_at
         else:
             cand, base, rest, rest_at = self.cand[rows], self.base[rows], self.rest[rows], self.rest_at[rows]
         now = self.path[self.t]
-        known = cand[:, 0] >= 0
-        ids = np.maximum(cand, 0)
-        sim = _row_dots(f, theta, ids[:, 0])
-        stamps, inv = np.unique(rest_at, return_inverse=True)
-        rest_ub = rest + (now[None, :] - self.path[stamps]).max(axis=1)[inv]
-        full = np.flatnonzero(~known | (rest_ub >= sim - BOUND_SLACK))
-        need = base[:, 1:] + now[ids[:, 1:]] >= (sim - BOUND_SLACK)[:, None]
-        need[full] = False
-        items = np.flatnonzero(need.any(axis=1))
-        self.cosines += int(need.sum())
-        fresh = np.full((len(items), self.m), -np.inf, dtype=np.float32)  # this step's exact cosines
-        fresh[:, 0] = sim[items]
-        for s, e in iter_slices(len(items), ROW_CHUNK):
-            it = items[s:e]
-            fb = f[it]
-            for j in range(1, self.m):
-                sub = np.flatnonzero(need[it, j - 1])
-                if len(sub):
-                    fresh[s + sub, j] = np.einsum("ij,ij->i", fb[sub], theta[ids[it[sub], j]])
-        got = np.isfinite(fresh)
-        base_items = base[items]
-        base_items[got] = (fresh - now[ids[items]])[got]
-        best = fresh.argmax(axis=1)
-        swap = best > 0  # a candidate now beats the winner: swap it into slot 0
-        mv, bpos = items[swap], best[swap]
-        for arr in (cand, base_items):
-            rows_ = mv if arr is cand else np.flatnonzero(swap)
-            w = arr[rows_, 0].copy()
-            arr[rows_, 0] = arr[rows_, bpos]
-            arr[rows_, bpos] = w
-        base[items] = base_items
-        sim[mv] = fresh[swap, bpos]
+        # how far any centroid has moved since step t': bounds every centroid outside an item's candidates
+        grow = (now[None, :] - self.path[:self.t + 1]).max(axis=1)
+        ids = cand.astype(np.int64)
+        sim = _dots_by_index(f, theta, np.ascontiguousarray(ids[:, :1]), scale)[:, 0]  # -inf where unknown
+        thr = sim - BOUND_SLACK
+        search = (ids[:, 0] < 0) | (rest + grow[rest_at] >= thr)
+        live = np.maximum(ids, 0)
+        base[:, 0] = sim - now[live[:, 0]]  # the winner's bound, tight again
+        need = base[:, 1:] + now[live[:, 1:]] >= thr[:, None]
+        need[search] = False
+        rows_c = np.flatnonzero(need.any(axis=1))
+        if len(rows_c):
+            need, ids_c = need[rows_c], ids[rows_c, 1:]
+            self.cosines += int(np.count_nonzero(need))
+            q = np.where(need, ids_c, -1)
+            if len(rows_c) * 8 > len(f):  # many items to check: index the features in place
+                q_all = np.full((len(f), q.shape[1]), -1, dtype=np.int64)
+                q_all[rows_c] = q
+                cs = _dots_by_index(f, theta, q_all, scale)[rows_c]
+            else:  # few: gather just their rows
+                cs = _dots_by_index(f[rows_c], theta, q, None if scale is None else scale[rows_c])
+            b_c = base[rows_c, 1:]
+            np.copyto(b_c, cs - now[np.maximum(ids_c, 0)], where=need)
+            base[rows_c, 1:] = b_c
+            slot = cs.argmax(axis=1)  # the best candidate, lowest slot on ties
+            best = cs[np.arange(len(cs)), slot]
+            beat = np.flatnonzero(best > sim[rows_c])  # it beats the winner: swap it into slot 0
+            mv, ss = rows_c[beat], slot[beat] + 1
+            cand[mv, 0], cand[mv, ss] = cand[mv, ss], cand[mv, 0].copy()
+            base[mv, 0], base[mv, ss] = base[mv, ss], base[mv, 0].copy()
+            sim[mv] = best[beat]
+        full = np.flatnonzero(search)
         if len(full):
             self.searched += len(full)
-            d, i = knn(f, theta, self.k, metric="ip", query_rows=full)
+            d, i = _search(f, theta, full, scale, self.k)
             cand[full] = i[:, :self.m]
             base[full] = d[:, :self.m] - now[i[:, :self.m]]
             sim[full] = d[:, 0]
@@ -193,9 +287,13 @@ def optimise_centroids(x: np.ndarray, init_rows: np.ndarray, cfg: ActiveFTConfig
     """Run ActiveFT's optimisation; returns the normalised trainable centroids (in init order) and the losses.
 
     `init_rows` seed the trainable centroids; `fixed_rows` (ActiveFT(al), §5.3) are extra centroids that compete for
-    items and repel, but do not move. Features are the L2-normalised rows of `x`, read in chunks. `stats`, when
+    items and repel, but do not move. Feature i is x_i / |x_i|, applied as a per-row scale: a float32 C-contiguous
+    pool is read in place (full batch), a minibatch is gathered raw; no normalised copy is made. `stats`, when
     given, receives how many item-steps needed a candidate check or a full search. `_check_assign` (tests)
     compares every step's winners with a full argmax.
+
+    Each step's centroid products (S_j and its gradient term, depending on the centroids only) run in a second
+    thread while the main thread finds the winners over the features: the two halves of a step use both cores.
     """
     n, dim = x.shape
     fixed_rows = np.zeros(0, dtype=np.int64) if fixed_rows is None else np.asarray(fixed_rows, dtype=np.int64)
@@ -204,38 +302,54 @@ def optimise_centroids(x: np.ndarray, init_rows: np.ndarray, cfg: ActiveFTConfig
     if n_fixed:
         theta[:n_fixed] = read_rows(x, 0, n_fixed, fixed_rows, normalize=True)
     c = read_rows(x, 0, len(init_rows), np.asarray(init_rows, dtype=np.int64), normalize=True).copy()
-    theta[n_fixed:], c_norm = _normalize_rows(c)
+    c_norm = _normalize_rows(c, out=theta[n_fixed:])[1].astype(np.float32)
     full = n <= cfg.batch
-    feats = None
+    feats = scale = None
     if full:
-        feats = np.empty((n, dim), dtype=np.float32)
-        for s, e in iter_slices(n, chunk_rows(dim)):
-            feats[s:e] = read_rows(x, s, e, normalize=True)
+        feats = _as_float32_rows(x)
+        scale = _inv_norms(feats)
     win = _Winners(n, len(theta), CANDIDATES, cfg.iterations)
     # below ~4e9 multiply-adds the centroid products run best on one BLAS thread (no waiting on a second one)
     small = (len(theta) - n_fixed) * len(theta) * dim < 1 << 32
     adam = _Adam(c.shape, cfg.lr, cfg.betas, cfg.eps)
     losses: list[float] = []
-    for _ in range(cfg.iterations):
-        if full:
-            rows, f = None, feats
-        else:
-            rows = np.sort(rng.choice(n, size=cfg.batch, replace=False))
-            f = read_rows(x, 0, len(rows), rows, normalize=True)
-        a, sim = win.update(f, theta, rows)
-        if _check_assign:
-            full_sims = f @ theta.T
-            assert np.all(full_sims[np.arange(len(f)), a] >= full_sims.max(axis=1) - 1e-5), "winner is not argmax"
-            np.testing.assert_allclose(sim, full_sims[np.arange(len(f)), a], atol=1e-5)
+
+    def terms():
         with blas_threads(1) if small else contextlib.nullcontext():
-            loss, grad = loss_and_grad(f, theta, n_fixed, c_norm, a, sim, cfg)
-        losses.append(loss)
-        adam.step(c, grad)
-        old = theta[n_fixed:].copy()
-        theta[n_fixed:], c_norm = _normalize_rows(c)
-        delta = np.zeros(len(theta), dtype=np.float32)
-        delta[n_fixed:] = np.sqrt(np.einsum("ij,ij->i", theta[n_fixed:] - old, theta[n_fixed:] - old))
-        win.moved(delta)
+            return centroid_terms(theta, n_fixed, cfg.tau)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for _ in range(cfg.iterations):
+            if full:
+                rows, f = None, feats
+            else:
+                rows = np.sort(rng.choice(n, size=cfg.batch, replace=False))
+                f = read_rows(x, 0, len(rows), rows)
+                scale = _inv_norms(f)
+            pending = pool.submit(terms)
+            try:
+                a, sim = win.update(f, theta, rows, scale)
+            finally:
+                ts = pending.result()
+            if _check_assign:
+                full_sims = (f @ theta.T) * scale[:, None]
+                assert np.all(full_sims[np.arange(len(f)), a] >= full_sims.max(axis=1) - 1e-5), "winner is not argmax"
+                np.testing.assert_allclose(sim, full_sims[np.arange(len(f)), a], atol=1e-5)
+            with blas_threads(1) if small else contextlib.nullcontext():
+                loss, grad = loss_and_grad(f, theta, n_fixed, c_norm, a, sim, cfg, scale, ts)
+            del ts, f
+            losses.append(loss)
+            adam.step(c, grad)
+            del grad
+            # renormalise in row blocks, recording how far each centroid moved (no copy of the old centroids)
+            delta = np.zeros(len(theta), dtype=np.float32)
+            for s, e in iter_slices(len(c), ROW_CHUNK):
+                new, c_norm[s:e] = _normalize_rows(c[s:e])
+                cur = theta[n_fixed + s:n_fixed + e]
+                cur -= new
+                delta[n_fixed + s:n_fixed + e] = np.sqrt(np.einsum("ij,ij->i", cur, cur))
+                cur[:] = new
+            win.moved(delta)
     if stats is not None:
         stats.update(item_steps=cfg.iterations * (n if full else cfg.batch), searched=win.searched,
                      candidate_cosines=win.cosines)
