@@ -191,3 +191,17 @@ def test_validate_is_all_or_nothing():
     with pytest.raises(LabelImportError, match="cannot be changed"):
         labeling.validate([(1, "dog", "")], name="f", round_=0, query=query, classes=["cat", "dog"],
                           ledger={1: 0}, roots=["/d"])
+
+
+@pytest.mark.ray
+def test_cli_stops_cleanly_and_says_what_to_label(tmp_path):
+    run_dir = tmp_path / "cli"
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", TQDM_DISABLE="1", RAAL_LOG="WARNING")
+    args = [a for a in FILES if not a.startswith(("data.pool_size", "data.test_size"))]
+    proc = subprocess.run([sys.executable, "-m", "raal.run", *args, "data.pool_size=100", "data.test_size=50",
+                           f"run_dir={run_dir}"], env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "round 0 waits for 20 of 20 labels" in proc.stdout
+    assert f"python -m raal.run label run_dir={run_dir}" in proc.stdout
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "waiting_for_labels"
+    assert not (run_dir / "arms" / "svpp_margin" / "rounds.parquet").exists()  # nothing committed without labels

@@ -202,8 +202,12 @@ class DriverActor:
         return self.exp.run_round(r)
 
     def waiting(self) -> dict | None:
-        """The waiting-for-labels status of the last round run, or None."""
-        return self.exp.waiting
+        """The waiting-for-labels status of the last round run, or None (read from the store, so that an actor
+        restarted between `run_round` and this call still answers right)."""
+        if self.exp.waiting is not None or not self.exp.store.exists("status.json"):
+            return self.exp.waiting
+        status = self.exp.store.read_json("status.json")
+        return status if status.get("state") == "waiting_for_labels" else None
 
     def history(self) -> dict[str, list[dict]]:
         if not self.exp.arms:
