@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 ARM = "asvp_margin"
 ARGS = ["conf=demo", "al.pipeline=asvp", "al.strategy=margin", "al.compare=[]", "al.baseline=false",
         "data.pool_size=200", "data.test_size=100", "data.image_size=32", "al.initial=20", "al.schedule=[20]*2",
@@ -106,7 +107,6 @@ def state(run_dir: Path) -> dict:
 
 
 def v1_features(run_dir: Path) -> np.ndarray | None:
-    sys.path.insert(0, str(ROOT))
     from raal.features import FeatureStore
     from raal.store import RunStore
 

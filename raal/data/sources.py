@@ -326,19 +326,20 @@ def effective_roots(cfg: DataConfig) -> tuple[str, ...]:
 
 
 def _resolve_manifest_paths(path: str, ids: np.ndarray, roots: tuple[str, ...]) -> None:
-    """Refuse a manifest whose image paths leave the data roots (relative paths count from the manifest)."""
-    from raal.data.transforms import confine_path
+    """Refuse a manifest whose image paths leave the data roots (relative paths count from the manifest).
 
+    A lexical check (no filesystem call per row, so a 1.28M-row manifest costs about a second): `..` and absolute
+    paths are resolved as text. Symlinks are judged when an image is read (`confine_path` resolves them there).
+    """
     base = os.path.dirname(os.path.realpath(path))
+    prefixes = tuple(r.rstrip(os.sep) + os.sep for r in roots)
     values = pq.read_table(path, columns=["path"]).column("path").to_pylist()
     for i, p in zip(ids.tolist(), values):
         if not isinstance(p, str) or not p:
             raise ConfigError(f"{path}: id {i} has no image path")
-        try:
-            confine_path(os.path.join(base, p), roots)
-        except ValueError:
-            raise ConfigError(f"{path}: id {i} has path {p!r}, which lies outside the data roots {list(roots)}"
-                              ) from None
+        full = os.path.normpath(os.path.join(base, p))
+        if roots and not (full + os.sep).startswith(prefixes):
+            raise ConfigError(f"{path}: id {i} has path {p!r}, which lies outside the data roots {list(roots)}")
 
 
 LOADERS = {"animal_mnist": load_animal_mnist, "image_folder": load_image_folder, "parquet": load_parquet}

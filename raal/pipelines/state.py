@@ -82,10 +82,8 @@ class ArmState:
         return np.asarray([r < done for r in self.label_rounds], dtype=bool)
 
     def saved_query(self, r: int) -> np.ndarray | None:
-        rel = f"queries/round_{r}.parquet"
-        if not self.store.exists(rel):
-            return None
-        return self.store.read_table(rel).column("id").to_numpy().astype(np.int64)
+        table = self.saved_query_table(r)
+        return None if table is None else table.column("id").to_numpy().astype(np.int64)
 
     def labels_for_round(self, r: int) -> dict[int, int]:
         return {i: v for i, v, rr in zip(self.label_ids, self.label_values, self.label_rounds) if rr == r}
