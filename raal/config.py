@@ -24,7 +24,7 @@ PIPELINES = ("standard", "svpp", "asvp", "activeft", "peal")
 TRAIN_METHODS = ("ft", "lpft")
 DEVICES = ("auto", "cpu", "cuda")
 ORACLES = ("simulated", "files")
-EVAL_MODES = ("proxy", "ft", "lpft")
+EVAL_MODES = ("evaluator", "proxy", "ft", "lpft")
 
 
 @dataclass
@@ -76,6 +76,10 @@ class ALConfig:
     initial: int = 100  # size of the initial uniformly random batch (ActiveFT(al) chooses its own)
     schedule: str = "[100]*5"  # per-round query sizes, written as in the paper: "[200]*10+[500]*8"
     seed: int = 0
+    # The random baseline continues past the schedule (rounds of the last size) until its evaluated accuracy
+    # passes every AL arm's best, so saving ratios are read off a measured curve, not an extrapolated one:
+    # -1 = up to 3x the AL budget (at most the pool), 0 = never, N = up to N labels.
+    baseline_cap: int = -1
 
 
 @dataclass
@@ -153,8 +157,23 @@ class ASVPConfig:
 class EvalConfig:
     """How each round is evaluated on the test split, and how the final model is trained."""
 
-    every_round: str = "proxy"  # proxy | ft | lpft (standard/peal always evaluate their fine-tuned model)
+    # evaluator: every arm scored by the one evaluator (raal/evaluator.py: a fixed partial fine-tune recipe, seeds
+    # paired by labeled-set size); proxy | ft | lpft: the arm's own model (proxy accuracy is a diagnostic only)
+    every_round: str = "proxy"
     final: str = "none"  # none | ft | lpft
+    # the evaluator's recipe (tuned on random labeled sets only: bench/recipe.py)
+    method: str = "lpft"  # lp | lpft | ft
+    freeze_blocks: int = -1  # frozen leading blocks whose activations are cached; -1 = all but the last 3 (ResNet: 4)
+    steps: int = 150  # optimiser steps, whatever the labeled-set size
+    batch_size: int = 64
+    backbone_lr: float = 3e-4
+    head_lr: float = 1e-3
+    ft_head_lr: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup_frac: float = 0.1
+    probe_l2: float = 1e-3
+    augment: bool = True
+    bn: str = "frozen"  # frozen | train
 
 
 @dataclass
@@ -380,6 +399,16 @@ def validate(cfg: RunConfig) -> None:
     _check(cfg.eval.every_round in EVAL_MODES, "eval.every_round", f"allowed: {', '.join(EVAL_MODES)}",
            cfg.eval.every_round)
     _check(cfg.eval.final in ("none", "ft", "lpft"), "eval.final", "allowed: none, ft, lpft", cfg.eval.final)
+    e = cfg.eval
+    _check(e.method in ("lp", "lpft", "ft"), "eval.method", "allowed: lp, lpft, ft", e.method)
+    _check(e.bn in ("frozen", "train"), "eval.bn", "allowed: frozen, train", e.bn)
+    _check(e.steps >= 1 and e.batch_size >= 1, "eval.steps", "steps and batch_size must be >= 1",
+           (e.steps, e.batch_size))
+    _check(e.freeze_blocks == -1 or e.freeze_blocks >= 1, "eval.freeze_blocks", "must be -1 (auto) or >= 1",
+           e.freeze_blocks)
+    _check(min(e.backbone_lr, e.head_lr, e.ft_head_lr) > 0 and e.weight_decay >= 0 and e.probe_l2 >= 0
+           and 0 <= e.warmup_frac < 1, "eval", "learning rates must be > 0, weight_decay and probe_l2 >= 0, "
+           "warmup_frac in [0, 1)", (e.backbone_lr, e.head_lr, e.ft_head_lr, e.weight_decay, e.warmup_frac))
     _check(cfg.asvp.logme_variant in ("fast", "exact"), "asvp.logme_variant", "allowed: fast, exact",
            cfg.asvp.logme_variant)
     _check(cfg.asvp.threshold >= 0, "asvp.threshold", "must be >= 0", cfg.asvp.threshold)

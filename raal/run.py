@@ -141,15 +141,19 @@ def run(cfg: RunConfig) -> int:
               f"{'  (resumed at round ' + str(info['completed_rounds']) + ')' if info['resumed'] else ''}")
         print(f"raal: pre-computed features (v0) in {info['t_pre']:.1f} s")
         print(format_header(names), flush=True)
-        n = ray.get(driver.num_rounds.remote())
-        waiting = None
-        for r in range(n):
+        waiting, r = None, 0
+        while True:
+            if r >= ray.get(driver.num_rounds.remote()):
+                if ray.get(driver.extend_baseline.remote()):  # the random curve must pass every arm's best
+                    continue
+                break
             rows = ray.get(driver.run_round.remote(r))
             waiting = ray.get(driver.waiting.remote())
             if waiting:
                 print_waiting(waiting, shown)
                 break
             print(format_row(r, rows, names), flush=True)
+            r += 1
         finals = {} if waiting else ray.get(driver.finalize.remote())
         for name, res in finals.items():
             print(f"raal: final model of {name}: {res['method']} on {res['n_labeled']} labels -> "

@@ -48,6 +48,7 @@ class Context:
     transform: ImageTransform
     features: object = None  # raal.features.FeatureStore of the experiment (v0 lives here)
     t_pre: float = 0.0  # wall time of the v0 feature pass (pool + test)
+    evaluator: object = None  # raal.evaluator.Evaluator when eval.every_round == "evaluator"
 
     @property
     def num_classes(self) -> int:
@@ -91,6 +92,7 @@ class Pipeline:
         self.state = ArmState.open(self.store)
         self.strategy = strategies.get(arm.strategy)
         self.pool_ids = ctx.data.pool.ids
+        self.extra_rounds = max(0, self.state.completed_rounds - len(ctx.sizes())) if arm.baseline else 0
         if not self.store.exists("arm.json"):
             self.store.write_json("arm.json", {"name": arm.name, "pipeline": arm.pipeline,
                                                "strategy": arm.strategy, "baseline": arm.baseline,
@@ -111,8 +113,10 @@ class Pipeline:
         return mask
 
     def sizes(self) -> list[int]:
-        """Per-round query sizes of this arm (ActiveFT's single shot overrides this)."""
-        return self.ctx.sizes()
+        """Per-round query sizes of this arm (ActiveFT's single shot overrides this); a random baseline that was
+        extended past the schedule repeats the last size (`Experiment.extend_baseline`)."""
+        base = self.ctx.sizes()
+        return base + [base[-1]] * self.extra_rounds
 
     def random_only(self, r: int) -> bool:
         return r == 0 or self.arm.strategy == "random"
@@ -167,6 +171,7 @@ class Pipeline:
         row = {"round": r, "n_labeled": len(self.state.label_ids), "n_new": len(answered),
                "random_only": self.random_only(r)}
         row.update(self.after_labels(r, timer))
+        row.update(self.evaluate_labeled(timer, row))
         if r == 0 and self.uses_precomputed_features:
             timer.times["t_pre"] = timer.times.get("t_pre", 0.0) + self.ctx.t_pre
         row.update(timer.times)
@@ -195,6 +200,23 @@ class Pipeline:
                "n_labeled": len(self.state.label_ids), "t_tr_full": res["wall_time"]}
         self.store.write_json("final.json", out)
         return out
+
+    def evaluate_labeled(self, timer: PhaseTimer, row: dict) -> dict:
+        """With the one evaluator, the round's `accuracy` is the evaluator's on this labeled set (seed paired by
+        labeled-set size, the same for every arm); the pipeline's own accuracy becomes the `model_accuracy`
+        diagnostic (the proxy grading its own picks, or standard AL's model)."""
+        ev = self.ctx.evaluator
+        out = {"model_accuracy": row.get("accuracy"), "model_eval": row.get("eval_method")}
+        if ev is None:
+            return out
+        from raal.evaluator import eval_seed
+
+        n = len(self.state.label_ids)
+        with timer.phase("t_eval"):
+            res = ev.score(self.positions(self.state.labeled_ids), self.state.labels,
+                           seed=eval_seed(self.ctx.cfg.al.seed, n))
+        return {**out, "accuracy": res["accuracy"], "probe_accuracy": res["probe_accuracy"],
+                "eval_method": f"evaluator:{ev.recipe.method}"}
 
     # -- policy hooks -----------------------------------------------------------------------------------------------
     def strategy_inputs(self, r: int, requires: frozenset, timer: PhaseTimer) -> dict:

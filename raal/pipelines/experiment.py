@@ -138,6 +138,13 @@ class Experiment:
                 timing[f"v0_{split}"] = time.perf_counter() - t0
                 self.store.write_json("features/timing.json", timing)
         self.ctx.t_pre = float(timing.get("v0_pool", 0.0) + timing.get("v0_test", 0.0))
+        if self.cfg.eval.every_round == "evaluator":
+            from raal.evaluator import Evaluator, Recipe
+
+            self.ctx.evaluator = Evaluator.build(store=self.store, data=self.ctx.data, model_cfg=self.cfg.model,
+                                                 transform=self.ctx.transform,
+                                                 freeze_blocks=self.cfg.eval.freeze_blocks,
+                                                 recipe=Recipe.from_config(self.cfg.eval))
         self.arms = [self._classes[s.pipeline](self.ctx, s) for s in self.specs]
         self.store.write_json("status.json", {"state": "running", "round": self.completed_rounds()})
         return {"pool": len(self.ctx.data.pool), "test": len(self.ctx.data.test), "t_pre": self.ctx.t_pre,
@@ -171,6 +178,36 @@ class Experiment:
     def history(self) -> dict[str, list[dict]]:
         return {a.arm.name: list(a.state.rounds) for a in self.arms}
 
+    def baseline_cap(self) -> int:
+        """The most labels the random baseline may reach when it is extended past the schedule."""
+        cap = self.cfg.al.baseline_cap
+        if cap < 0:
+            cap = 3 * max((int(r["n_labeled"]) for a in self.arms if not a.arm.baseline for r in a.state.rounds),
+                          default=0)
+        return min(cap, len(self.ctx.data.pool))
+
+    def extend_baseline(self) -> bool:
+        """Once every arm has run its schedule, give the random baseline one more round (of the schedule's last
+        size) while its best accuracy does not exceed every other arm's best and the cap allows it. Saving ratios
+        are then read off a measured random curve instead of an extrapolated one. Derived from the committed rounds
+        only, so a resumed run takes the same decisions."""
+        base = [a for a in self.arms if a.arm.baseline]
+        others = [a for a in self.arms if not a.arm.baseline]
+        if self.cfg.al.baseline_cap == 0 or len(base) != 1 or not others:
+            return False
+        b = base[0]
+        if any(a.state.completed_rounds < len(a.sizes()) for a in self.arms):
+            return False
+        best = max((float(r["accuracy"]) for a in others for r in a.state.rounds
+                    if np.isfinite(r["accuracy"])), default=float("nan"))
+        mine = max((float(r["accuracy"]) for r in b.state.rounds if np.isfinite(r["accuracy"])), default=-1.0)
+        step = b.sizes()[-1]
+        labels = int(b.state.rounds[-1]["n_labeled"]) if b.state.rounds else 0
+        if not np.isfinite(best) or mine > best or labels + step > self.baseline_cap():
+            return False
+        b.extra_rounds += 1
+        return True
+
     def finalize(self) -> dict[str, dict]:
         """Final models (eval.final) of the arms whose rounds are all committed."""
         out = {a.arm.name: a.finalize() for a in self.arms}
@@ -200,6 +237,11 @@ class DriverActor:
         if not self.exp.arms:
             self.exp.prepare()
         return self.exp.run_round(r)
+
+    def extend_baseline(self) -> bool:
+        if not self.exp.arms:
+            self.exp.prepare()
+        return self.exp.extend_baseline()
 
     def waiting(self) -> dict | None:
         """The waiting-for-labels status of the last round run, or None (read from the store, so that an actor

@@ -1,0 +1,158 @@
+"""The fine-tuning recipe that is sound at every labeled-set size, as plain torch pieces.
+
+Why a recipe of its own: at 100-200 labels an epoch-based FT of MobileNetV2 took 30-50 SGD steps, started from a
+random head and let BatchNorm re-estimate its statistics from tiny batches of 64 px images (far from ImageNet's),
+so it scored *below* a linear probe on the frozen features (0.09-0.26 vs 0.58-0.66) and swung by 0.17 with the job
+seed. The pieces here fix each cause:
+
+- `fit_probe`: the linear probe trained to convergence (full-batch L-BFGS on the frozen features, L2-regularised
+  multinomial logistic regression: deterministic, seconds). LP-FT starts its FT stage from it.
+- `lr_multiplier`: linear warm-up, then cosine to zero, over a fixed *step* budget (not epochs × N): a small set
+  gets as many optimiser steps as a large one.
+- `freeze_batchnorm`: BatchNorm layers keep their pre-trained statistics (eval mode) while their affine
+  parameters still train; small batches no longer overwrite the running estimates.
+- `split_trunk`: the first k blocks of a backbone frozen, the rest trainable, so that on a CPU the frozen
+  prefix's activations are computed once and fine-tuning runs on the cached activations (partial fine-tuning).
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def lr_multiplier(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up over `warmup` steps (from 1/warmup), then cosine from 1 to 0 at `total`."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Put every BatchNorm layer in eval mode: pre-trained running statistics are used and kept."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def fit_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: int, *, l2: float = 1e-3,
+              max_iter: int = 500) -> nn.Linear:
+    """A linear head trained to convergence: mean cross-entropy + l2/2·|W|² by full-batch L-BFGS (strong Wolfe).
+
+    Starts from zero weights, so the result is deterministic for given inputs. `l2` is per-sample (it does not
+    grow with N); features are used as they are (the backbone's own scale).
+    """
+    x = features.detach().float()
+    y = labels.detach().long()
+    head = nn.Linear(x.shape[1], num_classes)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-6,
+                            tolerance_change=1e-10, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(head(x), y) + 0.5 * l2 * head.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return head
+
+
+class _PoolFlatten(nn.Module):
+    """Global average pooling + flatten: what torchvision's CNNs do between their blocks and their classifier."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+
+
+def trunk_blocks(trunk: nn.Module) -> list[nn.Module]:
+    """The trunk as an ordered list of blocks whose composition (then pooling) gives the trunk's features.
+
+    Supported: models with a `features` Sequential (MobileNet, EfficientNet, ConvNeXt, VGG-style) and ResNets.
+    """
+    if isinstance(getattr(trunk, "features", None), nn.Sequential):
+        return list(trunk.features)
+    if all(hasattr(trunk, k) for k in ("conv1", "bn1", "layer1", "layer4")):
+        return [nn.Sequential(trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool), trunk.layer1, trunk.layer2,
+                trunk.layer3, trunk.layer4]
+    raise ValueError(f"partial fine-tuning needs a block-structured CNN (MobileNet, EfficientNet, ResNet, ...); "
+                     f"{type(trunk).__name__} is not one: use freeze_blocks=0")
+
+
+def default_freeze(trunk: nn.Module) -> int:
+    """Frozen blocks when none are configured: all but the last 3 (`features` models), or all but layer4 (ResNet)."""
+    blocks = trunk_blocks(trunk)
+    return len(blocks) - 1 if len(blocks) <= 5 else len(blocks) - 3
+
+
+def split_trunk(trunk: nn.Module, freeze_blocks: int) -> tuple[nn.Module, nn.Module]:
+    """(prefix, suffix): prefix = the first `freeze_blocks` blocks (frozen), suffix = the rest + pooling.
+
+    suffix(prefix(x)) equals trunk(x) in eval mode (tested). The suffix is a deep copy, so training it never
+    changes the caller's trunk.
+    """
+    blocks = trunk_blocks(trunk)
+    if not 0 < freeze_blocks < len(blocks):
+        raise ValueError(f"freeze_blocks must be in 1..{len(blocks) - 1} for {type(trunk).__name__} "
+                         f"({len(blocks)} blocks), got {freeze_blocks}")
+    prefix = nn.Sequential(*blocks[:freeze_blocks]).eval().requires_grad_(False)
+    suffix = nn.Sequential(copy.deepcopy(nn.Sequential(*blocks[freeze_blocks:])), _PoolFlatten())
+    return prefix, suffix
+
+
+@torch.no_grad()
+def forward_in_chunks(module: nn.Module, x: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """module(x) in eval mode, chunk by chunk (x may be a large cached activation tensor)."""
+    was = module.training
+    module.eval()
+    out = torch.cat([module(x[a:a + chunk]) for a in range(0, len(x), chunk)]) if len(x) else None
+    module.train(was)
+    return out
+
+
+def train_suffix(suffix: nn.Module, head: nn.Linear, x: torch.Tensor, y: torch.Tensor, *, steps: int,
+                 batch_size: int, backbone_lr: float, head_lr: float, weight_decay: float, warmup_frac: float,
+                 augment: bool, seed: int, bn: str = "frozen") -> dict:
+    """Fine-tune `suffix` + `head` in place on inputs x (cached prefix activations) for exactly `steps` steps.
+
+    AdamW with two parameter groups, warm-up + cosine, batches drawn with replacement from a seeded generator
+    (the same seed gives the same run), frozen BatchNorm statistics unless bn == "train". Augmentation is a
+    horizontal flip of the activation maps (a mild, cheap stand-in for flipping the image; the cache holds one view).
+    Returns the loss of the first and last steps.
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    params = [{"params": [p for p in suffix.parameters() if p.requires_grad], "lr": backbone_lr},
+              {"params": list(head.parameters()), "lr": head_lr}]
+    opt = torch.optim.AdamW(params, weight_decay=weight_decay)
+    base = [backbone_lr, head_lr]
+    warmup = int(round(warmup_frac * steps))
+    n = len(x)
+    first = last = float("nan")
+    suffix.train()
+    if bn == "frozen":
+        freeze_batchnorm(suffix)
+    for step in range(steps):
+        mult = lr_multiplier(step, steps, warmup)
+        for group, lr in zip(opt.param_groups, base):
+            group["lr"] = lr * mult
+        idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)
+        xb = x[idx]
+        if augment and xb.dim() == 4:
+            flip = torch.rand(len(idx), generator=gen) < 0.5
+            xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+        loss = F.cross_entropy(head(suffix(xb)), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step == 0:
+            first = float(loss)
+        last = float(loss)
+    suffix.eval()
+    return {"first_loss": first, "last_loss": last}
