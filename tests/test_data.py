@@ -123,3 +123,34 @@ def test_parquet_take_reads_just_the_rows(tmp_path):
     assert batch["id"].tolist() == data.pool.ids[pos].tolist()
     want = {i: b for i, b in zip(rows["id"], rows["image"])}
     assert [bytes(b) for b in batch["bytes"]] == [want[i] for i in batch["id"]]
+
+
+def test_pipeline_positions_work_for_any_id_order():
+    from raal.pipelines.base import Pipeline
+
+    pipe = Pipeline.__new__(Pipeline)  # positions() needs only the pool ids
+    pipe.pool_ids = np.asarray([30, 10, 50, 20, 40], dtype=np.int64)  # a shuffled manifest's order
+    pos = pipe.positions(np.asarray([20, 30, 40, 10, 50]))
+    assert pos.tolist() == [3, 0, 4, 1, 2]
+    assert pipe.pool_ids[pos].tolist() == [20, 30, 40, 10, 50]
+    with pytest.raises(ValueError, match="ids not in the pool.*id 25"):
+        pipe.positions(np.asarray([10, 25]))
+    with pytest.raises(ValueError, match="ids not in the pool"):
+        pipe.positions(np.asarray([60]))
+
+
+def test_shuffled_parquet_manifest_loads_with_sorted_ids(tmp_path):
+    order = np.random.default_rng(0).permutation(20)
+    ids = (100 + order).tolist()
+    rows = {"id": ids, "image": [_png((i * 10, 0, 0)) for i in order], "label": [["a", "b"][i % 2] for i in order]}
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table(rows), path)
+    data = load_data(DataConfig(source="parquet", root=str(path), test_size=4))
+    assert data.pool.ids.tolist() == sorted(data.pool.ids.tolist())
+    assert data.test.ids.tolist() == sorted(data.test.ids.tolist())
+    want = {i: ["a", "b"][(i - 100) % 2] for i in ids}
+    assert all(data.class_names[data.truth[i]] == want[i] for i in data.pool.ids.tolist())
+    assert [data.class_names[k] for k in data.test.labels] == [want[i] for i in data.test.ids.tolist()]
+    batch = data.pool.take(np.arange(len(data.pool)))
+    got = {i: bytes(b) for i, b in zip(batch["id"].tolist(), batch["bytes"])}
+    assert all(got[i] == _png(((i - 100) * 10, 0, 0)) for i in data.pool.ids.tolist())

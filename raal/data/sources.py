@@ -264,6 +264,14 @@ def _read_manifest(path: str) -> tuple[pa.Table, str]:
     return meta, col
 
 
+def _sorted_by_id(meta: pa.Table) -> pa.Table:
+    """The manifest's (id, label) rows in ascending id order (a manifest need not be sorted)."""
+    ids = meta.column("id").to_numpy()
+    if len(ids) < 2 or bool(np.all(ids[1:] >= ids[:-1])):
+        return meta
+    return meta.take(pa.array(np.argsort(ids, kind="stable")))
+
+
 def _labels_from(meta: pa.Table, classes: list[str] | None = None) -> tuple[np.ndarray | None, list[str]]:
     if "label" not in meta.column_names:
         return None, classes or []
@@ -283,9 +291,10 @@ def _labels_from(meta: pa.Table, classes: list[str] | None = None) -> tuple[np.n
 def load_parquet(cfg: DataConfig) -> Dataset:
     """A Parquet manifest (id, path | image bytes, optional label). Image rows stay on disk; Ray Data reads them."""
     meta, col = _read_manifest(cfg.root)
-    ids = meta.column("id").to_numpy().astype(np.int64)
     if col == "path":
-        _resolve_manifest_paths(cfg.root, ids, effective_roots(cfg))
+        _resolve_manifest_paths(cfg.root, meta.column("id").to_numpy(), effective_roots(cfg))
+    meta = _sorted_by_id(meta)  # rows may come in any id order; the pool and test split keep ids sorted
+    ids = meta.column("id").to_numpy().astype(np.int64)
     labels, classes = _labels_from(meta)
     image_col = "path" if col == "path" else "bytes"
     parquet = (cfg.root, col)
@@ -297,6 +306,7 @@ def load_parquet(cfg: DataConfig) -> Dataset:
         tmeta, tcol = _read_manifest(cfg.test_root)
         if tcol == "path":
             _resolve_manifest_paths(cfg.test_root, tmeta.column("id").to_numpy(), effective_roots(cfg))
+        tmeta = _sorted_by_id(tmeta)
         tlabels, tclasses = _labels_from(tmeta, classes)
         if tlabels is None:
             raise ConfigError(f"data.test_root={cfg.test_root!r}: the test manifest needs a 'label' column")
