@@ -154,3 +154,36 @@ def test_shuffled_parquet_manifest_loads_with_sorted_ids(tmp_path):
     batch = data.pool.take(np.arange(len(data.pool)))
     got = {i: bytes(b) for i, b in zip(batch["id"].tolist(), batch["bytes"])}
     assert all(got[i] == _png(((i - 100) * 10, 0, 0)) for i in data.pool.ids.tolist())
+
+
+@pytest.mark.parametrize("labels,match", [
+    ([0, 1, None, 1], "id 12 is None"),
+    ([0.0, 1.0, float("nan"), 1.0], "id 12 is nan"),
+    ([0.0, 1.5, 2.0, 1.0], "id 11 is 1.5"),
+    ([0, 1, -1, 1], "id 12 is -1"),
+    (["cat", None, "dog", "cat"], "id 11 is None"),
+    (["cat", "", "dog", "cat"], "id 11 is ''"),
+])
+def test_bad_manifest_labels_are_refused(tmp_path, labels, match):
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"id": [10, 11, 12, 13], "image": [_png((0, 0, 0))] * 4, "label": labels}), path)
+    with pytest.raises(ConfigError, match=match) as err:
+        load_data(DataConfig(source="parquet", root=str(path), test_size=1))
+    assert "\n" not in str(err.value)
+
+
+def test_integral_float_labels_are_class_indices(tmp_path):
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"id": [10, 11, 12, 13], "image": [_png((0, 0, 0))] * 4,
+                             "label": [0.0, 2.0, 1.0, 3.0]}), path)
+    data = load_data(DataConfig(source="parquet", root=str(path), test_size=1))
+    assert data.class_names == ["0", "1", "2", "3"]
+    assert sorted(list(data.truth.values()) + data.test.labels.tolist()) == [0, 1, 2, 3]
+
+
+def test_test_manifest_label_index_out_of_range(tmp_path):
+    pool, test = tmp_path / "p.parquet", tmp_path / "t.parquet"
+    pq.write_table(pa.table({"id": [1, 2, 3], "image": [_png((0, 0, 0))] * 3, "label": ["a", "b", "a"]}), pool)
+    pq.write_table(pa.table({"id": [7, 8], "image": [_png((0, 0, 0))] * 2, "label": [1, 5]}), test)
+    with pytest.raises(ConfigError, match="id 8 is 5, outside the 2 classes"):
+        load_data(DataConfig(source="parquet", root=str(pool), test_root=str(test)))

@@ -276,8 +276,14 @@ def _labels_from(meta: pa.Table, classes: list[str] | None = None) -> tuple[np.n
     if "label" not in meta.column_names:
         return None, classes or []
     lab = meta.column("label").to_pylist()
-    if all(isinstance(v, (int, np.integer)) for v in lab):
+    ids = meta.column("id").to_pylist()
+    lab = _check_labels(ids, lab)
+    if all(isinstance(v, int) for v in lab):
         arr = np.asarray(lab, dtype=np.int64)
+        if classes and len(arr) and int(arr.max()) >= len(classes):
+            k = int(np.argmax(arr >= len(classes)))
+            raise ConfigError(f"manifest label of id {ids[k]} is {lab[k]!r}, outside the {len(classes)} classes "
+                              f"0..{len(classes) - 1}")
         k = int(arr.max()) + 1 if len(arr) else 0
         return arr, classes or [str(i) for i in range(k)]
     names = classes or sorted({str(v) for v in lab})
@@ -286,6 +292,31 @@ def _labels_from(meta: pa.Table, classes: list[str] | None = None) -> tuple[np.n
     if unknown:
         raise ConfigError(f"manifest labels {sorted(unknown)[:5]} are not among the classes {names[:10]}")
     return np.asarray([index[str(v)] for v in lab], dtype=np.int64), names
+
+
+def _check_labels(ids: list, lab: list) -> list:
+    """Manifest labels as ints (class indices >= 0) or strings (class names); anything else is a ConfigError naming
+    the id and the value. Floats count as indices only when the whole column is integral (3.0 -> 3)."""
+    import math
+
+    for i, v in zip(ids, lab):
+        bad = (v is None or isinstance(v, bool) or (isinstance(v, float) and not math.isfinite(v))
+               or not isinstance(v, (int, float, str)) or (isinstance(v, str) and not v.strip()))
+        if bad:
+            raise ConfigError(f"manifest label of id {i} is {v!r}: a label must be a class index >= 0 or a class name")
+    if any(isinstance(v, float) for v in lab):
+        for i, v in zip(ids, lab):
+            if isinstance(v, str) or (isinstance(v, float) and not v.is_integer()):
+                raise ConfigError(f"manifest label of id {i} is {v!r}: float labels must all be whole numbers "
+                                  "(class indices)")
+        lab = [int(v) for v in lab]
+    if any(isinstance(v, int) for v in lab) and not all(isinstance(v, int) for v in lab):
+        k = next(k for k, v in enumerate(lab) if isinstance(v, str))
+        raise ConfigError(f"manifest label of id {ids[k]} is {lab[k]!r}: labels mix class indices and names")
+    for i, v in zip(ids, lab):
+        if isinstance(v, int) and v < 0:
+            raise ConfigError(f"manifest label of id {i} is {v!r}: a class index must be >= 0")
+    return lab
 
 
 def load_parquet(cfg: DataConfig) -> Dataset:
