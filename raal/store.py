@@ -22,12 +22,27 @@ import pyarrow.parquet as pq
 
 from raal.errors import StoreError
 
-SECRET_QUERY_KEYS = ("access_key", "secret_key", "session_token", "password", "token", "credential", "sig",
-                     "signature", "key")
+#: URI query keys whose values are harmless and may be shown and stored; every other value is redacted (allow-list:
+#: a new pyarrow option, or a misspelt secret, is never printed). jobs/submit.sh keeps the same list.
+SAFE_QUERY_KEYS = frozenset({"region", "endpoint_override", "scheme", "anonymous", "allow_bucket_creation",
+                             "allow_bucket_deletion", "connect_timeout", "request_timeout",
+                             "force_virtual_addressing", "default_bucket_location", "project_id"})
+
+
+def uri_credentials(uri: str) -> list[str]:
+    """The parts of `uri` that may carry credentials: 'userinfo' and every query key outside SAFE_QUERY_KEYS."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    if "://" not in uri:
+        return []
+    parts = urlsplit(uri)
+    found = ["userinfo"] if "@" in parts.netloc else []
+    return found + [k for k, _ in parse_qsl(parts.query, keep_blank_values=True) if k.lower() not in SAFE_QUERY_KEYS]
 
 
 def redact_uri(uri: str) -> str:
-    """`uri` without `user:secret@` and without secret-looking query values: what may be stored or logged.
+    """`uri` without `user:secret@` and with every query value REDACTED except SAFE_QUERY_KEYS': what may be stored
+    or logged.
 
     pyarrow accepts credentials inside S3 URIs (s3://KEY:SECRET@bucket/x, ?access_key=...); they must never reach
     config.yaml, status files or logs.
@@ -38,7 +53,7 @@ def redact_uri(uri: str) -> str:
         return uri
     parts = urlsplit(uri)
     netloc = parts.netloc.rsplit("@", 1)[-1]
-    query = [(k, "REDACTED" if any(s in k.lower() for s in SECRET_QUERY_KEYS) else v)
+    query = [(k, v if k.lower() in SAFE_QUERY_KEYS else "REDACTED")
              for k, v in parse_qsl(parts.query, keep_blank_values=True)]
     return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="/"), parts.fragment))
 
