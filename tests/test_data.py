@@ -187,3 +187,30 @@ def test_test_manifest_label_index_out_of_range(tmp_path):
     pq.write_table(pa.table({"id": [7, 8], "image": [_png((0, 0, 0))] * 2, "label": [1, 5]}), test)
     with pytest.raises(ConfigError, match="id 8 is 5, outside the 2 classes"):
         load_data(DataConfig(source="parquet", root=str(pool), test_root=str(test)))
+
+
+def test_corrupt_image_error_names_id_and_path(tmp_path):
+    from raal.errors import ImageDecodeError
+
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            (tmp_path / cls / f"{i}.png").write_bytes(_png((9, 9, 9)))
+    bad = tmp_path / "dog" / "1.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
+    data = load_data(DataConfig(source="image_folder", root=str(tmp_path), test_size=1, split_seed=1))
+    split = data.pool if str(bad) in [str(p) for p in data.pool.columns["path"]] else data.test
+    batch = split.take(np.arange(len(split)))
+    bad_id = int(batch["id"][[str(p) for p in batch["path"]].index(str(bad))])
+    with pytest.raises(ImageDecodeError) as err:
+        ImageTransform(size=16, data_roots=(str(tmp_path),))(batch)
+    msg = str(err.value)
+    assert f"id {bad_id} " in msg and str(bad) in msg and "BytesIO" not in msg and "\n" not in msg
+
+
+def test_corrupt_image_bytes_error_names_the_id():
+    from raal.errors import ImageDecodeError
+
+    batch = {"id": np.asarray([7, 8]), "bytes": np.asarray([_png((1, 2, 3)), b"garbage"], dtype=object)}
+    with pytest.raises(ImageDecodeError, match=r"id 8 \(image bytes in the manifest\).*cannot identify"):
+        ImageTransform(size=16)(batch)
