@@ -40,6 +40,31 @@ if [ -z "$DIR" ]; then
 fi
 case "$DIR" in /*|*://*) ;; *) die "$DIRKEY=$DIR must be absolute or a URI (the job runs in a temporary working dir)";; esac
 
+# The run dir goes verbatim into the job's entrypoint and metadata (dashboard, `ray job list`): refuse one that
+# carries credentials (user:secret@, or a query key outside this allow-list, the same as raal/store.py's
+# SAFE_QUERY_KEYS). The job gets its credentials from the cloud's own chain instead.
+SAFE_QUERY_KEYS="region endpoint_override scheme anonymous allow_bucket_creation allow_bucket_deletion connect_timeout request_timeout force_virtual_addressing default_bucket_location project_id"
+refuse_credentials() {
+  local uri="$1" rest auth query kv key
+  case "$uri" in *://*) ;; *) return 0;; esac
+  rest="${uri#*://}"
+  auth="${rest%%[/?#]*}"
+  local chain="remove them and let the job use the cloud's own credential chain (AWS_* env vars or an instance/IAM role, GOOGLE_APPLICATION_CREDENTIALS or workload identity, ~/.aws/credentials on the nodes)"
+  case "$auth" in *@*) die "$DIRKEY carries credentials (user:secret@ in the URI), which would be stored in the job's entrypoint and metadata; $chain";; esac
+  query=""
+  case "$rest" in *\?*) query="${rest#*\?}"; query="${query%%#*}";; esac
+  local kvs=()
+  IFS='&' read -ra kvs <<< "$query"
+  for kv in ${kvs[@]+"${kvs[@]}"}; do
+    key="${kv%%=*}"; [ -n "$key" ] || continue
+    case " $SAFE_QUERY_KEYS " in
+      *" $(printf '%s' "$key" | tr '[:upper:]' '[:lower:]') "*) ;;
+      *) die "$DIRKEY carries the query key '$key' (only $SAFE_QUERY_KEYS are allowed), which would be stored in the job's entrypoint and metadata; $chain";;
+    esac
+  done
+}
+refuse_credentials "$DIR"
+
 # The entrypoint as separate words: `ray job submit` shell-quotes each one (so [20]*4 reaches raal intact).
 ENTRY=()
 if [ ${#HOLD[@]} -gt 0 ]; then

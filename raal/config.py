@@ -360,6 +360,7 @@ def validate(cfg: RunConfig) -> None:
     """Semantic checks the schema cannot express. Pool-size checks happen in `validate_against_pool`."""
     from raal import strategies
 
+    _check_ranges(cfg)  # numeric ranges of embed/proxy/train/lora, each naming its own key
     d = cfg.data
     _check(d.source in DATA_SOURCES, "data.source", f"allowed: {', '.join(DATA_SOURCES)}", d.source)
     _check(d.source not in ("image_folder", "parquet") or bool(d.root), "data.root",
@@ -416,6 +417,44 @@ def validate(cfg: RunConfig) -> None:
     for key in ("label_price", "gpu_hour_price", "cpu_hour_price"):
         v = getattr(cfg.cost, key)
         _check(v >= 0, f"cost.{key}", "must be >= 0", v)
+
+
+# -- numeric ranges (issue #16) ---------------------------------------------------------------------------------------
+#: (section, key, rule): ">=1" and ">=0" for counts, ">0" for rates/sizes, "[0,1)" for momentum; an Optional key
+#: that is None means "use the default" and is not checked. A key missing from the dataclass is skipped.
+NUMERIC_RANGES: tuple[tuple[str, str, str], ...] = (
+    ("embed", "batch_size", ">=1"), ("embed", "num_actors", ">=0"), ("embed", "shard_rows", ">=1"),
+    ("proxy", "epochs", ">=1"), ("proxy", "batch_size", ">=1"), ("proxy", "lr", ">0"),
+    ("proxy", "momentum", "[0,1)"), ("proxy", "weight_decay", ">=0"), ("proxy", "score_batch_size", ">=1"),
+    ("train", "epochs", ">=0"), ("train", "lp_epochs", ">=0"), ("train", "lp_lr", ">0"), ("train", "head_lr", ">0"),
+    ("train", "backbone_lr", ">0"), ("train", "weight_decay", ">=0"), ("train", "momentum", "[0,1)"),
+    ("train", "lpft_head_lr", ">0"), ("train", "lpft_backbone_lr", ">0"), ("train", "lpft_weight_decay", ">=0"),
+    ("train", "milestones", ">=0"), ("train", "gamma", ">0"), ("train", "batch_size", ">=1"),
+    ("train", "eval_batch_size", ">=1"), ("train", "num_workers", ">=1"), ("train", "cpus_per_worker", ">0"),
+    ("train", "max_failures", ">=-1"),
+    ("lora", "rank", ">=1"), ("lora", "alpha", ">0"), ("lora", "lr", ">0"), ("lora", "epochs", ">=0"),
+    ("lora", "batch_size", ">=1"),
+)
+_RULES = {">=1": (lambda v: v >= 1, "must be >= 1"), ">=0": (lambda v: v >= 0, "must be >= 0"),
+          ">0": (lambda v: v > 0, "must be > 0"), ">=-1": (lambda v: v >= -1, "must be >= -1 (-1 = unlimited)"),
+          "[0,1)": (lambda v: 0 <= v < 1, "must be in [0, 1)")}
+
+
+def _check_ranges(cfg: RunConfig) -> None:
+    """Range checks of the numeric keys of embed/proxy/train/lora: one ConfigError naming the first bad key."""
+    import math
+
+    for section, key, rule in NUMERIC_RANGES:
+        sub = getattr(cfg, section, None)
+        if sub is None or not hasattr(sub, key):
+            continue
+        value = getattr(sub, key)
+        if value is None:
+            continue
+        ok, allowed = _RULES[rule]
+        for v in (value if isinstance(value, (list, tuple)) else [value]):
+            finite = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            _check(finite and ok(v), f"{section}.{key}", allowed, value)
 
 
 def validate_against_pool(cfg: RunConfig, pool_size: int) -> None:

@@ -24,3 +24,7 @@ class StoreError(RuntimeError):
 
 class LabelImportError(ValueError):
     """Labels given for import are invalid (never queried, already labeled, unknown class, conflicting)."""
+
+
+class ImageDecodeError(ValueError):
+    """An image of the pool or test split cannot be read or decoded. The message names the id and the path."""

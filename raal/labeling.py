@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from raal import faults
 from raal.errors import ConfigError, LabelImportError, StoreError
-from raal.store import RunStore
+from raal.store import RunLease, RunStore
 
 LEDGER = "oracle/labels.parquet"
 PARTIAL = "oracle/partial.json"
@@ -50,7 +50,15 @@ class Ledger:
     def table(self) -> pa.Table:
         if not self.store.exists(LEDGER):
             return LEDGER_SCHEMA.empty_table()
-        return self.store.read_table(LEDGER)
+        table = self.store.read_table(LEDGER)
+        ids = np.asarray(table.column("id").to_numpy(zero_copy_only=False), dtype=np.int64)
+        uniq, counts = np.unique(ids, return_counts=True)
+        if len(uniq) != len(ids):
+            dup = uniq[counts > 1]
+            raise StoreError(f"{self.store.path(LEDGER)}: the label ledger is corrupt: id {int(dup[0])} appears "
+                             f"{int(counts[counts > 1][0])} times ({len(dup)} duplicated ids); every id is labeled "
+                             "once")
+        return table
 
     def load(self) -> dict[int, int]:
         t = self.table()
@@ -248,13 +256,20 @@ def validate(rows: list[tuple[int, str, str]], *, name: str, round_: int, query:
 
 
 def import_labels(run_dir: str, file: str, allow_partial: bool = False) -> dict:
-    """Validate `file` against the run's open query and add its labels to the ledger; returns a summary."""
-    from raal.config import from_yaml
-    from raal.data.sources import effective_roots
+    """Validate `file` against the run's open query and add its labels to the ledger; returns a summary.
 
+    Runs under the run dir's lease (`RunLease`): a second import, or a run, on the same run dir is refused."""
     store = RunStore(run_dir)
     if not store.exists("config.yaml"):
         raise LabelImportError(f"run_dir={run_dir!r} holds no run")
+    with RunLease(store):  # one writer per run: the whole import (validation included) runs under the lease
+        return _import_labels(store, run_dir, file, allow_partial)
+
+
+def _import_labels(store: RunStore, run_dir: str, file: str, allow_partial: bool) -> dict:
+    from raal.config import from_yaml
+    from raal.data.sources import effective_roots
+
     cfg = from_yaml(store.read_text("config.yaml"))
     if cfg.oracle.kind != "files":
         raise LabelImportError(f"run_dir={run_dir!r} uses oracle.kind={cfg.oracle.kind!r}; labels are imported "

@@ -102,13 +102,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = resolve_config(argv)
         preflight(cfg)
+        lease = take_lease(cfg)
     except (ConfigError, StoreError) as err:
         print(f"raal: error: {err}", file=sys.stderr)
         return 2
     logging.basicConfig(level=os.environ.get("RAAL_LOG", "INFO"), format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     logging.getLogger("faiss").setLevel(logging.WARNING)
-    return run(cfg)
+    try:
+        return run(cfg)
+    finally:
+        lease.release()
+
+
+def take_lease(cfg: RunConfig):
+    """The run dir's exclusive lease (one writer per run), held until the run returns; the resume check is re-done
+    under it, since another process may have written the run dir between the preflight and the lease."""
+    from raal.pipelines.experiment import check_resume, default_run_dir
+    from raal.store import RunLease
+
+    lease = RunLease(default_run_dir(cfg))
+    try:
+        check_resume(lease.store, cfg)
+    except BaseException:
+        lease.release()
+        raise
+    return lease
 
 
 def print_waiting(status: dict, run_dir: str) -> None:

@@ -22,12 +22,27 @@ import pyarrow.parquet as pq
 
 from raal.errors import StoreError
 
-SECRET_QUERY_KEYS = ("access_key", "secret_key", "session_token", "password", "token", "credential", "sig",
-                     "signature", "key")
+#: URI query keys whose values are harmless and may be shown and stored; every other value is redacted (allow-list:
+#: a new pyarrow option, or a misspelt secret, is never printed). jobs/submit.sh keeps the same list.
+SAFE_QUERY_KEYS = frozenset({"region", "endpoint_override", "scheme", "anonymous", "allow_bucket_creation",
+                             "allow_bucket_deletion", "connect_timeout", "request_timeout",
+                             "force_virtual_addressing", "default_bucket_location", "project_id"})
+
+
+def uri_credentials(uri: str) -> list[str]:
+    """The parts of `uri` that may carry credentials: 'userinfo' and every query key outside SAFE_QUERY_KEYS."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    if "://" not in uri:
+        return []
+    parts = urlsplit(uri)
+    found = ["userinfo"] if "@" in parts.netloc else []
+    return found + [k for k, _ in parse_qsl(parts.query, keep_blank_values=True) if k.lower() not in SAFE_QUERY_KEYS]
 
 
 def redact_uri(uri: str) -> str:
-    """`uri` without `user:secret@` and without secret-looking query values: what may be stored or logged.
+    """`uri` without `user:secret@` and with every query value REDACTED except SAFE_QUERY_KEYS': what may be stored
+    or logged.
 
     pyarrow accepts credentials inside S3 URIs (s3://KEY:SECRET@bucket/x, ?access_key=...); they must never reach
     config.yaml, status files or logs.
@@ -38,7 +53,7 @@ def redact_uri(uri: str) -> str:
         return uri
     parts = urlsplit(uri)
     netloc = parts.netloc.rsplit("@", 1)[-1]
-    query = [(k, "REDACTED" if any(s in k.lower() for s in SECRET_QUERY_KEYS) else v)
+    query = [(k, v if k.lower() in SAFE_QUERY_KEYS else "REDACTED")
              for k, v in parse_qsl(parts.query, keep_blank_values=True)]
     return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="/"), parts.fragment))
 
@@ -160,6 +175,116 @@ class RunStore:
 
     def tmp_name(self) -> str:
         return f".tmp-{uuid.uuid4().hex}"
+
+
+# -- one writer per run dir -------------------------------------------------------------------------------------------
+LEASE = ".raal.lock"  # local run dirs: flock'ed file (removed again on release)
+REMOTE_LEASE = ".raal.lease.json"  # object stores: a best-effort lease object
+
+
+class RunDirInUse(StoreError):
+    """Another raal process holds the run dir's lease (a run, or a label import)."""
+
+
+class RunLease:
+    """An exclusive lease on a run dir, held by `raal.run` for a run and by `raal.run label` for an import.
+
+    Local run dirs (plain paths and file:// URIs): `fcntl.flock(LOCK_EX | LOCK_NB)` on `<run_dir>/.raal.lock`, which
+    holds the owner's pid. The kernel drops the lock when the process dies, so a crash leaves no stale lease.
+    Object stores (s3://, gs://, ...) have no locks: the lease is a best-effort object `<run_dir>/.raal.lease.json`
+    (host, pid, token), written when absent and read back to detect a racing writer. Two writers starting within the
+    same instant can still both pass; a lease left by a killed process is taken over on the same host once its pid
+    is gone, and from another host only after the object is deleted by hand (the refusal names it).
+    """
+
+    def __init__(self, run_dir: "str | RunStore"):
+        self.store = run_dir if isinstance(run_dir, RunStore) else RunStore(str(run_dir))
+        self.shown = redact_uri(self.store.uri)
+        self._fd: int | None = None
+        self._token: str | None = None
+        if self.store.is_local:
+            self._acquire_local()
+        else:
+            self._acquire_remote()
+
+    def _refuse(self, pid, extra: str = "") -> None:
+        raise RunDirInUse(f"run_dir {self.shown} is in use by another raal process (pid {pid or 'unknown'}{extra})")
+
+    def _acquire_local(self) -> None:
+        import fcntl
+
+        path = self.store.path(LEASE)
+        for _ in range(20):  # retry if the file we locked was removed by a releasing owner meanwhile
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                os.close(fd)
+                self._refuse(pid)
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            self._fd = fd
+            return
+        raise StoreError(f"run_dir {self.shown}: could not take the lease {LEASE}")
+
+    def _acquire_remote(self) -> None:
+        import socket
+
+        host = socket.gethostname()
+        if self.store.exists(REMOTE_LEASE):
+            try:
+                held = self.store.read_json(REMOTE_LEASE)
+            except StoreError:
+                held = {}
+            if not (held.get("host") == host and not _pid_alive(held.get("pid"))):
+                self._refuse(held.get("pid"), f" on host {held.get('host', '?')}; if no raal process uses it, delete "
+                                              f"{self.shown.rstrip('/')}/{REMOTE_LEASE}")
+        self._token = uuid.uuid4().hex
+        self.store.write_json(REMOTE_LEASE, {"host": host, "pid": os.getpid(), "token": self._token})
+        held = self.store.read_json(REMOTE_LEASE)
+        if held.get("token") != self._token:
+            self._token = None
+            self._refuse(held.get("pid"), f" on host {held.get('host', '?')}")
+
+    def release(self) -> None:
+        if self._fd is not None:
+            try:
+                os.unlink(self.store.path(LEASE))  # while still locked: a waiter re-checks the inode and retries
+            except FileNotFoundError:
+                pass
+            os.close(self._fd)
+            self._fd = None
+        if self._token is not None:
+            try:
+                if self.store.read_json(REMOTE_LEASE).get("token") == self._token:
+                    self.store.delete(REMOTE_LEASE)
+            except StoreError:
+                pass
+            self._token = None
+
+    def __enter__(self) -> "RunLease":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextmanager

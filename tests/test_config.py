@@ -83,3 +83,38 @@ def test_sweep_files_are_not_run_configs():
     assert "tune_demo" in available_configs(sweeps=True) and "tune_demo" not in available_configs()
     with pytest.raises(ConfigError, match="python -m raal.tune conf=tune_demo"):
         load_config("tune_demo")
+
+
+@pytest.mark.parametrize("override", [
+    "train.batch_size=0", "train.eval_batch_size=0", "train.epochs=-1", "train.lp_epochs=-1", "train.lp_lr=0",
+    "train.head_lr=-0.1", "train.backbone_lr=0", "train.weight_decay=-1e-4", "train.momentum=1.5",
+    "train.lpft_head_lr=0", "train.lpft_weight_decay=-1", "train.milestones=[3,-1]", "train.gamma=0",
+    "train.cpus_per_worker=0", "train.max_failures=-2", "train.lp_lr=nan",
+    "lora.rank=0", "lora.alpha=0", "lora.lr=0", "lora.epochs=-1", "lora.batch_size=0",
+    "proxy.batch_size=0", "proxy.lr=-1", "proxy.weight_decay=-1", "proxy.momentum=-0.1", "proxy.score_batch_size=0",
+    "embed.batch_size=0", "embed.shard_rows=0", "embed.num_actors=-1",
+])
+def test_numeric_ranges_name_the_key(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError) as err:
+        load_config("demo", [override])
+    msg = str(err.value)
+    assert msg.startswith(f"{key}=") and "\n" not in msg
+
+
+def test_numeric_ranges_accept_the_edges():
+    cfg = load_config("demo", ["train.epochs=0", "train.weight_decay=0", "train.momentum=0", "train.batch_size=1",
+                               "lora.epochs=0", "embed.shard_rows=1", "train.max_failures=-1",
+                               "train.lpft_head_lr=0.5"])
+    assert cfg.train.batch_size == 1 and cfg.train.lpft_head_lr == 0.5
+
+
+@pytest.mark.parametrize("override", ["train.batch_size=0", "proxy.lr=0", "embed.shard_rows=0"])
+def test_cli_refuses_out_of_range_numbers(override, tmp_path):
+    run_dir = tmp_path / "r"
+    proc = subprocess.run([sys.executable, "-m", "raal.run", "conf=demo", override, f"run_dir={run_dir}"],
+                          capture_output=True, text=True, timeout=100)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and override.split("=")[0] in lines[0], proc.stderr
+    assert not run_dir.exists()

@@ -123,3 +123,94 @@ def test_parquet_take_reads_just_the_rows(tmp_path):
     assert batch["id"].tolist() == data.pool.ids[pos].tolist()
     want = {i: b for i, b in zip(rows["id"], rows["image"])}
     assert [bytes(b) for b in batch["bytes"]] == [want[i] for i in batch["id"]]
+
+
+def test_pipeline_positions_work_for_any_id_order():
+    from raal.pipelines.base import Pipeline
+
+    pipe = Pipeline.__new__(Pipeline)  # positions() needs only the pool ids
+    pipe.pool_ids = np.asarray([30, 10, 50, 20, 40], dtype=np.int64)  # a shuffled manifest's order
+    pos = pipe.positions(np.asarray([20, 30, 40, 10, 50]))
+    assert pos.tolist() == [3, 0, 4, 1, 2]
+    assert pipe.pool_ids[pos].tolist() == [20, 30, 40, 10, 50]
+    with pytest.raises(ValueError, match="ids not in the pool.*id 25"):
+        pipe.positions(np.asarray([10, 25]))
+    with pytest.raises(ValueError, match="ids not in the pool"):
+        pipe.positions(np.asarray([60]))
+
+
+def test_shuffled_parquet_manifest_loads_with_sorted_ids(tmp_path):
+    order = np.random.default_rng(0).permutation(20)
+    ids = (100 + order).tolist()
+    rows = {"id": ids, "image": [_png((i * 10, 0, 0)) for i in order], "label": [["a", "b"][i % 2] for i in order]}
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table(rows), path)
+    data = load_data(DataConfig(source="parquet", root=str(path), test_size=4))
+    assert data.pool.ids.tolist() == sorted(data.pool.ids.tolist())
+    assert data.test.ids.tolist() == sorted(data.test.ids.tolist())
+    want = {i: ["a", "b"][(i - 100) % 2] for i in ids}
+    assert all(data.class_names[data.truth[i]] == want[i] for i in data.pool.ids.tolist())
+    assert [data.class_names[k] for k in data.test.labels] == [want[i] for i in data.test.ids.tolist()]
+    batch = data.pool.take(np.arange(len(data.pool)))
+    got = {i: bytes(b) for i, b in zip(batch["id"].tolist(), batch["bytes"])}
+    assert all(got[i] == _png(((i - 100) * 10, 0, 0)) for i in data.pool.ids.tolist())
+
+
+@pytest.mark.parametrize("labels,match", [
+    ([0, 1, None, 1], "id 12 is None"),
+    ([0.0, 1.0, float("nan"), 1.0], "id 12 is nan"),
+    ([0.0, 1.5, 2.0, 1.0], "id 11 is 1.5"),
+    ([0, 1, -1, 1], "id 12 is -1"),
+    (["cat", None, "dog", "cat"], "id 11 is None"),
+    (["cat", "", "dog", "cat"], "id 11 is ''"),
+])
+def test_bad_manifest_labels_are_refused(tmp_path, labels, match):
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"id": [10, 11, 12, 13], "image": [_png((0, 0, 0))] * 4, "label": labels}), path)
+    with pytest.raises(ConfigError, match=match) as err:
+        load_data(DataConfig(source="parquet", root=str(path), test_size=1))
+    assert "\n" not in str(err.value)
+
+
+def test_integral_float_labels_are_class_indices(tmp_path):
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"id": [10, 11, 12, 13], "image": [_png((0, 0, 0))] * 4,
+                             "label": [0.0, 2.0, 1.0, 3.0]}), path)
+    data = load_data(DataConfig(source="parquet", root=str(path), test_size=1))
+    assert data.class_names == ["0", "1", "2", "3"]
+    assert sorted(list(data.truth.values()) + data.test.labels.tolist()) == [0, 1, 2, 3]
+
+
+def test_test_manifest_label_index_out_of_range(tmp_path):
+    pool, test = tmp_path / "p.parquet", tmp_path / "t.parquet"
+    pq.write_table(pa.table({"id": [1, 2, 3], "image": [_png((0, 0, 0))] * 3, "label": ["a", "b", "a"]}), pool)
+    pq.write_table(pa.table({"id": [7, 8], "image": [_png((0, 0, 0))] * 2, "label": [1, 5]}), test)
+    with pytest.raises(ConfigError, match="id 8 is 5, outside the 2 classes"):
+        load_data(DataConfig(source="parquet", root=str(pool), test_root=str(test)))
+
+
+def test_corrupt_image_error_names_id_and_path(tmp_path):
+    from raal.errors import ImageDecodeError
+
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            (tmp_path / cls / f"{i}.png").write_bytes(_png((9, 9, 9)))
+    bad = tmp_path / "dog" / "1.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
+    data = load_data(DataConfig(source="image_folder", root=str(tmp_path), test_size=1, split_seed=1))
+    split = data.pool if str(bad) in [str(p) for p in data.pool.columns["path"]] else data.test
+    batch = split.take(np.arange(len(split)))
+    bad_id = int(batch["id"][[str(p) for p in batch["path"]].index(str(bad))])
+    with pytest.raises(ImageDecodeError) as err:
+        ImageTransform(size=16, data_roots=(str(tmp_path),))(batch)
+    msg = str(err.value)
+    assert f"id {bad_id} " in msg and str(bad) in msg and "BytesIO" not in msg and "\n" not in msg
+
+
+def test_corrupt_image_bytes_error_names_the_id():
+    from raal.errors import ImageDecodeError
+
+    batch = {"id": np.asarray([7, 8]), "bytes": np.asarray([_png((1, 2, 3)), b"garbage"], dtype=object)}
+    with pytest.raises(ImageDecodeError, match=r"id 8 \(image bytes in the manifest\).*cannot identify"):
+        ImageTransform(size=16)(batch)

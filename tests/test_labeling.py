@@ -205,3 +205,72 @@ def test_cli_stops_cleanly_and_says_what_to_label(tmp_path):
     assert f"python -m raal.run label run_dir={run_dir}" in proc.stdout
     assert json.loads((run_dir / "status.json").read_text())["state"] == "waiting_for_labels"
     assert not (run_dir / "arms" / "svpp_margin" / "rounds.parquet").exists()  # nothing committed without labels
+
+
+# -- one writer per run dir (issue #16) --------------------------------------------------------------------------------
+def _listing(path):
+    return sorted((str(p.relative_to(path)), p.stat().st_size) for p in path.rglob("*"))
+
+
+def test_run_lease_is_exclusive_and_released(tmp_path):
+    from raal.store import LEASE, RunDirInUse, RunLease
+
+    first = RunLease(str(tmp_path / "run"))
+    with pytest.raises(RunDirInUse, match=rf"in use by another raal process \(pid {os.getpid()}\)"):
+        RunLease(str(tmp_path / "run"))
+    with pytest.raises(RunDirInUse):
+        RunLease(f"file://{tmp_path / 'run'}")  # file:// is the same local folder
+    first.release()
+    assert not (tmp_path / "run" / LEASE).exists()
+    with RunLease(str(tmp_path / "run")):
+        pass
+
+
+def test_label_import_refused_while_another_process_holds_the_run_dir(tmp_path):
+    from raal.store import RunLease
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("name: demo\n")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id,label\n609,cat\n")
+    with RunLease(str(run_dir)):
+        before = _listing(run_dir)
+        proc = subprocess.run([sys.executable, "-m", "raal.run", "label", f"run_dir={run_dir}", f"file={labels}"],
+                              capture_output=True, text=True, timeout=100)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"is in use by another raal process (pid {os.getpid()})" in lines[0], proc.stderr
+        assert _listing(run_dir) == before
+
+
+def test_run_refused_while_another_process_holds_the_run_dir(tmp_path, monkeypatch, capsys):
+    import raal.run
+    from raal.store import RunLease
+
+    ran = []
+    monkeypatch.setattr(raal.run, "run", lambda cfg: ran.append(cfg) or 0)  # never start Ray here
+    args = ["conf=demo", "data.pool_size=200", "data.test_size=100", "al.initial=20", "al.schedule=[20]",
+            f"run_dir={tmp_path / 'run'}"]
+    with RunLease(str(tmp_path / "run")):
+        assert raal.run.main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "in use by another raal process" in err[0]
+        assert not ran
+    assert raal.run.main(args) == 0 and len(ran) == 1  # free again: the run goes ahead
+    assert RunLease(str(tmp_path / "run")).release() is None  # and its lease was given back
+
+
+def test_ledger_with_duplicate_ids_is_refused(tmp_path):
+    import pyarrow as pa
+
+    from raal.errors import StoreError
+    from raal.store import RunStore
+
+    store = RunStore(str(tmp_path / "run"))
+    store.write_table(labeling.LEDGER, pa.table({"id": [609, 7, 609], "label": [0, 1, 2], "round": [0, 0, 0],
+                                                 "file": ["a.csv"] * 3, "sha256": ["x"] * 3},
+                                                schema=labeling.LEDGER_SCHEMA))
+    with pytest.raises(StoreError, match="id 609 appears 2 times") as err:
+        labeling.Ledger(store).load()
+    assert "\n" not in str(err.value)

@@ -81,3 +81,22 @@ def test_no_pickle_in_the_store(tmp_path):
     assert files
     for path in files:  # pickle streams start with the PROTO opcode 0x80; Parquet with PAR1, JSON with {
         assert not path.read_bytes().startswith(b"\x80"), path
+
+
+def test_remote_run_lease_is_a_best_effort_object():
+    import socket
+
+    import pyarrow.fs as pafs
+
+    from raal.store import REMOTE_LEASE, RunDirInUse, RunLease, RunStore
+
+    fs = pafs._MockFileSystem()
+    store = RunStore("bucket/run", _fs=fs)
+    lease = RunLease(store)
+    with pytest.raises(RunDirInUse, match=r"in use by another raal process \(pid \d+ on host .*delete "
+                                          r"bucket/run/\.raal\.lease\.json"):
+        RunLease(RunStore("bucket/run", _fs=fs))
+    lease.release()
+    assert not store.exists(REMOTE_LEASE)
+    store.write_json(REMOTE_LEASE, {"host": socket.gethostname(), "pid": 2 ** 22 + 12345, "token": "dead"})
+    RunLease(store).release()  # a lease of a dead process on this host is taken over

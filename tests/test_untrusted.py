@@ -102,3 +102,60 @@ def test_credentials_never_reach_the_store_or_the_output(tmp_path, capsys):
     stored = "".join(p.read_text(errors="replace") for p in (tmp_path / "run").rglob("*") if p.is_file())
     assert "config.yaml" in os.listdir(tmp_path / "run")
     assert "TOPSECRET" not in stored and "TOK" not in stored and "REDACTED" in stored
+
+
+def test_redaction_is_an_allow_list():
+    from raal.store import uri_credentials
+
+    got = redact_uri("s3://bucket/run?aws_secret=XYZ&region=us-east-1&endpoint_override=minio:9000&Signature=S"
+                     "&x-amz-credential=C&anonymous=false")
+    assert "XYZ" not in got and "=S&" not in got and "=C" not in got
+    assert "aws_secret=REDACTED" in got and "region=us-east-1" in got and "endpoint_override=minio%3A9000" in got
+    assert "anonymous=false" in got
+    assert redact_uri("gs://tok@bucket/run") == "gs://bucket/run"
+    assert uri_credentials("s3://K:S@bucket/x?region=eu&aws_secret=1") == ["userinfo", "aws_secret"]
+    assert uri_credentials("s3://bucket/x?region=eu&scheme=https") == []
+    assert uri_credentials("/local/path?aws_secret=1") == []
+
+
+SUBMIT = Path(__file__).resolve().parents[1] / "jobs" / "submit.sh"
+
+
+def _submit(tmp_path, run_dir):
+    import subprocess
+
+    fake = tmp_path / "fake_ray"
+    fake.write_text(f"#!/bin/sh\necho called > {tmp_path / 'ray_called'}\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "RAY": str(fake)}
+    return subprocess.run(["bash", str(SUBMIT), "--no-wait", "--", "conf=demo", f"run_dir={run_dir}"], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("run_dir, what", [
+    ("s3://AKIAX:wJalr@bucket/runs/a", "user:secret@"),
+    ("s3://bucket/runs/a?region=eu-west-1&aws_secret=TOPSECRET", "'aws_secret'"),
+    ("gs://bucket/runs/a?Access_Key=K", "'Access_Key'"),
+])
+def test_submit_refuses_a_run_dir_with_credentials(tmp_path, run_dir, what):
+    proc = _submit(tmp_path, run_dir)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and what in lines[0] and "credential chain" in lines[0], proc.stderr
+    assert "TOPSECRET" not in proc.stderr + proc.stdout and "wJalr" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "ray_called").exists()
+
+
+def test_submit_accepts_allow_listed_query_keys(tmp_path):
+    proc = _submit(tmp_path, "s3://bucket/runs/a?region=eu-west-1&endpoint_override=minio:9000")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "ray_called").exists()
+
+
+def test_submit_allow_list_matches_the_store():
+    import re
+
+    from raal.store import SAFE_QUERY_KEYS
+
+    m = re.search(r'^SAFE_QUERY_KEYS="([^"]*)"', SUBMIT.read_text(), re.M)
+    assert m and set(m.group(1).split()) == set(SAFE_QUERY_KEYS)

@@ -264,12 +264,26 @@ def _read_manifest(path: str) -> tuple[pa.Table, str]:
     return meta, col
 
 
+def _sorted_by_id(meta: pa.Table) -> pa.Table:
+    """The manifest's (id, label) rows in ascending id order (a manifest need not be sorted)."""
+    ids = meta.column("id").to_numpy()
+    if len(ids) < 2 or bool(np.all(ids[1:] >= ids[:-1])):
+        return meta
+    return meta.take(pa.array(np.argsort(ids, kind="stable")))
+
+
 def _labels_from(meta: pa.Table, classes: list[str] | None = None) -> tuple[np.ndarray | None, list[str]]:
     if "label" not in meta.column_names:
         return None, classes or []
     lab = meta.column("label").to_pylist()
-    if all(isinstance(v, (int, np.integer)) for v in lab):
+    ids = meta.column("id").to_pylist()
+    lab = _check_labels(ids, lab)
+    if all(isinstance(v, int) for v in lab):
         arr = np.asarray(lab, dtype=np.int64)
+        if classes and len(arr) and int(arr.max()) >= len(classes):
+            k = int(np.argmax(arr >= len(classes)))
+            raise ConfigError(f"manifest label of id {ids[k]} is {lab[k]!r}, outside the {len(classes)} classes "
+                              f"0..{len(classes) - 1}")
         k = int(arr.max()) + 1 if len(arr) else 0
         return arr, classes or [str(i) for i in range(k)]
     names = classes or sorted({str(v) for v in lab})
@@ -280,12 +294,38 @@ def _labels_from(meta: pa.Table, classes: list[str] | None = None) -> tuple[np.n
     return np.asarray([index[str(v)] for v in lab], dtype=np.int64), names
 
 
+def _check_labels(ids: list, lab: list) -> list:
+    """Manifest labels as ints (class indices >= 0) or strings (class names); anything else is a ConfigError naming
+    the id and the value. Floats count as indices only when the whole column is integral (3.0 -> 3)."""
+    import math
+
+    for i, v in zip(ids, lab):
+        bad = (v is None or isinstance(v, bool) or (isinstance(v, float) and not math.isfinite(v))
+               or not isinstance(v, (int, float, str)) or (isinstance(v, str) and not v.strip()))
+        if bad:
+            raise ConfigError(f"manifest label of id {i} is {v!r}: a label must be a class index >= 0 or a class name")
+    if any(isinstance(v, float) for v in lab):
+        for i, v in zip(ids, lab):
+            if isinstance(v, str) or (isinstance(v, float) and not v.is_integer()):
+                raise ConfigError(f"manifest label of id {i} is {v!r}: float labels must all be whole numbers "
+                                  "(class indices)")
+        lab = [int(v) for v in lab]
+    if any(isinstance(v, int) for v in lab) and not all(isinstance(v, int) for v in lab):
+        k = next(k for k, v in enumerate(lab) if isinstance(v, str))
+        raise ConfigError(f"manifest label of id {ids[k]} is {lab[k]!r}: labels mix class indices and names")
+    for i, v in zip(ids, lab):
+        if isinstance(v, int) and v < 0:
+            raise ConfigError(f"manifest label of id {i} is {v!r}: a class index must be >= 0")
+    return lab
+
+
 def load_parquet(cfg: DataConfig) -> Dataset:
     """A Parquet manifest (id, path | image bytes, optional label). Image rows stay on disk; Ray Data reads them."""
     meta, col = _read_manifest(cfg.root)
-    ids = meta.column("id").to_numpy().astype(np.int64)
     if col == "path":
-        _resolve_manifest_paths(cfg.root, ids, effective_roots(cfg))
+        _resolve_manifest_paths(cfg.root, meta.column("id").to_numpy(), effective_roots(cfg))
+    meta = _sorted_by_id(meta)  # rows may come in any id order; the pool and test split keep ids sorted
+    ids = meta.column("id").to_numpy().astype(np.int64)
     labels, classes = _labels_from(meta)
     image_col = "path" if col == "path" else "bytes"
     parquet = (cfg.root, col)
@@ -297,6 +337,7 @@ def load_parquet(cfg: DataConfig) -> Dataset:
         tmeta, tcol = _read_manifest(cfg.test_root)
         if tcol == "path":
             _resolve_manifest_paths(cfg.test_root, tmeta.column("id").to_numpy(), effective_roots(cfg))
+        tmeta = _sorted_by_id(tmeta)
         tlabels, tclasses = _labels_from(tmeta, classes)
         if tlabels is None:
             raise ConfigError(f"data.test_root={cfg.test_root!r}: the test manifest needs a 'label' column")

@@ -74,6 +74,22 @@ def _decode_encoded(data: bytes) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
+def _id_at(ids, k: int):
+    return None if ids is None else ids[k]
+
+
+def _decode_named(read, item_id, where: str) -> np.ndarray:
+    """Read and decode one encoded image; any failure becomes an ImageDecodeError naming the id and the path."""
+    from raal.errors import ImageDecodeError
+
+    try:
+        return _decode_encoded(read())
+    except Exception as err:
+        what = f"id {int(item_id)}" if item_id is not None else "an item without id"
+        reason = str(err).split(" <_io.BytesIO", 1)[0].strip() or type(err).__name__
+        raise ImageDecodeError(f"cannot read the image of {what} ({where}): {type(err).__name__}: {reason}") from None
+
+
 def confine_path(path: str, roots: tuple[str, ...] | list[str]) -> str:
     """Resolve `path` and refuse it unless it lies under one of `roots` (untrusted manifests, issue 9)."""
     if not roots:
@@ -97,12 +113,14 @@ def decode_images(batch: dict, data_roots: tuple[str, ...] = ()) -> list[np.ndar
             if col.ndim == 4:
                 return [_as_rgb(a) for a in col]
         return [_as_rgb(np.asarray(a)) for a in col]
+    ids = batch.get("id")
     if "bytes" in batch:
-        return [_decode_encoded(bytes(b)) for b in batch["bytes"]]
+        return [_decode_named(lambda b=b: bytes(b), _id_at(ids, k), "image bytes in the manifest")
+                for k, b in enumerate(batch["bytes"])]
     if "path" in batch:
         out = []
-        for p in batch["path"]:
+        for k, p in enumerate(batch["path"]):
             p = confine_path(str(p), data_roots)
-            out.append(_decode_encoded(Path(p).read_bytes()))
+            out.append(_decode_named(lambda p=p: Path(p).read_bytes(), _id_at(ids, k), p))
         return out
     raise ValueError(f"a pool batch needs one of the columns {IMAGE_COLUMNS}; got {sorted(batch)}")

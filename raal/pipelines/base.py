@@ -100,11 +100,18 @@ class Pipeline:
 
     # -- helpers ----------------------------------------------------------------------------------------------------
     def positions(self, ids: np.ndarray) -> np.ndarray:
-        """Pool positions of ids (pool ids are sorted)."""
-        pos = np.searchsorted(self.pool_ids, ids)
-        if np.any(pos >= len(self.pool_ids)) or np.any(self.pool_ids[pos.clip(0, len(self.pool_ids) - 1)] != ids):
-            raise ValueError("ids not in the pool")
-        return pos
+        """Pool positions of ids; pool ids may come in any order (a sorted index + permutation, built once)."""
+        if getattr(self, "_pool_order", None) is None or self._pool_order_of is not self.pool_ids:
+            self._pool_order = np.argsort(self.pool_ids, kind="stable")
+            self._pool_sorted = np.asarray(self.pool_ids)[self._pool_order]
+            self._pool_order_of = self.pool_ids
+        ids = np.asarray(ids, dtype=np.int64)
+        n = len(self._pool_sorted)
+        j = np.searchsorted(self._pool_sorted, ids).clip(0, max(n - 1, 0))
+        bad = self._pool_sorted[j] != ids if n else np.ones(ids.shape, bool)
+        if np.any(bad):
+            raise ValueError(f"ids not in the pool (e.g. id {int(ids[np.argmax(bad)])}; {int(bad.sum())} unknown)")
+        return self._pool_order[j]
 
     def labeled_mask(self) -> np.ndarray:
         mask = np.zeros(len(self.pool_ids), dtype=bool)
