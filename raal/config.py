@@ -104,12 +104,13 @@ class TrainConfig:
     lp_epochs: int = 2
     # Defaults that stay stable on small pools at 32-96 px with batch 64 (checked on Animal-MNIST + MobileNetV2: the
     # paper's ImageNet values, LP 0.5 / head 0.1 / backbone 0.01, diverge there). conf/*_asvp.yaml carry the papers'.
-    lp_lr: float = 0.05
-    head_lr: float = 0.01
-    backbone_lr: float = 0.001
+    lp_lr: float = 0.05  # the SGD probe (lp_solver=sgd)
+    head_lr: float = 3e-3  # AdamW values for small sets (bench/recipe.py); the papers' SGD values in conf/*_asvp.yaml
+    backbone_lr: float = 1e-4
     weight_decay: float = 1e-4
     momentum: float = 0.9
-    lpft_head_lr: Optional[float] = None  # LP-FT's own FT-stage recipe (None = the FT value above)
+    lpft_head_lr: Optional[float] = 1e-3  # LP-FT's own FT-stage recipe (None = the FT value above): its head
+    # starts converged, so it moves more slowly than FT's fresh one
     lpft_backbone_lr: Optional[float] = None
     lpft_weight_decay: Optional[float] = None
     milestones: list[int] = field(default_factory=lambda: [6, 8])
@@ -121,6 +122,20 @@ class TrainConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     max_failures: int = 2
+    # The recipe that stays sound at small labeled sets (bench/recipe.py); sgd/multistep/train/sgd/0 restore the
+    # papers' epoch-based recipe (conf/*_asvp.yaml use it for ImageNet-scale runs).
+    optimizer: str = "adamw"  # adamw | sgd (the FT stage)
+    schedule: str = "cosine"  # cosine (per step, linear warm-up) | multistep (per epoch, `milestones`)
+    warmup_frac: float = 0.1
+    bn: str = "frozen"  # frozen: BatchNorm keeps its pre-trained statistics in FT | train
+    lp_solver: str = "lbfgs"  # lbfgs: LP-FT's probe trained to convergence on the frozen features | sgd (lp_epochs)
+    min_steps: int = 200  # the FT stage runs at least this many optimiser steps, whatever the labeled-set size
+    crop_scale_min: float = 0.6  # RandomResizedCrop's smallest area fraction (mild augmentation)
+    probe_l2: float = 1e-3  # L2 of the L-BFGS probe (per sample)
+    # 0: fine-tune the whole backbone as a Ray Train job. != 0: partial fine-tuning in the driver from the
+    # evaluator's cached prefix activations (standard AL's model, ASVP's refresh), the evaluator's recipe
+    # (eval.*) with this method; needs eval.every_round=evaluator. Meant for CPUs.
+    freeze_blocks: int = 0
 
 
 @dataclass
@@ -400,6 +415,17 @@ def validate(cfg: RunConfig) -> None:
     _check(cfg.eval.every_round in EVAL_MODES, "eval.every_round", f"allowed: {', '.join(EVAL_MODES)}",
            cfg.eval.every_round)
     _check(cfg.eval.final in ("none", "ft", "lpft"), "eval.final", "allowed: none, ft, lpft", cfg.eval.final)
+    t = cfg.train
+    _check(t.optimizer in ("adamw", "sgd"), "train.optimizer", "allowed: adamw, sgd", t.optimizer)
+    _check(t.schedule in ("cosine", "multistep"), "train.schedule", "allowed: cosine, multistep", t.schedule)
+    _check(t.bn in ("frozen", "train"), "train.bn", "allowed: frozen, train", t.bn)
+    _check(t.lp_solver in ("lbfgs", "sgd"), "train.lp_solver", "allowed: lbfgs, sgd", t.lp_solver)
+    _check(t.min_steps >= 0 and 0 <= t.warmup_frac < 1 and 0 < t.crop_scale_min <= 1, "train.min_steps",
+           "min_steps >= 0, warmup_frac in [0, 1), crop_scale_min in (0, 1]",
+           (t.min_steps, t.warmup_frac, t.crop_scale_min))
+    _check(t.freeze_blocks == 0 or cfg.eval.every_round == "evaluator", "train.freeze_blocks",
+           "partial fine-tuning uses the evaluator's cached activations: set eval.every_round=evaluator",
+           t.freeze_blocks)
     e = cfg.eval
     _check(e.method in ("lp", "lpft", "ft"), "eval.method", "allowed: lp, lpft, ft", e.method)
     _check(e.bn in ("frozen", "train"), "eval.bn", "allowed: frozen, train", e.bn)

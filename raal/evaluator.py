@@ -35,6 +35,13 @@ log = logging.getLogger(__name__)
 CACHE_DIR = "eval_cache"
 
 
+def eval_threads() -> int:
+    """Every core by default (nothing else runs in the driver meanwhile); RAAL_EVAL_THREADS overrides it, e.g. 1 on a
+    machine shared with other jobs, where OpenMP threads spin-wait for each other (measured 2.4x slower)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, int(os.environ.get("RAAL_EVAL_THREADS", cores)))
+
+
 def eval_seed(al_seed: int, n_labeled: int, salt: int = 7) -> int:
     """The evaluation seed of a labeled-set size: the same for every arm (paired), different across sizes."""
     return int(np.random.SeedSequence([int(al_seed), int(n_labeled), salt]).generate_state(1)[0])
@@ -131,7 +138,7 @@ class Evaluator:
         self.pool_acts, self.test_acts = pool_acts, test_acts
         self._base_trunk = base_trunk
         self.setup_seconds = 0.0
-        self.threads = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+        self.threads = eval_threads()
 
     @classmethod
     def build(cls, *, store, data, model_cfg, transform, freeze_blocks: int, recipe: Recipe) -> "Evaluator":
@@ -145,12 +152,18 @@ class Evaluator:
         meta = {"arch": model_cfg.arch, "weights": str(model_cfg.weights), "freeze_blocks": freeze_blocks,
                 "transform": transform.describe()}
         acts = {}
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
         for split, images in (("pool", data.pool), ("test", data.test)):
             ids = np.asarray(images.ids, dtype=np.int64)
             cache = PrefixCache(store, split, {**meta, "ids": hashlib.sha256(ids.tobytes()).hexdigest()})
             got = cache.load()
-            acts[split] = got if got is not None else cache.compute(images, prefix, transform)
+            if got is None:
+                threads = torch.get_num_threads()
+                torch.set_num_threads(eval_threads())
+                try:
+                    got = cache.compute(images, prefix, transform)
+                finally:
+                    torch.set_num_threads(threads)
+            acts[split] = got
         ev = cls(model_cfg=model_cfg, transform=transform, freeze_blocks=freeze_blocks, recipe=recipe,
                  num_classes=data.pool.num_classes, test_labels=data.test.labels, pool_acts=acts["pool"],
                  test_acts=acts["test"], base_trunk=trunk)

@@ -62,8 +62,11 @@ class SavingCurve:
     """Per AL point: labels N1, accuracy A, equivalent random labels N2, ratio r, and how each was obtained.
 
     `extrapolated` marks points whose accuracy lies outside the random curve's range (N2 read off the linear
-    continuation of the end segment). `ratios` is NaN where it is undefined: accuracy not evaluated, or N2 <= 0, or
-    no rising segment to extrapolate along. `used` marks the points averaged into `mean`.
+    continuation of the end segment); they are reported but never averaged. `ratios` is NaN only where it is
+    undefined (accuracy not evaluated, no rising segment to extrapolate along); an extrapolated N2 <= 0 is clipped
+    to a ratio of -1 (as bad as it gets), never dropped, so the mean cannot favour AL by leaving points out.
+    `used` marks the points averaged into `mean` (interpolated, not excluded); `n_extrapolated` counts the
+    extrapolated points that would otherwise have been used.
     """
 
     labels: np.ndarray
@@ -73,6 +76,11 @@ class SavingCurve:
     extrapolated: np.ndarray
     used: np.ndarray
     mean: float
+    n_extrapolated: int = 0
+
+    @property
+    def n_used(self) -> int:
+        return int(self.used.sum())
 
 
 def equivalent_labels(random_curve: Curve | np.ndarray, accuracy: Sequence[float] | np.ndarray
@@ -125,12 +133,32 @@ def saving_curve(random_curve: Curve | np.ndarray, al_curve: Curve | np.ndarray,
             raise ValueError(f"exclude has {excl.size} entries but al_curve has {n1.size} points")
     n2, extra = equivalent_labels(random_curve, acc)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = np.where(n2 > 0, (n2 - n1) / np.where(n2 > 0, n2, 1.0), np.nan)
+        ratios = np.where(n2 > 0, (n2 - n1) / np.where(n2 > 0, n2, 1.0), np.where(np.isfinite(n2), -1.0, np.nan))
+    ratios = np.where(np.isfinite(ratios), np.clip(ratios, -1.0, 1.0), np.nan)
     n2 = np.where(np.isfinite(n2), np.maximum(n2, 0.0), np.nan)
-    used = ~excl & np.isfinite(ratios)
+    candidate = ~excl & np.isfinite(ratios)
+    used = candidate & ~extra
     mean = float(ratios[used].mean()) if used.any() else float("nan")
     return SavingCurve(labels=n1, accuracy=acc, equivalent_labels=n2, ratios=ratios, extrapolated=extra,
-                       used=used, mean=mean)
+                       used=used, mean=mean, n_extrapolated=int((candidate & extra).sum()))
+
+
+def mean_ci(values: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and a Student-t confidence interval (lo, hi) of independent values (e.g. one per seed); NaNs ignored.
+
+    With one value the interval is (nan, nan): a single seed gives no interval.
+    """
+    from scipy import stats
+
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    m = float(v.mean())
+    if v.size < 2:
+        return m, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+    return m, m - half, m + half
 
 
 def sample_saving_ratio(random_curve: Curve | np.ndarray, al_curve: Curve | np.ndarray, *,

@@ -152,7 +152,7 @@ def train_suffix(suffix: nn.Module, head: nn.Linear, x: torch.Tensor, y: torch.T
         loss.backward()
         opt.step()
         if step == 0:
-            first = float(loss)
-        last = float(loss)
+            first = float(loss.detach())
+        last = float(loss.detach())
     suffix.eval()
     return {"first_loss": first, "last_loss": last}

@@ -33,7 +33,9 @@ ROUND_COLUMNS: dict[str, tuple[str, object]] = {
     "features_version": ("int", -1), "ped_steps": ("int", -1), "logme_ped": ("float", np.nan),
     "score_diff": ("float", np.nan), "refreshed": ("bool", False), "train_method": ("str", ""),
     **{p: ("float", 0.0) for p in metrics.PHASES}, "t_round": ("float", np.nan), "device": ("str", "cpu"),
+    "model_accuracy": ("float", np.nan), "model_eval": ("str", ""), "probe_accuracy": ("float", np.nan),
 }
+OPTIONAL_COLUMNS = ("random_only", "model_accuracy", "model_eval", "probe_accuracy")  # absent in older runs
 REQUIRED_COLUMNS = ("round", "n_labeled", "accuracy")
 
 PHASE_NAMES = {
@@ -160,7 +162,7 @@ def _read_rounds(path: Path, notes: list[str]) -> dict[str, np.ndarray] | None:
     absent = []
     for name, (kind, fill) in ROUND_COLUMNS.items():
         if name not in table.column_names:
-            if name not in ("random_only",):
+            if name not in OPTIONAL_COLUMNS:
                 absent.append(name)
             cols[name] = np.full(n, fill, dtype={"int": np.int64, "float": np.float64, "bool": object,
                                                  "str": object}[kind])
@@ -594,7 +596,8 @@ def plot_cost(stats, base_idx, scale, ylab):
 # Tables and HTML
 # ---------------------------------------------------------------------------------------------------------------
 
-SUMMARY_HEAD = ("arm", "final labels", "final accuracy", "mean saving ratio", "compute time", "cost (USD)")
+SUMMARY_HEAD = ("arm", "final labels", "final accuracy", "mean saving ratio (rounds)", "selector's own (diag.)",
+                "compute time", "cost (USD)")
 
 
 def summary_rows(stats: Sequence[ArmStats], scale: float = 100.0) -> list[tuple[str, ...]]:
@@ -602,7 +605,7 @@ def summary_rows(stats: Sequence[ArmStats], scale: float = 100.0) -> list[tuple[
     rows = []
     for s in stats:
         if s.arm.rounds is None:
-            rows.append((s.key, "-", "-", "-", "-", "-"))
+            rows.append((s.key, "-", "-", "-", "-", "-", "-"))
             continue
         if not np.isfinite(s.final_accuracy):
             acc = "n/a"
@@ -612,9 +615,13 @@ def summary_rows(stats: Sequence[ArmStats], scale: float = 100.0) -> list[tuple[
             ratio = "baseline"
         elif s.saving is None or not np.isfinite(s.saving.mean):
             ratio = "n/a"
-        else:
-            ratio = f"{s.saving.mean * 100:.1f}%"
-        rows.append((s.key, str(s.final_labels), acc, ratio, fmt_time(float(s.seconds.sum())),
+        else:  # interpolated rounds only; extrapolated ones are counted beside it, never averaged
+            ratio = f"{s.saving.mean * 100:+.1f}% ({s.saving.n_used} interp."
+            ratio += f", {s.saving.n_extrapolated} extrap.)" if s.saving.n_extrapolated else ")"
+        own = s.arm.rounds["model_accuracy"][-1] if "model_accuracy" in s.arm.rounds else np.nan
+        kind = str(s.arm.rounds["model_eval"][-1]) if "model_eval" in s.arm.rounds else ""
+        diag = f"{kind} {own * scale:.2f}" if np.isfinite(own) and kind not in ("", "none") else "-"
+        rows.append((s.key, str(s.final_labels), acc, ratio, diag, fmt_time(float(s.seconds.sum())),
                      f"{s.total_cost:.2f}"))
     return rows
 

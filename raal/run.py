@@ -159,6 +159,9 @@ def run(cfg: RunConfig) -> int:
         print(f"raal: run_dir={shown}  pool={info['pool']}  test={info['test']}  arms={', '.join(names)}"
               f"{'  (resumed at round ' + str(info['completed_rounds']) + ')' if info['resumed'] else ''}")
         print(f"raal: pre-computed features (v0) in {info['t_pre']:.1f} s")
+        if info.get("evaluator"):
+            print(f"raal: accuracy = the one evaluator for every arm: {info['evaluator']} (the selectors' own "
+                  "accuracies are diagnostics in the rounds table)")
         print(format_header(names), flush=True)
         waiting, r = None, 0
         while True:

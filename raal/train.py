@@ -38,6 +38,7 @@ from raal import faults
 from raal.config import LoraConfig, ModelConfig, TrainConfig
 from raal.data.transforms import IMAGE_COLUMNS, ImageTransform
 from raal.proxy import cosine_multiplier, epoch_batches
+from raal.recipe import fit_probe, freeze_batchnorm, lr_multiplier
 
 log = logging.getLogger(__name__)
 
@@ -210,11 +211,16 @@ class _Stage:
     epochs: int
 
 
-def _stages(method: str, tc: TrainConfig, lc: LoraConfig | None) -> list[_Stage]:
+def _stages(method: str, tc: TrainConfig, lc: LoraConfig | None, steps_per_epoch: int = 1) -> list[_Stage]:
+    """The stages and their epochs. With `lp_solver=lbfgs` LP is one pass (the probe is fitted to convergence);
+    the FT stage gets enough epochs for `min_steps` optimiser steps, whatever the labeled-set size."""
+    lp_epochs = min(1, tc.lp_epochs) if tc.lp_solver == "lbfgs" else tc.lp_epochs
+    ft_min = -(-tc.min_steps // max(1, steps_per_epoch)) if tc.min_steps else 0
     if method == "lpft":
-        out = [_Stage("lp", 0, tc.lp_epochs), _Stage("ft", tc.lp_epochs, tc.epochs)]
+        ft_epochs = max(tc.epochs, ft_min) if tc.epochs > 0 else 0  # epochs 0 = linear probing alone
+        out = [_Stage("lp", 0, lp_epochs), _Stage("ft", lp_epochs, ft_epochs)]
     elif method == "ft":
-        out = [_Stage("ft", 0, tc.lp_epochs + tc.epochs)]
+        out = [_Stage("ft", 0, max(tc.lp_epochs + tc.epochs, ft_min))]
     else:
         out = [_Stage("lora", 0, lc.epochs)]
     return [s for s in out if s.epochs > 0]
@@ -237,14 +243,14 @@ class _Job:
         self.method = config["method"]
         self.seed = int(config["seed"])
         self.net = _build_classifier(config).to(self.device)
-        self.stages = _stages(self.method, self.tc, self.lc)
-        self.total_epochs = sum(s.epochs for s in self.stages)
         self.rows = _Rows(ray.train.get_dataset_shard("train"), config["transform"], self.device,
                           config["cache_bytes"])
         bs = self.lc.batch_size if self.method == "lora" else self.tc.batch_size
         self.batch_per_rank = max(2, -(-bs // self.world))
         per_rank = -(-self.rows.n // self.world)
         self.steps_per_epoch = len(epoch_batches(per_rank, self.batch_per_rank, np.random.default_rng(0)))
+        self.stages = _stages(self.method, self.tc, self.lc, self.steps_per_epoch)
+        self.total_epochs = sum(s.epochs for s in self.stages)
         self.ddp = None
         self.opt = self.sched = None
         self.stage_built = None
@@ -316,13 +322,22 @@ class _Job:
             net.trunk.requires_grad_(True)
             if self.ddp is None:
                 self.ddp = ray.train.torch.prepare_model(net)
-            self.opt = torch.optim.SGD(
-                [{"params": list(net.trunk.parameters()), "lr": tc.backbone_lr},
-                 {"params": list(net.head.parameters()), "lr": tc.head_lr}],
-                lr=tc.head_lr, momentum=tc.momentum, nesterov=tc.momentum > 0, weight_decay=tc.weight_decay)
-            self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, milestones=list(tc.milestones),
-                                                              gamma=tc.gamma)
-            self.per_step_sched = False
+            groups = [{"params": list(net.trunk.parameters()), "lr": tc.backbone_lr},
+                      {"params": list(net.head.parameters()), "lr": tc.head_lr}]
+            if tc.optimizer == "adamw":
+                self.opt = torch.optim.AdamW(groups, lr=tc.head_lr, weight_decay=tc.weight_decay)
+            else:
+                self.opt = torch.optim.SGD(groups, lr=tc.head_lr, momentum=tc.momentum, nesterov=tc.momentum > 0,
+                                           weight_decay=tc.weight_decay)
+            if tc.schedule == "cosine":  # per step: linear warm-up, then cosine to 0 at the stage's last step
+                total = stage.epochs * self.steps_per_epoch
+                self.sched = torch.optim.lr_scheduler.LambdaLR(
+                    self.opt, partial(lr_multiplier, total=total, warmup=int(round(tc.warmup_frac * total))))
+                self.per_step_sched = True
+            else:
+                self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, milestones=list(tc.milestones),
+                                                                  gamma=tc.gamma)
+                self.per_step_sched = False
         else:  # lora: the adapters were made trainable by apply_lora, the rest of the trunk is frozen
             from raal.models.lora import lora_parameters
 
@@ -346,8 +361,35 @@ class _Job:
         self.net.train()
         if stage.name == "lp":
             self.net.trunk.eval()  # BatchNorm statistics and dropout frozen
+        elif stage.name == "ft" and self.tc.bn == "frozen":
+            freeze_batchnorm(self.net.trunk)  # pre-trained statistics kept; small batches would overwrite them
+
+    @torch.no_grad()
+    def _fit_probe_epoch(self) -> dict:
+        """LP by L-BFGS: the probe trained to convergence on the frozen features of the whole labeled set (no
+        augmentation). Every rank computes the same fit; rank 0's result is broadcast so the heads are identical."""
+        self.net.trunk.eval()
+        idx = np.arange(self.rows.n)
+        feats, labels = [], []
+        for a in range(0, self.rows.n, 256):
+            x, y = self.rows.batch(idx[a:a + 256])
+            feats.append(self.net.trunk(x))
+            labels.append(y)
+        f, y = torch.cat(feats).float().cpu(), torch.cat(labels).cpu()
+        probe = fit_probe(f, y, self.net.head.out_features, l2=self.tc.probe_l2)
+        self.net.head.load_state_dict({k: v.to(self.device) for k, v in probe.state_dict().items()})
+        if self.world > 1:
+            import torch.distributed as dist
+
+            for p in self.net.head.parameters():
+                dist.broadcast(p.data, 0)
+        logits = probe(f)
+        return {"loss": float(F.cross_entropy(logits, y)), "train_acc": float((logits.argmax(1) == y).float().mean()),
+                "lr": [0.0]}
 
     def _run_epoch(self, stage: _Stage) -> dict:
+        if stage.name == "lp" and self.tc.lp_solver == "lbfgs":
+            return self._fit_probe_epoch()
         self._set_modes(stage)
         own = _epoch_seed(self.seed, self.rank + 1, self.epoch)
         rng = np.random.default_rng(own)
@@ -363,7 +405,7 @@ class _Job:
         for pos in epoch_batches(len(order), self.batch_per_rank, rng):
             x, y = self.rows.batch(order[pos])
             if self.tc.augment:
-                x = random_resized_crop_flip(x, gen)
+                x = random_resized_crop_flip(x, gen, scale=(self.tc.crop_scale_min, 1.0))
             if stage.name == "lp":
                 with torch.no_grad():
                     f = self.net.trunk(x)

@@ -19,7 +19,7 @@ from raal.pipelines.experiment import Experiment
 
 pytestmark = [pytest.mark.timeout(600)]
 
-FILES = ["conf=demo", "al.pipeline=svpp", "al.strategy=margin", "al.compare=[]", "data.pool_size=200",
+FILES = ["conf=demo", "eval.every_round=proxy", "al.baseline_cap=0", "train.min_steps=0",  "al.pipeline=svpp", "al.strategy=margin", "al.compare=[]", "data.pool_size=200",
          "data.test_size=100", "data.image_size=32", "al.initial=20", "al.schedule=[20]*2", "embed.batch_size=50",
          "report=false", "oracle.kind=files"]
 TRUTH = animal_mnist_arrays()[1]
@@ -250,7 +250,7 @@ def test_run_refused_while_another_process_holds_the_run_dir(tmp_path, monkeypat
 
     ran = []
     monkeypatch.setattr(raal.run, "run", lambda cfg: ran.append(cfg) or 0)  # never start Ray here
-    args = ["conf=demo", "data.pool_size=200", "data.test_size=100", "al.initial=20", "al.schedule=[20]",
+    args = ["conf=demo", "eval.every_round=proxy", "al.baseline_cap=0", "train.min_steps=0", "data.pool_size=200", "data.test_size=100", "al.initial=20", "al.schedule=[20]",
             f"run_dir={tmp_path / 'run'}"]
     with RunLease(str(tmp_path / "run")):
         assert raal.run.main(args) == 2

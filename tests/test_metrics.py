@@ -65,16 +65,20 @@ def test_extrapolated_points_are_flagged_and_follow_end_segments():
     np.testing.assert_allclose(res.equivalent_labels[:3], [50, 100, 400])
     np.testing.assert_allclose(res.ratios[:3], [-1.0, 0.0, 0.5])
     assert np.isnan(res.ratios[3]) and not res.used[3]
-    assert res.mean == pytest.approx((-1.0 + 0.0 + 0.5) / 3)
+    # the headline mean uses interpolated points only; the extrapolated ones are counted, not averaged
+    np.testing.assert_array_equal(res.used, [False, True, False, False])
+    assert res.mean == pytest.approx(0.0) and res.n_extrapolated == 2 and res.n_used == 1
     # a curve ending flat extrapolates from its last point with the last rising slope
     n2, ext = equivalent_labels([(100, 0.5), (200, 0.6), (300, 0.6)], [0.65])
     assert ext[0] and n2[0] == pytest.approx(350)
 
 
 def test_undefined_extrapolation_gives_nan_not_inf():
-    # far below the curve: N2 would be negative -> ratio undefined, clipped labels 0
+    # far below the curve: N2 would be negative -> clipped to labels 0 and a ratio of -1 (counted, never dropped);
+    # it is extrapolated, so it is not in the headline mean
     res = saving_curve(RANDOM, [(100, 0.30)])
-    assert res.equivalent_labels[0] == 0 and np.isnan(res.ratios[0]) and np.isnan(res.mean)
+    assert res.equivalent_labels[0] == 0 and res.ratios[0] == -1.0 and np.isnan(res.mean)
+    assert res.n_extrapolated == 1
     # a flat random curve has no slope to extrapolate along
     res = saving_curve([(100, 0.5), (200, 0.5)], [(100, 0.5), (200, 0.7)])
     np.testing.assert_allclose(res.equivalent_labels[0], 100)
@@ -139,3 +143,12 @@ def test_measured_phase_times_average_over_rounds_that_ran():
     tot = phase_totals(svpp)
     assert tot["t_pre"] == 20 and tot["t_tr_proxy"] == 3 and tot["other"] == pytest.approx(5 + 0.5 + 0.5)
     np.testing.assert_allclose(round_seconds(svpp), [25, 2, 2, 1.5])
+
+
+def test_mean_ci_is_a_t_interval():
+    from raal.metrics import mean_ci
+
+    m, lo, hi = mean_ci([0.1, 0.2, 0.3])
+    assert m == pytest.approx(0.2) and lo == pytest.approx(0.2 - 4.302653 * 0.1 / np.sqrt(3), rel=1e-5)
+    assert hi - m == pytest.approx(m - lo)
+    assert np.isnan(mean_ci([0.5])[1]) and np.isnan(mean_ci([])[0])

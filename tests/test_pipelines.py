@@ -10,7 +10,7 @@ from raal.store import RunStore
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.ray]
 
-TINY = ["data.pool_size=200", "data.test_size=100", "data.image_size=32", "al.initial=20", "al.schedule=[20]*2",
+TINY = ["eval.every_round=proxy", "al.baseline_cap=0", "train.min_steps=0", "data.pool_size=200", "data.test_size=100", "data.image_size=32", "al.initial=20", "al.schedule=[20]*2",
         "embed.batch_size=50", "train.epochs=1", "train.lp_epochs=1", "train.milestones=[1]", "train.batch_size=32",
         "report=false"]
 
@@ -95,3 +95,42 @@ def test_same_seed_same_labeled_set(ray_local, tmp_path):
     other = sorted(x["id"] for x in RunStore(tmp_path / "c").read_table("arms/svpp_coreset/labels.parquet").to_pylist())
     assert other != ids[0]
     assert np.isfinite([r["accuracy"] for r in c["svpp_coreset"]]).all()
+
+
+def test_one_evaluator_scores_every_arm_and_the_baseline_is_extended(ray_local, tmp_path):
+    """eval.every_round=evaluator: every arm is scored by the same partial fine-tune with seeds paired by labeled-set
+    size; the proxy's and standard AL's own accuracies are diagnostics; the random arm runs past the schedule until
+    it passes every arm's best or reaches its cap; standard AL fine-tunes partially from the evaluator's cache."""
+    import ray
+
+    cfg = load_config("demo", TINY + ["eval.every_round=evaluator", "al.baseline_cap=-1", "eval.steps=20",
+                                      "al.pipeline=svpp", "al.strategy=margin", "al.compare=[standard/margin]",
+                                      "train.freeze_blocks=-1", "train.method=ft", f"run_dir={tmp_path / 'ev'}"])
+    driver = start_driver(cfg)
+    ray.get(driver.prepare.remote())
+    r = 0
+    while True:
+        if r >= ray.get(driver.num_rounds.remote()):
+            if not ray.get(driver.extend_baseline.remote()):
+                break
+            continue
+        ray.get(driver.run_round.remote(r))
+        r += 1
+    history = ray.get(driver.history.remote())
+    ray.kill(driver)
+    svpp, std, rnd = history["svpp_margin"], history["standard_margin"], history["svpp_random"]
+    assert len(svpp) == len(std) == 3 and len(rnd) >= 3
+    # round 0 is the same random batch in every arm, scored with the same seed: the same accuracy
+    assert svpp[0]["accuracy"] == std[0]["accuracy"] == rnd[0]["accuracy"]
+    assert all(row["eval_method"] == "evaluator:lpft" for rows in history.values() for row in rows)
+    assert all(row["model_eval"] == "proxy" for row in svpp + rnd)
+    assert all(row["model_eval"] == "partial FT" for row in std)
+    assert all(0 <= row["accuracy"] <= 1 and row["t_eval"] > 0 for rows in history.values() for row in rows)
+    assert all(row["t_tr_full"] > 0 for row in std) and all(row["t_f_full"] > 0 for row in std[1:])
+    best_other = max(row["accuracy"] for row in svpp + std)
+    extended = rnd[3:]
+    assert all(row["n_labeled"] == 60 + 20 * (i + 1) for i, row in enumerate(extended))
+    # the extension stopped for one of its two reasons: the random curve passed every arm, or the cap (3 x 60)
+    assert max(row["accuracy"] for row in rnd) > best_other or rnd[-1]["n_labeled"] + 20 > 180
+    if extended:  # it only continued while it had not passed them yet
+        assert max(row["accuracy"] for row in rnd[:-1]) <= best_other

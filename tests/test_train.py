@@ -131,6 +131,7 @@ def test_lpft_worker_killed_mid_training_resumes_t_lp1_t_lp2(ray_local, data, tm
     marker = tmp_path / "crashed.txt"
     monkeypatch.setenv(CRASH_ENV, f"3:{marker}")  # rank 0 exits at the start of epoch index 3 (inside FT)
     tc = TrainConfig(method="lpft", lp_epochs=2, epochs=2, lp_lr=0.1, head_lr=0.01, backbone_lr=0.01,
+                     optimizer="sgd", schedule="multistep", bn="train", lp_solver="sgd", min_steps=0,  # epoch-based
                      milestones=[1], batch_size=64, augment=True, num_workers=1, max_failures=2)
     res = finetune(labeled(data, 128), data.test, num_classes=10, model_cfg=ModelConfig(), train_cfg=tc,
                    transform=TRANSFORM, method="lpft", storage_path=str(tmp_path), name="lpft-crash", seed=3)

@@ -96,7 +96,7 @@ def test_credentials_never_reach_the_store_or_the_output(tmp_path, capsys):
         "s3://bucket/runs/a?region=eu-west-1&secret_key=REDACTED"
     assert redact_uri("/plain/local/path") == "/plain/local/path"
     run_dir = f"file://{tmp_path}/run?secret_key=TOPSECRET&session_token=TOK"
-    cfg = load_config("demo", ["data.pool_size=200", "data.test_size=100", "al.initial=20", "al.schedule=[20]",
+    cfg = load_config("demo", ["eval.every_round=proxy", "al.baseline_cap=0", "train.min_steps=0", "data.pool_size=200", "data.test_size=100", "al.initial=20", "al.schedule=[20]",
                               f"run_dir={run_dir}"])
     Experiment(cfg)
     stored = "".join(p.read_text(errors="replace") for p in (tmp_path / "run").rglob("*") if p.is_file())

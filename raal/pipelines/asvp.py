@@ -116,6 +116,8 @@ class ASVPPipeline(SVPpPipeline):
         from raal.pipelines.finetune import finetune_labeled
 
         new = self.feature_version() + 1
+        if self.ctx.cfg.train.freeze_blocks != 0:
+            return self.refresh_partial(r, new, timer)
         ckpt = f"checkpoints/backbone_v{new}"
         with timer.phase("t_tr_full"):
             finetune_labeled(self, method="ft", name=f"refresh_v{new}", seed=round_seed(self.ctx.cfg.al.seed, r, 2),
@@ -127,6 +129,38 @@ class ASVPPipeline(SVPpPipeline):
                     embed_images(images, model_cfg=self.ctx.cfg.model, transform=self.ctx.transform, store=fs,
                                  version=new, split=split, embed_cfg=self.ctx.cfg.embed,
                                  state_dict_path=str(self.store.local_copy(ckpt + ".pt")))
+        return new
+
+    def refresh_partial(self, r: int, new: int, timer: PhaseTimer) -> int:
+        """The refresh from the evaluator's cached activations: FT of the trainable blocks on the labeled set, then
+        their features of pool and test written as version `new` (the same store layout as a full refresh)."""
+        import hashlib
+
+        import numpy as np
+
+        from raal.evaluator import Recipe, save_state
+
+        ev, fs = self.ctx.evaluator, self.feature_store(new)
+        with timer.phase("t_tr_full"):
+            fit = ev.fit(self.positions(self.state.labeled_ids), self.state.labels,
+                         seed=round_seed(self.ctx.cfg.al.seed, r, 2), recipe=Recipe.from_config(self.ctx.cfg.eval,
+                                                                                              method="ft"))
+        state = fit.state_dict()
+        save_state(self.store, f"checkpoints/backbone_v{new}.partial.pt", state)
+        digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in state["suffix"].values())).hexdigest()
+        with timer.phase("t_pre"):
+            for split, ids in (("pool", self.pool_ids), ("test", self.ctx.data.test.ids)):
+                feats = ev.features(fit.suffix, split).numpy()
+                target = fs.set_for(new, split)
+                meta = {"kind": "features", "version": new, "split": split, "arch": self.ctx.cfg.model.arch,
+                        "weights_id": f"partial:{ev.freeze_blocks}:{digest[:16]}", "dim": int(feats.shape[1]),
+                        "transform": self.ctx.transform.describe(), "logits_dim": None}
+                todo = target.begin(np.asarray(ids, dtype=np.int64), {"features": int(feats.shape[1])},
+                                    self.ctx.cfg.embed.shard_rows, meta, replace=True)
+                for k in todo:
+                    a, b = target.shard_range(k)
+                    target.write_shard(k, np.asarray(ids[a:b], dtype=np.int64), {"features": feats[a:b]})
+                target.finish({"last_pass": {"partial": True, "items": len(ids)}})
         return new
 
     def after_labels(self, r: int, timer: PhaseTimer) -> dict:

@@ -147,7 +147,11 @@ class Experiment:
                                                  recipe=Recipe.from_config(self.cfg.eval))
         self.arms = [self._classes[s.pipeline](self.ctx, s) for s in self.specs]
         self.store.write_json("status.json", {"state": "running", "round": self.completed_rounds()})
+        ev = self.ctx.evaluator
         return {"pool": len(self.ctx.data.pool), "test": len(self.ctx.data.test), "t_pre": self.ctx.t_pre,
+                "evaluator": None if ev is None else (
+                    f"{ev.recipe.method.upper()} of the last blocks after {ev.freeze_blocks} frozen ones, "
+                    f"{ev.recipe.steps} steps"),
                 "arms": [a.arm.name for a in self.arms], "resumed": self.resumed,
                 "completed_rounds": self.completed_rounds()}
 

@@ -37,6 +37,15 @@ class StandardPipeline(Pipeline):
     def checkpoint(self, r: int) -> str:
         return f"checkpoints/model_round_{r}"
 
+    def partial(self) -> bool:
+        """Partial fine-tuning from the evaluator's cached activations (`train.freeze_blocks != 0`)."""
+        return self.ctx.cfg.train.freeze_blocks != 0
+
+    def _partial_recipe(self):
+        from raal.evaluator import Recipe
+
+        return Recipe.from_config(self.ctx.cfg.eval, method="lpft" if self.method() == "LP-FT" else "ft")
+
     def strategy_inputs(self, r: int, requires: frozenset, timer: PhaseTimer) -> dict:
         if not requires:
             return {}
@@ -44,6 +53,14 @@ class StandardPipeline(Pipeline):
             if "probs" in requires:
                 raise ValueError(f"strategy {self.arm.strategy!r} needs probabilities, which round 0 cannot give")
             return {"embeddings": self.ctx.features.open(0, "pool").features}
+        if self.partial():  # the last round's suffix re-embeds the whole pool from the cached activations
+            from raal.evaluator import load_state
+
+            ev = self.ctx.evaluator
+            suffix, head = ev.load_fitted(load_state(self.store, self.checkpoint(r - 1) + ".partial.pt"))
+            with timer.phase("t_f_full"):
+                feats, probs = ev.probs(suffix, head)
+            return {k: v for k, v in {"embeddings": feats, "probs": probs}.items() if k in requires}
         from raal.embed import embed_images
         from raal.features import FeatureStore
 
@@ -61,6 +78,16 @@ class StandardPipeline(Pipeline):
         return {k: v for k, v in out.items() if k in requires}
 
     def after_labels(self, r: int, timer: PhaseTimer) -> dict:
+        if self.partial():
+            from raal.evaluator import save_state
+
+            rel = self.checkpoint(r) + ".partial.pt"
+            with timer.phase("t_tr_full"):
+                fit = self.ctx.evaluator.fit(self.positions(self.state.labeled_ids), self.state.labels,
+                                             seed=round_seed(self.ctx.cfg.al.seed, r, 3), recipe=self._partial_recipe())
+            save_state(self.store, rel, fit.state_dict())
+            return {"accuracy": fit.accuracy, "eval_method": f"partial {self.method()}",
+                    "train_method": self.method(), "features_version": r}
         with timer.phase("t_tr_full"):
             res = finetune_labeled(self, method=self.method(), name=f"round_{r}",
                                    seed=round_seed(self.ctx.cfg.al.seed, r, 3), save_as=self.checkpoint(r))
