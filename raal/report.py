@@ -33,6 +33,7 @@ ROUND_COLUMNS: dict[str, tuple[str, object]] = {
     "features_version": ("int", -1), "ped_steps": ("int", -1), "logme_ped": ("float", np.nan),
     "score_diff": ("float", np.nan), "refreshed": ("bool", False), "train_method": ("str", ""),
     **{p: ("float", 0.0) for p in metrics.PHASES}, "t_round": ("float", np.nan), "device": ("str", "cpu"),
+    "trigger_signal": ("float", np.nan),
 }
 REQUIRED_COLUMNS = ("round", "n_labeled", "accuracy")
 
@@ -160,7 +161,7 @@ def _read_rounds(path: Path, notes: list[str]) -> dict[str, np.ndarray] | None:
     absent = []
     for name, (kind, fill) in ROUND_COLUMNS.items():
         if name not in table.column_names:
-            if name not in ("random_only",):
+            if name not in ("random_only", "trigger_signal"):  # optional: older runs predate them
                 absent.append(name)
             cols[name] = np.full(n, fill, dtype={"int": np.int64, "float": np.float64, "bool": object,
                                                  "str": object}[kind])

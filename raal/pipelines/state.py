@@ -25,12 +25,13 @@ ROUND_COLUMNS: dict[str, pa.DataType] = {
     "ped_steps": pa.int64(), "logme_ped": pa.float64(), "score_diff": pa.float64(), "refreshed": pa.bool_(),
     "train_method": pa.string(), "t_pre": pa.float64(), "t_tr_proxy": pa.float64(), "t_f_proxy": pa.float64(),
     "t_tr_full": pa.float64(), "t_f_full": pa.float64(), "t_select": pa.float64(), "t_eval": pa.float64(),
-    "t_round": pa.float64(), "device": pa.string(),
+    "t_round": pa.float64(), "device": pa.string(), "trigger_signal": pa.float64(),
 }
 ROUND_DEFAULTS = {"accuracy": math.nan, "eval_method": "none", "random_only": False, "features_version": 0,
                   "ped_steps": -1, "logme_ped": math.nan, "score_diff": math.nan, "refreshed": False,
                   "train_method": "", "t_pre": 0.0, "t_tr_proxy": 0.0, "t_f_proxy": 0.0, "t_tr_full": 0.0,
-                  "t_f_full": 0.0, "t_select": 0.0, "t_eval": 0.0, "t_round": 0.0, "device": "cpu"}
+                  "t_f_full": 0.0, "t_select": 0.0, "t_eval": 0.0, "t_round": 0.0, "device": "cpu",
+                  "trigger_signal": math.nan}
 LABEL_SCHEMA = pa.schema([("id", pa.int64()), ("label", pa.int64()), ("round", pa.int64()), ("source", pa.string())])
 QUERY_SCHEMA = pa.schema([("id", pa.int64()), ("score", pa.float64()), ("prediction", pa.int64())])
 
@@ -59,7 +60,9 @@ class ArmState:
             if len(set(st.label_ids)) != len(st.label_ids):
                 raise StoreError(f"{store.path('labels.parquet')}: duplicate ids")
         if store.exists("rounds.parquet"):
-            st.rounds = store.read_table("rounds.parquet").to_pylist()
+            # a table written before a column existed (e.g. trigger_signal) reads with that column's default
+            st.rounds = [{**{k: ROUND_DEFAULTS[k] for k in ROUND_COLUMNS if k in ROUND_DEFAULTS}, **row}
+                         for row in store.read_table("rounds.parquet").to_pylist()]
         if store.exists("state.json"):
             st.extra = store.read_json("state.json")
         return st
