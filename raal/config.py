@@ -159,13 +159,25 @@ class PEDConfig:
 
 @dataclass
 class ASVPConfig:
-    """The ASVP refresh trigger (decisions.md §1)."""
+    """The ASVP refresh trigger (decisions.md §1; the `gain` rule: docs/asvp_trigger.md).
 
-    threshold: float = 1.0
-    ped_max_steps_for_skip: int = 1
+    rule "gain" (default): fire when doubling the labels no longer improves LogME's linear probe on the frozen
+    features by `gain_threshold` (accuracy, absolute) in `gain_rounds` consecutive scored rounds. rule "delta"
+    (legacy, the paper's): fire when |LogME-PED - previous| < `threshold`; with the fast variant and N < D that
+    change is set by N and D, not by the data. `ped_max_steps_for_skip` = -1 never skips: PED takes its
+    `ped.max_steps` on real features every round (its step count says nothing about saturation), so a skip
+    limit of 1 never acted.
+    """
+
+    threshold: float = 1.0  # rule "delta" only
+    ped_max_steps_for_skip: int = -1  # -1 = never skip (was 1; see the docstring)
     max_refreshes: int = -1  # -1 = unlimited
-    logme_variant: str = "fast"  # fast | exact
+    logme_variant: str = "fast"  # fast | exact: the recorded LogME-PED (and rule "delta")
     ped: PEDConfig = field(default_factory=PEDConfig)
+    rule: str = "gain"  # gain | delta (legacy)
+    gain_threshold: float = 0.02  # fire below this accuracy gain per doubling of the labels
+    gain_rounds: int = 2  # ... in this many consecutive scored rounds
+    gain_permutations: int = 5  # seeded random splits of the labeled set averaged per round
 
 
 @dataclass
@@ -439,6 +451,9 @@ def validate(cfg: RunConfig) -> None:
     _check(cfg.asvp.logme_variant in ("fast", "exact"), "asvp.logme_variant", "allowed: fast, exact",
            cfg.asvp.logme_variant)
     _check(cfg.asvp.threshold >= 0, "asvp.threshold", "must be >= 0", cfg.asvp.threshold)
+    _check(cfg.asvp.rule in ("gain", "delta"), "asvp.rule", "allowed: gain, delta", cfg.asvp.rule)
+    _check(cfg.asvp.gain_rounds >= 1 and cfg.asvp.gain_permutations >= 1, "asvp.gain_rounds",
+           "gain_rounds and gain_permutations must be >= 1", (cfg.asvp.gain_rounds, cfg.asvp.gain_permutations))
     _check(cfg.oracle.kind in ORACLES, "oracle.kind", f"allowed: {', '.join(ORACLES)}", cfg.oracle.kind)
     for key in ("label_price", "gpu_hour_price", "cpu_hour_price"):
         v = getattr(cfg.cost, key)

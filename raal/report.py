@@ -34,8 +34,9 @@ ROUND_COLUMNS: dict[str, tuple[str, object]] = {
     "score_diff": ("float", np.nan), "refreshed": ("bool", False), "train_method": ("str", ""),
     **{p: ("float", 0.0) for p in metrics.PHASES}, "t_round": ("float", np.nan), "device": ("str", "cpu"),
     "model_accuracy": ("float", np.nan), "model_eval": ("str", ""), "probe_accuracy": ("float", np.nan),
+    "trigger_signal": ("float", np.nan),
 }
-OPTIONAL_COLUMNS = ("random_only", "model_accuracy", "model_eval", "probe_accuracy")  # absent in older runs
+OPTIONAL_COLUMNS = ("random_only", "model_accuracy", "model_eval", "probe_accuracy", "trigger_signal")  # absent in older runs
 REQUIRED_COLUMNS = ("round", "n_labeled", "accuracy")
 
 PHASE_NAMES = {

@@ -32,7 +32,8 @@ import scipy.linalg
 import scipy.sparse
 from scipy.linalg.blas import dsyrk
 
-__all__ = ["LogMEResult", "RescaleStats", "logme", "logme_details", "logme_ped", "ped", "reference_stats"]
+__all__ = ["LogMEResult", "RescaleStats", "linear_probe_accuracy", "logme", "logme_details", "logme_ped",
+           "logme_ped_details", "ped", "reference_stats"]
 
 log = logging.getLogger(__name__)
 
@@ -266,8 +267,10 @@ def _logme_from_spectrum(sigma: np.ndarray, x: np.ndarray, counts: np.ndarray, c
         raise ValueError(f"LogME evidence is not finite for classes {bad[:10].tolist()}: the features are "
                          f"numerically degenerate")
     if capped.any():
-        log.warning("LogME: the fixed point hit the %d-iteration cap for %d of %d classes (first: %s)", MAX_ITER,
-                    int(capped.sum()), n_classes, classes[capped][:5].tolist())
+        # Normal on real features (the cap is the reference's; it is reported in `capped`/`iterations`, so a log
+        # line per call would only repeat it every ASVP round).
+        log.debug("LogME: the fixed point hit the %d-iteration cap for %d of %d classes (first: %s)", MAX_ITER,
+                  int(capped.sum()), n_classes, classes[capped][:5].tolist())
     return LogMEResult(score=float(out["evidence"].mean()), evidence=out["evidence"], classes=classes,
                        alpha=out["alpha"], beta=out["beta"], iterations=iters, capped=capped, rank=k,
                        variant=variant)
@@ -316,8 +319,9 @@ def logme(features, labels, variant: str = "fast") -> float:
     Computed in float64 from features of any real dtype; labels are remapped to the classes present (P2).
     Degenerate inputs: one class only -> ValueError (a constant target carries no information); singleton
     classes, N < D, constant or duplicated features are scored normally; all-zero features -> ValueError (rank 0);
-    NaN/inf, non-integer labels, mismatched lengths -> ValueError. When a class hits the 11-iteration cap a
-    warning is logged (`logme_details` reports which).
+    NaN/inf, non-integer labels, mismatched lengths -> ValueError. When a class hits the 11-iteration cap it is
+    reported in `logme_details(...).capped` / `.iterations` (and logged at DEBUG only: on real features the cap is
+    the rule rather than the exception, and the converged score differs little, see docs/asvp_trigger.md).
     """
     return logme_details(features, labels, variant).score
 
@@ -508,8 +512,16 @@ def logme_ped(features, labels, reference=None, variant: str = "fast", **ped_par
 
     Equal to `logme(ped(features, labels, reference, **ped_params)[0], labels, variant)` without materialising
     the moved features: one pass for class sums and the Gram matrix, one for the class scatter. One class only
-    -> ValueError (see `logme`); other degenerate inputs behave as in `ped` and `logme`.
+    -> ValueError (see `logme`); other degenerate inputs behave as in `ped` and `logme`. `logme_ped_details`
+    returns the whole `LogMEResult` (per-class iterations and the cap flags) instead of the score.
     """
+    result, steps = logme_ped_details(features, labels, reference, variant, **ped_params)
+    return result.score, steps
+
+
+def logme_ped_details(features, labels, reference=None, variant: str = "fast",
+                      **ped_params) -> tuple[LogMEResult, int]:
+    """`logme_ped` with the `LogMEResult` of the moved features (convergence: `.iterations`, `.capped`)."""
     _check_variant(variant)
     unknown = set(ped_params) - {"dt", "nsigma", "exit_ratio", "max_steps"}
     if unknown:
@@ -521,4 +533,39 @@ def logme_ped(features, labels, reference=None, variant: str = "fast", **ped_par
     n, d = X.shape
     shift, steps, sums = _ped_shift(X, codes, counts, reference, gram=n > d, **params)
     result = _logme_core(X, codes, classes, counts, variant, sums=sums if n > d else None, shift=shift)
-    return result.score, steps
+    return result, steps
+
+
+def linear_probe_accuracy(train_features, train_labels, test_features, test_labels) -> float:
+    """Test accuracy of LogME's Bayesian linear model fitted on the training rows (ASVP's `gain` trigger).
+
+    The model is LogME's: one ridge regression per class on the one-hot target (features centred on the training
+    mean), each with the evidence-maximising ratio t = alpha / beta of `logme_details(..., "exact")`, so there is
+    no tuned hyperparameter; a test row is assigned the class of the largest posterior-mean output. Only classes
+    present in the training labels can be predicted (at least two are needed). One eigendecomposition of the
+    min(N, D)-sized Gram matrix serves every class.
+    """
+    A = np.asarray(_as_features(train_features), dtype=np.float64)
+    B = np.asarray(_as_features(test_features, "test_features"), dtype=np.float64)
+    if B.shape[1] != A.shape[1]:
+        raise ValueError(f"test_features has {B.shape[1]} dims but train_features has {A.shape[1]}")
+    y = np.asarray(train_labels)
+    yt = np.asarray(test_labels)
+    if yt.shape != (B.shape[0],):
+        raise ValueError(f"test_labels has shape {yt.shape} but test_features has {B.shape[0]} rows")
+    mu = A.mean(axis=0)
+    A = A - mu
+    B = B - mu
+    res = logme_details(A, y, variant="exact")
+    t = res.alpha / res.beta
+    Y = (y[:, None] == res.classes[None, :]).astype(np.float64)
+    n, d = A.shape
+    if n <= d:
+        lam, U = scipy.linalg.eigh(A @ A.T, check_finite=False, driver="evd")
+        coef = U @ ((U.T @ Y) / (np.maximum(lam, 0.0)[:, None] + t[None, :]))      # (K + t)^-1 y per class
+        out = (B @ A.T) @ coef
+    else:
+        lam, V = scipy.linalg.eigh(A.T @ A, check_finite=False, driver="evd")
+        w = V @ ((V.T @ (A.T @ Y)) / (np.maximum(lam, 0.0)[:, None] + t[None, :]))  # (F'F + t)^-1 F'y per class
+        out = B @ w
+    return float(np.mean(res.classes[np.argmax(out, axis=1)] == yt))

@@ -198,10 +198,11 @@ def test_t_l5_stationarity_and_cap(caplog):
         res2 = (t * t * x2 / (t + sig) ** 2).sum() + r0
         t_next = (g / (m2 + 1e-5)) / ((n - g) / (res2 + 1e-5))
         assert abs(t_next - t) / t <= 1e-3
-    # random features with N < D: t keeps growing, the cap is hit, flagged and logged
+    # random features with N < D: t keeps growing, the cap is hit, flagged and logged (at DEBUG: it is reported in
+    # the result, and on real features it is the rule, so no WARNING per call)
     G = rng.standard_normal((50, 200))
     z = rng.integers(0, 5, 50)
-    with caplog.at_level(logging.WARNING, logger="raal.transfer"):
+    with caplog.at_level(logging.DEBUG, logger="raal.transfer"):
         capped = logme_details(G, z)
     assert capped.capped.any() and np.all(capped.iterations[capped.capped] == transfer.MAX_ITER)
     assert "iteration cap" in caplog.text

@@ -1,11 +1,18 @@
-"""ASVP: SVPp plus a LogME-PED trigger that fine-tunes and refreshes the pre-computed features (decisions.md §1).
+"""ASVP: SVPp plus a trigger that fine-tunes and refreshes the pre-computed features (decisions.md §1).
 
 After each round's labels (rounds >= 1): PED on the current features of the labeled set; if it needs at most
-`asvp.ped_max_steps_for_skip` steps, skip LogME and do not refresh. Otherwise compute LogME-PED; if a previous score
-exists and |score - previous| < `asvp.threshold`, fine-tune the backbone on the labeled set (FT recipe) and re-embed
-the pool and the test split into a new feature version. `previous` is the last computed score since the last
-refresh (kept across skipped rounds, reset by a refresh). LP-FT is the training method until the first refresh, FT
-from then on.
+`asvp.ped_max_steps_for_skip` steps (default -1: never), skip and do not refresh. Otherwise compute LogME-PED (the
+`logme_ped` column) and apply `asvp.rule`:
+
+* "gain" (default, docs/asvp_trigger.md): the accuracy gain of LogME's linear probe when its training rows double
+  within the labeled set (`gain_signal`, column `trigger_signal`); fire when it is below `asvp.gain_threshold` in
+  `asvp.gain_rounds` consecutive scored rounds since the last refresh: the frozen features stopped gaining from
+  more labels.
+* "delta" (legacy): fire when a previous score exists and |score - previous| < `asvp.threshold`. `previous` is the
+  last computed score since the last refresh (kept across skipped rounds, reset by a refresh).
+
+Firing fine-tunes the backbone on the labeled set (FT recipe) and re-embeds the pool and the test split into a new
+feature version. LP-FT is the training method until the first refresh, FT from then on.
 
 The decision state is *derived* from the committed rounds table, never kept beside it: a run killed between a
 decision and its commit recomputes the same decision from the same features and labels, and a refresh already
@@ -28,6 +35,11 @@ class Decision:
     score: float  # LogME-PED, NaN when skipped
     diff: float  # |score - previous|, NaN when there is no previous
     refresh: bool
+    signal: float = math.nan  # rule "gain": accuracy gain per doubling of the labels (column trigger_signal)
+
+
+def _finite(v) -> bool:
+    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def previous_score(history: list[dict]) -> float | None:
@@ -36,23 +48,81 @@ def previous_score(history: list[dict]) -> float | None:
     for row in history:
         if row.get("refreshed"):
             prev = None
-        elif row.get("logme_ped") is not None and math.isfinite(row["logme_ped"]):
+        elif _finite(row.get("logme_ped")):
             prev = float(row["logme_ped"])
     return prev
 
 
-def decide(history: list[dict], ped_steps: int, score_fn: Callable[[], float], cfg: ASVPConfig) -> Decision:
-    """The refresh rule of decisions.md §1, as a pure function of the committed rounds and this round's numbers."""
+def previous_signals(history: list[dict]) -> list[float]:
+    """The trigger signals of the scored rounds since the last refresh, oldest first (rounds without one skip)."""
+    out: list[float] = []
+    for row in history:
+        if row.get("refreshed"):
+            out = []
+        elif _finite(row.get("trigger_signal")):
+            out.append(float(row["trigger_signal"]))
+    return out
+
+
+def decide(history: list[dict], ped_steps: int, score_fn: Callable[[], float], cfg: ASVPConfig,
+           signal_fn: Callable[[], float] | None = None) -> Decision:
+    """The refresh rule, a pure function of the committed rounds and this round's numbers.
+
+    rule "delta" (legacy, decisions.md §1): fire when |LogME-PED - previous| < `threshold`.
+    rule "gain" (docs/asvp_trigger.md): `signal_fn()` is the accuracy gain of LogME's linear probe from a quarter
+    to a half of the labeled set (see `gain_signal`); fire when it is below `gain_threshold` in this round and in
+    the `gain_rounds - 1` previous scored rounds since the last refresh. A NaN signal (too few labels) never fires.
+    Both rules: PED's skip limit first, at most `max_refreshes` refreshes (-1 = unlimited).
+    """
     if ped_steps <= cfg.ped_max_steps_for_skip:
         return Decision(ped_steps, math.nan, math.nan, False)
     score = float(score_fn())
     prev = previous_score(history)
-    if prev is None:
-        return Decision(ped_steps, score, math.nan, False)
-    diff = abs(score - prev)
+    diff = math.nan if prev is None else abs(score - prev)
     refreshes = sum(bool(r.get("refreshed")) for r in history)
     allowed = cfg.max_refreshes < 0 or refreshes < cfg.max_refreshes
-    return Decision(ped_steps, score, diff, bool(diff < cfg.threshold and allowed))
+    if cfg.rule == "delta":
+        return Decision(ped_steps, score, diff, bool(prev is not None and diff < cfg.threshold and allowed))
+    if cfg.rule != "gain":
+        raise ValueError(f"asvp.rule must be gain or delta, got {cfg.rule!r}")
+    if signal_fn is None:
+        raise ValueError("asvp.rule=gain needs the round's trigger signal (signal_fn)")
+    signal = float(signal_fn())
+    recent = (previous_signals(history) + [signal])[-cfg.gain_rounds:]
+    fire = (len(recent) == cfg.gain_rounds and all(math.isfinite(v) and v < cfg.gain_threshold for v in recent))
+    return Decision(ped_steps, score, diff, bool(fire and allowed), signal)
+
+
+def gain_signal(x, y, permutations: int = 5, seed: int = 0) -> float:
+    """Accuracy gain of LogME's linear probe when its training rows double, on the labeled set itself.
+
+    For each of `permutations` seeded random orders of the N labeled rows: the last N/2 rows are held out, the
+    probe (`raal.transfer.linear_probe_accuracy`: LogME's Bayesian ridge, evidence-chosen alpha/beta, no tuned
+    hyperparameter) is fitted on the first N/4 and on the first N/2 rows, and the gain is the difference of the
+    two held-out accuracies. Returns the mean gain (an accuracy difference, not a function of N/D by
+    construction: it is zero when the frozen features have saturated, whatever N and D), or NaN when a training
+    quarter would hold fewer than two classes. The permutations depend on N and `seed` only, so a re-run on the
+    same labeled rows reproduces the signal.
+    """
+    import numpy as np
+
+    from raal.transfer import linear_probe_accuracy
+
+    x = np.asarray(x)
+    y = np.asarray(y)
+    n = x.shape[0]
+    quarter, half = n // 4, n // 2
+    if quarter < 2:
+        return math.nan
+    gains = []
+    for p in range(permutations):
+        order = np.random.default_rng([seed, p, n]).permutation(n)
+        a, b, test = order[:quarter], order[:half], order[half:]
+        if np.unique(y[a]).size < 2:
+            return math.nan
+        gains.append(linear_probe_accuracy(x[b], y[b], x[test], y[test])
+                     - linear_probe_accuracy(x[a], y[a], x[test], y[test]))
+    return float(np.mean(gains))
 
 
 def training_method(history: list[dict], refreshed_now: bool) -> str:
@@ -108,7 +178,8 @@ class ASVPPipeline(SVPpPipeline):
         params = {"dt": a.ped.dt, "nsigma": a.ped.nsigma, "exit_ratio": a.ped.exit_ratio, "max_steps": a.ped.max_steps}
         n = ped_steps(x, y, reference=stats, **params)
         return decide(self.state.rounds, n,
-                      lambda: logme_ped(x, y, reference=stats, variant=a.logme_variant, **params)[0], a)
+                      lambda: logme_ped(x, y, reference=stats, variant=a.logme_variant, **params)[0], a,
+                      signal_fn=lambda: gain_signal(x, y, permutations=a.gain_permutations))
 
     def refresh(self, r: int, timer: PhaseTimer) -> int:
         """Fine-tune on the labeled set (FT), re-embed pool and test into the next version; resumable."""
@@ -168,7 +239,7 @@ class ASVPPipeline(SVPpPipeline):
         refreshed = False
         if r >= 1:
             d = self.check(r)
-            row.update(ped_steps=d.ped_steps, logme_ped=d.score, score_diff=d.diff)
+            row.update(ped_steps=d.ped_steps, logme_ped=d.score, score_diff=d.diff, trigger_signal=d.signal)
             if d.refresh:
                 version = self.refresh(r, timer)
                 refreshed = True
