@@ -33,7 +33,7 @@ ARM = "asvp_margin"
 ARGS = ["conf=demo", "eval.every_round=proxy", "al.baseline_cap=0", "train.min_steps=0",  "al.pipeline=asvp", "al.strategy=margin", "al.compare=[]", "al.baseline=false",
         "data.pool_size=200", "data.test_size=100", "data.image_size=32", "al.initial=20", "al.schedule=[20]*2",
         "embed.batch_size=25", "embed.shard_rows=50", "train.epochs=3", "train.lp_epochs=1", "train.milestones=[1]",
-        "train.batch_size=32", "asvp.threshold=1e9", "asvp.ped_max_steps_for_skip=-1", "report=false"]
+        "train.batch_size=32", "asvp.rule=delta", "asvp.threshold=1e9", "asvp.ped_max_steps_for_skip=-1", "report=false"]
 STEPS = [  # (name, RAAL_FAULT points, damage after the kill)
     ("embedding v0", [("embed", "pause")], "corrupt_shard"),
     ("proxy training", [("proxy_train", "pause")], None),

@@ -190,7 +190,7 @@ class EvalConfig:
     final: str = "none"  # none | ft | lpft
     # the evaluator's recipe (tuned on random labeled sets only: bench/recipe.py)
     method: str = "lpft"  # lp | lpft | ft
-    freeze_blocks: int = -1  # frozen leading blocks whose activations are cached; -1 = all but the last 3 (ResNet: 4)
+    freeze_blocks: int = -1  # frozen leading blocks whose activations are cached; -1 = all but the last 2 (ResNet: 4)
     steps: int = 150  # optimiser steps, whatever the labeled-set size
     batch_size: int = 64
     backbone_lr: float = 3e-4
