@@ -1,4 +1,6 @@
-"""The ASVP trigger on synthetic features: the legacy `delta` rule's N/D defect and the `gain` rule (docs/asvp_trigger.md).
+"""The ASVP trigger on synthetic features: the legacy `delta` rule's N/D defect and the `gain` rule.
+
+See docs/asvp_trigger.md for the measurements behind the margins.
 
 Two fixed feature distributions, labels arriving i.i.d. in rounds of 100 (N = 100, 200, ..., 900), D = 512:
 

@@ -39,7 +39,7 @@ class Decision:
 
 
 def _finite(v) -> bool:
-    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
+    return v is not None and math.isfinite(v)
 
 
 def previous_score(history: list[dict]) -> float | None:
