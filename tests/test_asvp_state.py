@@ -21,7 +21,8 @@ def run_machine(steps, scores, cfg):
         d = decide(history, n, lambda s=s, r=r: calls.append(r) or s, cfg)
         replaced += d.refresh
         history.append({"round": r, "ped_steps": d.ped_steps, "logme_ped": d.score, "score_diff": d.diff,
-                        "refreshed": d.refresh, "trigger_signal": d.signal, "train_method": training_method(history, d.refresh)})
+                        "refreshed": d.refresh, "trigger_signal": d.signal,
+                        "train_method": training_method(history, d.refresh)})
     return history, calls, replaced
 
 

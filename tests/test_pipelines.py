@@ -40,7 +40,8 @@ def run_experiment(overrides, run_dir, conf="demo", features_from=None):
 def test_asvp_standard_activeft_together(ray_local, tmp_path):
     history, finals = run_experiment(
         ["al.pipeline=asvp", "al.strategy=margin", "al.compare=[standard/margin,activeft/activeft]",
-         "asvp.rule=delta", "asvp.threshold=1e9", "asvp.ped_max_steps_for_skip=-1", "eval.final=ft", "al.baseline=false"],
+         "asvp.rule=delta", "asvp.threshold=1e9", "asvp.ped_max_steps_for_skip=-1", "eval.final=ft",
+         "al.baseline=false"],
         tmp_path / "x")
     asvp, std, aft = history["asvp_margin"], history["standard_margin"], history["activeft_activeft"]
     assert [r["n_labeled"] for r in asvp] == [20, 40, 60] == [r["n_labeled"] for r in std]
