@@ -52,9 +52,9 @@ class Recipe:
     """What one evaluation (or one partial fine-tune) does; built from `EvalConfig` or `TrainConfig`."""
 
     method: str = "lpft"  # lp | lpft | ft
-    steps: int = 150
+    steps: int = 300
     batch_size: int = 64
-    backbone_lr: float = 3e-4
+    backbone_lr: float = 1e-4
     head_lr: float = 1e-3
     ft_head_lr: float = 3e-3  # a fresh head (method ft) learns faster than one that starts converged
     weight_decay: float = 1e-4

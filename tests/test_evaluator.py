@@ -83,7 +83,8 @@ def test_evaluator_is_deterministic_and_beats_chance(evaluator, data):
     a = ev.score(pos, truth[pos], seed=eval_seed(0, 200))
     b = ev.score(pos, truth[pos], seed=eval_seed(0, 200))
     assert a["accuracy"] == b["accuracy"] and a["probe_accuracy"] == b["probe_accuracy"]
-    # Measured over 10 evaluation seeds (0..9) on this set: accuracy 0.667-0.703, probe 0.667; chance is 0.1.
+    # Measured over 10 evaluation seeds (eval_seed(0..9, 200)) on this set: accuracy 0.727-0.767, probe 0.747;
+    # chance is 0.1, so 0.45 leaves a margin of > 0.27 below the worst seed.
     assert a["accuracy"] >= 0.45 and a["probe_accuracy"] >= 0.45, a
     # the cache is reused: a second build reads it instead of recomputing (same activations)
     again = Evaluator.build(store=store, data=data, model_cfg=ModelConfig(), transform=ImageTransform(size=32),
