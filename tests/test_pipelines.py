@@ -105,7 +105,8 @@ def test_one_evaluator_scores_every_arm_and_the_baseline_is_extended(ray_local, 
     import ray
 
     cfg = load_config("demo", TINY + ["eval.every_round=evaluator", "al.baseline_cap=-1", "eval.steps=20",
-                                      "al.pipeline=svpp", "al.strategy=margin", "al.compare=[standard/margin]",
+                                      "al.pipeline=asvp", "al.strategy=margin", "al.compare=[standard/margin]",
+                                      "asvp.rule=delta", "asvp.threshold=1e9",  # a refresh at round 2
                                       "train.freeze_blocks=-1", "train.method=ft", f"run_dir={tmp_path / 'ev'}"])
     driver = start_driver(cfg)
     ray.get(driver.prepare.remote())
@@ -119,7 +120,7 @@ def test_one_evaluator_scores_every_arm_and_the_baseline_is_extended(ray_local, 
         r += 1
     history = ray.get(driver.history.remote())
     ray.kill(driver)
-    svpp, std, rnd = history["svpp_margin"], history["standard_margin"], history["svpp_random"]
+    svpp, std, rnd = history["asvp_margin"], history["standard_margin"], history["svpp_random"]
     assert len(svpp) == len(std) == 3 and len(rnd) >= 3
     # round 0 is the same random batch in every arm, scored with the same seed: the same accuracy
     assert svpp[0]["accuracy"] == std[0]["accuracy"] == rnd[0]["accuracy"]
@@ -128,6 +129,11 @@ def test_one_evaluator_scores_every_arm_and_the_baseline_is_extended(ray_local, 
     assert all(row["model_eval"] == "partial FT" for row in std)
     assert all(0 <= row["accuracy"] <= 1 and row["t_eval"] > 0 for rows in history.values() for row in rows)
     assert all(row["t_tr_full"] > 0 for row in std) and all(row["t_f_full"] > 0 for row in std[1:])
+    # ASVP's refresh by partial fine-tuning: the trainable blocks' features of pool and test become version 1
+    assert [row["refreshed"] for row in svpp] == [False, False, True] and svpp[2]["features_version"] == 1
+    assert svpp[2]["t_tr_full"] > 0
+    manifest = RunStore(tmp_path / "ev").read_json("arms/asvp_margin/features/v1/pool/manifest.json")
+    assert manifest["complete"] and str(manifest["weights_id"]).startswith("partial:17:")
     best_other = max(row["accuracy"] for row in svpp + std)
     extended = rnd[3:]
     assert all(row["n_labeled"] == 60 + 20 * (i + 1) for i, row in enumerate(extended))

@@ -51,7 +51,9 @@ def test_end_to_end_small_run(uninterrupted):
         rounds = arm_table(run_dir, arm, "rounds.parquet")
         assert [r["n_labeled"] for r in rounds] == [20, 40, 60, 80, 100]
         assert all(0.0 <= r["accuracy"] <= 1.0 for r in rounds)
-        assert rounds[-1]["accuracy"] > 0.3  # ImageNet features on real silhouettes: far above chance (0.1)
+        # ImageNet features on real silhouettes, far above chance (0.1): the same config replayed in process over AL
+        # seeds 0-9 gave 0.585-0.705 at 100 labels (margin and random arms), so 0.3 leaves > 0.28 of margin
+        assert rounds[-1]["accuracy"] > 0.3
         assert all(r["t_tr_proxy"] > 0 and r["t_round"] > 0 for r in rounds)
         labels = arm_table(run_dir, arm, "labels.parquet")
         assert len({r["id"] for r in labels}) == 100
