@@ -96,3 +96,15 @@ def test_evaluator_is_deterministic_and_beats_chance(evaluator, data):
 def test_recipe_from_config_reads_eval_keys():
     r = Recipe.from_config(EvalConfig(steps=7, backbone_lr=1e-5), method="ft")
     assert r.steps == 7 and r.backbone_lr == 1e-5 and r.method == "ft"
+
+
+def test_a_corrupt_cache_is_recomputed_not_read(evaluator, data):
+    ev, store = evaluator
+    name = next(n for n in store.listdir("eval_cache") if n.startswith("pool") and n.endswith(".f32"))
+    raw = bytearray(store.read_bytes(f"eval_cache/{name}"))
+    raw[0] ^= 0xFF
+    store.write_bytes(f"eval_cache/{name}", bytes(raw))
+    again = Evaluator.build(store=store, data=data, model_cfg=ModelConfig(), transform=ImageTransform(size=32),
+                            freeze_blocks=-1, recipe=ev.recipe)
+    assert torch.equal(again.pool_acts, ev.pool_acts)  # the checksum failed, so the activations were recomputed
+    assert store.read_bytes(f"eval_cache/{name}") == ev.pool_acts.numpy().tobytes()
