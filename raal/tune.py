@@ -375,7 +375,7 @@ def trial_metrics(rows: list[dict], baseline_curve: list[tuple[float, float]], c
     return {"saving_ratio": float(res.mean), "accuracy": float(last.get("accuracy", math.nan)),
             "n_labeled": int(last["n_labeled"]), "round": int(last["round"]),
             "refreshes": int(sum(bool(r.get("refreshed")) for r in rows)),
-            "extrapolated": int(res.extrapolated[res.used].sum()),
+            "extrapolated": int(res.n_extrapolated),  # counted apart: the mean uses interpolated rounds only
             "t_total_s": float(sum(float(r.get("t_round") or 0.0) for r in rows))}
 
 

@@ -300,7 +300,10 @@ def two_nodes(tmp_path_factory):
 # Two nodes of 2 CPUs. raal sizes actors and workers from the free CPUs (4): 3 embedding actors of
 # min(1, (4 - 1) / 3) = 1 CPU and 3 training workers of min(1, 0.9 * 4 / 3) = 1 CPU cannot all fit on one
 # 2-CPU node, so both kinds must use both nodes whatever the scheduler prefers.
-SMALL = ["conf=demo", "eval.every_round=proxy", "al.baseline_cap=0", "train.min_steps=0",  "al.pipeline=svpp", "al.compare=[]", "al.baseline=false", "data.pool_size=200",
+SMALL = ["conf=demo",
+         "eval.every_round=proxy", "al.baseline_cap=0", "train.min_steps=0",  # evaluator/extension/step budget off: these
+         # tests check other things and keep their old cost
+          "al.pipeline=svpp", "al.compare=[]", "al.baseline=false", "data.pool_size=200",
          "data.test_size=100", "data.image_size=32", "al.initial=20", "al.schedule=[20]*2", "embed.batch_size=32",
          "embed.num_actors=3", "eval.final=ft", "train.num_workers=3", "train.epochs=1", "train.lp_epochs=0",
          "train.milestones=[]", "train.batch_size=8", "train.augment=false"]

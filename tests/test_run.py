@@ -12,7 +12,10 @@ import pytest
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.ray]
 
-SMALL = ["conf=demo", "eval.every_round=proxy", "al.baseline_cap=0", "train.min_steps=0",  "al.pipeline=svpp", "al.compare=[]", "data.pool_size=400", "data.test_size=200", "data.image_size=32", "al.initial=20",
+SMALL = ["conf=demo",
+         "eval.every_round=proxy", "al.baseline_cap=0", "train.min_steps=0",  # evaluator/extension/step budget off: these
+         # tests check other things and keep their old cost
+         "al.pipeline=svpp", "al.compare=[]", "data.pool_size=400", "data.test_size=200", "data.image_size=32", "al.initial=20",
          "al.schedule=[20]*4", "embed.batch_size=64", "report=false"]
 
 
