@@ -150,8 +150,8 @@ class Experiment:
         ev = self.ctx.evaluator
         return {"pool": len(self.ctx.data.pool), "test": len(self.ctx.data.test), "t_pre": self.ctx.t_pre,
                 "evaluator": None if ev is None else (
-                    f"{ev.recipe.method.upper()} of the last blocks after {ev.freeze_blocks} frozen ones, "
-                    f"{ev.recipe.steps} steps"),
+                    f"{ {'lpft': 'LP-FT', 'ft': 'FT', 'lp': 'LP'}[ev.recipe.method]} of the blocks after the "
+                    f"first {ev.freeze_blocks} (frozen, cached), {ev.recipe.steps} steps"),
                 "arms": [a.arm.name for a in self.arms], "resumed": self.resumed,
                 "completed_rounds": self.completed_rounds()}
 
