@@ -158,6 +158,7 @@ def aggregate(data: str) -> dict:
             for r in rows[1:]:
                 if r["n_labeled"] in racc:
                     d["diffs"].setdefault(int(r["n_labeled"]), []).append(r["accuracy"] - racc[r["n_labeled"]])
+    out["ablation"] = {seed: alignment_ablation(data, seed) for seed in out["seeds"]}
     return out
 
 
@@ -185,7 +186,6 @@ def alignment_ablation(data: str, seed: int) -> dict | None:
     out = {m: ev.fit(pos, np.asarray(labels["label"]), seed=s, recipe=Recipe.from_config(cfg.eval, method=m)).accuracy
            for m in ("lpft", "ft")}
     out["rule"] = "FT" if any(r.get("refreshed") for r in rows) else "LP-FT"
-    out["ablation"] = {seed: alignment_ablation(data, seed) for seed in out["seeds"]}
     return out
 
 
