@@ -6,6 +6,7 @@ to resume lives in the arm's store (see `state.py`), so a killed run continues f
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from contextlib import contextmanager
@@ -101,17 +102,20 @@ class Pipeline:
     # -- helpers ----------------------------------------------------------------------------------------------------
     def positions(self, ids: np.ndarray) -> np.ndarray:
         """Pool positions of ids; pool ids may come in any order (a sorted index + permutation, built once)."""
-        if getattr(self, "_pool_order", None) is None or self._pool_order_of is not self.pool_ids:
-            self._pool_order = np.argsort(self.pool_ids, kind="stable")
-            self._pool_sorted = np.asarray(self.pool_ids)[self._pool_order]
-            self._pool_order_of = self.pool_ids
+        order, ordered = self._pool_index
         ids = np.asarray(ids, dtype=np.int64)
-        n = len(self._pool_sorted)
-        j = np.searchsorted(self._pool_sorted, ids).clip(0, max(n - 1, 0))
-        bad = self._pool_sorted[j] != ids if n else np.ones(ids.shape, bool)
+        n = len(ordered)
+        j = np.searchsorted(ordered, ids).clip(0, max(n - 1, 0))
+        bad = ordered[j] != ids if n else np.ones(ids.shape, bool)
         if np.any(bad):
             raise ValueError(f"ids not in the pool (e.g. id {int(ids[np.argmax(bad)])}; {int(bad.sum())} unknown)")
-        return self._pool_order[j]
+        return order[j]
+
+    @functools.cached_property
+    def _pool_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """(argsort of the pool ids, the sorted ids): derived once from `pool_ids`, which never change."""
+        order = np.argsort(self.pool_ids, kind="stable")
+        return order, np.asarray(self.pool_ids)[order]
 
     def labeled_mask(self) -> np.ndarray:
         mask = np.zeros(len(self.pool_ids), dtype=bool)
