@@ -6,7 +6,6 @@ to resume lives in the arm's store (see `state.py`), so a killed run continues f
 """
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from contextlib import contextmanager
@@ -102,20 +101,17 @@ class Pipeline:
     # -- helpers ----------------------------------------------------------------------------------------------------
     def positions(self, ids: np.ndarray) -> np.ndarray:
         """Pool positions of ids; pool ids may come in any order (a sorted index + permutation, built once)."""
-        order, ordered = self._pool_index
+        if getattr(self, "_pool_order", None) is None or self._pool_order_of is not self.pool_ids:
+            self._pool_order = np.argsort(self.pool_ids, kind="stable")
+            self._pool_sorted = np.asarray(self.pool_ids)[self._pool_order]
+            self._pool_order_of = self.pool_ids
         ids = np.asarray(ids, dtype=np.int64)
-        n = len(ordered)
-        j = np.searchsorted(ordered, ids).clip(0, max(n - 1, 0))
-        bad = ordered[j] != ids if n else np.ones(ids.shape, bool)
+        n = len(self._pool_sorted)
+        j = np.searchsorted(self._pool_sorted, ids).clip(0, max(n - 1, 0))
+        bad = self._pool_sorted[j] != ids if n else np.ones(ids.shape, bool)
         if np.any(bad):
             raise ValueError(f"ids not in the pool (e.g. id {int(ids[np.argmax(bad)])}; {int(bad.sum())} unknown)")
-        return order[j]
-
-    @functools.cached_property
-    def _pool_index(self) -> tuple[np.ndarray, np.ndarray]:
-        """(argsort of the pool ids, the sorted ids): derived once from `pool_ids`, which never change."""
-        order = np.argsort(self.pool_ids, kind="stable")
-        return order, np.asarray(self.pool_ids)[order]
+        return self._pool_order[j]
 
     def labeled_mask(self) -> np.ndarray:
         mask = np.zeros(len(self.pool_ids), dtype=bool)
