@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from raal.errors import ConfigError
@@ -321,11 +321,27 @@ def parse_overrides(overrides: list[str], schema: DictConfig | None = None) -> D
                 value = yaml.safe_load(text) if text != "" else ""
             except yaml.YAMLError:
                 value = text
+        _check_shape(key, text, default, value)
         try:
             OmegaConf.update(out, key, value, force_add=True)
         except OmegaConfBaseException as err:
             raise ConfigError(f"{key}: {_one_line(err)}") from err
     return out
+
+
+def _check_shape(key: str, text: str, default: Any, value: Any) -> None:
+    """Refuse what OmegaConf would coerce or fail on without naming the key: 2 for a boolean, a scalar for a list,
+    a list or mapping for a scalar, a value for a whole section."""
+    if isinstance(default, DictConfig):
+        want = "a section: set its keys one by one, e.g. data.source=digits" if not isinstance(value, dict) else ""
+    elif isinstance(default, ListConfig):
+        want = "a list, e.g. [1, 2]" if not isinstance(value, list) else ""
+    elif isinstance(default, bool):  # OmegaConf would take 2 or "1" as true
+        want = "true or false" if not isinstance(value, bool) else ""
+    else:
+        want = "a single value" if isinstance(value, (dict, list)) and default is not None else ""
+    if want:
+        raise ConfigError(f"{key}={text!r} is not allowed; expected {want}")
 
 
 def _load_named(name: str, seen: list[str]) -> DictConfig:
@@ -515,12 +531,34 @@ def to_dict(cfg: RunConfig) -> dict:
 
 
 def from_yaml(text: str) -> RunConfig:
-    """Read back a resolved config written by `to_yaml` (for resume checks and the report)."""
+    """Read back a resolved config written by `to_yaml` (for resume checks and the report).
+
+    A stored config is input too (a run dir may be damaged or hand-edited): anything that is not a mapping of known,
+    well-typed keys is a one-line ConfigError."""
+    import yaml
+
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(text))
+        data = OmegaConf.create(text)
+        if not isinstance(data, DictConfig):
+            raise ConfigError(f"the stored config is a {type(OmegaConf.to_object(data)).__name__}, not a mapping of keys")
+        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), data)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
         raise ConfigError(_one_line(err)) from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"the stored config is not valid YAML: {str(err).splitlines()[0]}") from err
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """`cfg` with `key=value` overrides applied and the result validated (a resume with changed settings): the same
+    one-line ConfigError as `load_config` for an unknown key, a wrong type or a value out of range."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(cfg), parse_overrides(overrides))
+        out: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as err:
+        raise ConfigError(_one_line(err)) from err
+    validate(out)
+    return out
 
 
 def diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -67,12 +67,9 @@ def resolve_config(argv: list[str]) -> RunConfig:
             stored = from_yaml(store.read_text("config.yaml"))
             others = [o for o in overrides if not o.startswith("run_dir=")]
             if others:  # apply overrides over the stored config; the resume check judges them
-                from omegaconf import OmegaConf
+                from raal.config import apply_overrides
 
-                from raal.config import parse_overrides
-
-                merged = OmegaConf.merge(OmegaConf.structured(stored), parse_overrides(others))
-                stored = OmegaConf.to_object(merged)
+                stored = apply_overrides(stored, others)
             stored.run_dir = run_dirs[-1]
             return stored
     return load_config(name, overrides)

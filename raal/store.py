@@ -177,6 +177,20 @@ class RunStore:
         return f".tmp-{uuid.uuid4().hex}"
 
 
+# -- Ray Train's storage -----------------------------------------------------------------------------------------------
+def ray_train_storage(where: "str | os.PathLike | RunStore", name: str) -> tuple["RunStore", dict]:
+    """Where a fine-tune job named `name` keeps Ray Train's state: `<where>/<name>`, on `where`'s own filesystem.
+
+    `where` is a local path, a pyarrow.fs URI or a RunStore (e.g. `run_store.child("ray_train")`). Returns the job's
+    RunStore and the `storage_path`/`storage_filesystem` arguments of Ray Train's `RunConfig`: Ray writes its
+    checkpoints through that filesystem object, so a job of an S3 run store checkpoints into the bucket (a killed
+    job resumes from there on any node) and the URI, with whatever credentials it carries, never becomes a string
+    Ray prints or stores.
+    """
+    base = where if isinstance(where, RunStore) else RunStore(str(where))
+    return base.child(name), {"storage_path": base.root, "storage_filesystem": base.fs}
+
+
 # -- one writer per run dir -------------------------------------------------------------------------------------------
 LEASE = ".raal.lock"  # local run dirs: flock'ed file (removed again on release)
 REMOTE_LEASE = ".raal.lease.json"  # object stores: a best-effort lease object

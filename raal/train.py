@@ -39,6 +39,7 @@ from raal.config import LoraConfig, ModelConfig, TrainConfig
 from raal.data.transforms import IMAGE_COLUMNS, ImageTransform
 from raal.proxy import cosine_multiplier, epoch_batches
 from raal.recipe import fit_probe, freeze_batchnorm, lr_multiplier
+from raal.store import RunStore, ray_train_storage
 
 log = logging.getLogger(__name__)
 
@@ -686,13 +687,11 @@ def rescue_damaged_run(run_dir: Path) -> str | None:
 
 
 def _run_job(method: str, train_images: dict, test, *, num_classes: int, model_cfg: ModelConfig,
-             train_cfg: TrainConfig, lora_cfg: LoraConfig | None, transform: ImageTransform, storage_path: str,
-             name: str, seed: int, init_state_dict, backbone_factory) -> TrainResult:
+             train_cfg: TrainConfig, lora_cfg: LoraConfig | None, transform: ImageTransform,
+             storage_path: str | RunStore, name: str, seed: int, init_state_dict, backbone_factory) -> TrainResult:
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-
-    from raal.store import RunStore
 
     if method not in METHODS:
         raise ValueError(f"train method {method!r}; allowed: {', '.join(METHODS)}")
@@ -707,15 +706,13 @@ def _run_job(method: str, train_images: dict, test, *, num_classes: int, model_c
         raise ValueError(f"{method}: zero epochs to train (train.lp_epochs + train.epochs or lora.epochs)")
     batch = check_train_images(train_images, num_classes)
     test_batch = _test_batch(test)
-    if "://" not in storage_path:
-        storage_path = os.path.abspath(os.path.expanduser(storage_path))
-    run_store = RunStore(f"{storage_path.rstrip('/')}/{name}")
+    run_store, storage = ray_train_storage(storage_path, name)  # Ray Train writes through the store's filesystem
     fp = _fingerprint(method, batch, num_classes, model_cfg, train_cfg, lora_cfg, transform, seed, init_state_dict,
                       backbone_factory)
     if run_store.exists("raal_inputs.json") and run_store.read_json("raal_inputs.json").get("fingerprint") != fp:
         raise ValueError(f"{run_store.path()} holds a training run with other inputs; pick another name")
     rescued = rescue_damaged_run(run_store.local_path()) if run_store.is_local else None
-    run_store = RunStore(run_store.uri)  # (re)creates the folder if the damaged one was moved aside
+    run_store, _ = ray_train_storage(storage_path, name)  # (re)creates the folder if the damaged one moved aside
     run_store.write_json("raal_inputs.json", {"fingerprint": fp, "method": method, "rows": len(batch["id"])})
 
     workers, cpus = worker_resources(train_cfg, len(batch["id"]))
@@ -734,7 +731,7 @@ def _run_job(method: str, train_images: dict, test, *, num_classes: int, model_c
         torch_config=TorchConfig(backend="nccl" if train_cfg.use_gpu else "gloo"),
         datasets={"train": _to_dataset(batch), "test": _to_dataset(test_batch)},
         dataset_config=DataConfig(datasets_to_split=[]),
-        run_config=RunConfig(storage_path=storage_path, name=name,
+        run_config=RunConfig(name=name, **storage,
                              failure_config=FailureConfig(max_failures=train_cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)))
     t0 = time.perf_counter()
@@ -774,14 +771,15 @@ def _run_job(method: str, train_images: dict, test, *, num_classes: int, model_c
 
 
 def finetune(train_images: dict, test, *, num_classes: int, model_cfg: ModelConfig, train_cfg: TrainConfig,
-             transform: ImageTransform, method: str = "ft", storage_path: str, name: str, seed: int = 0,
+             transform: ImageTransform, method: str = "ft", storage_path: str | RunStore, name: str, seed: int = 0,
              init_state_dict: dict | None = None,
              backbone_factory: Callable | None = None) -> TrainResult:
     """FT or LP-FT of the backbone on the labeled images as one Ray Train job; returns test accuracy and weights.
 
     `train_images`: a numpy batch with `id`, `label` and one image column. `test`: the labelled test ImageSet.
     The backbone starts from `init_state_dict` if given, else from `model_cfg`'s weights (or `backbone_factory()`).
-    A job whose `storage_path/name` already holds a checkpoint of the same inputs resumes from it.
+    A job whose `storage_path/name` (a folder, a pyarrow.fs URI or a RunStore) already holds a checkpoint of the same
+    inputs resumes from it.
     """
     if method not in ("ft", "lpft"):
         raise ValueError(f"train.method={method!r}; allowed: ft, lpft")
@@ -791,8 +789,9 @@ def finetune(train_images: dict, test, *, num_classes: int, model_cfg: ModelConf
 
 
 def finetune_lora(train_images: dict, test, *, num_classes: int, model_cfg: ModelConfig, lora_cfg: LoraConfig,
-                  train_cfg: TrainConfig, transform: ImageTransform, storage_path: str, name: str, seed: int = 0,
-                  init_state_dict: dict | None = None, backbone_factory: Callable | None = None) -> TrainResult:
+                  train_cfg: TrainConfig, transform: ImageTransform, storage_path: str | RunStore, name: str,
+                  seed: int = 0, init_state_dict: dict | None = None,
+                  backbone_factory: Callable | None = None) -> TrainResult:
     """PEAL: LoRA adapters on every block's fused qkv + a linear head, Adam, class-balanced sampling, as one job.
 
     `train_cfg` supplies the workers, augmentation and evaluation batch; `lora_cfg` the rank, alpha, lr, epochs and

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
@@ -22,15 +21,10 @@ def labeled_images(pipe) -> dict:
     return batch
 
 
-def training_storage(store: RunStore) -> str:
-    """Where Ray Train keeps its checkpoints: inside the arm's store when it is local, else a local scratch dir."""
-    local = store.local_path("ray_train")
-    if local is not None:
-        local.mkdir(parents=True, exist_ok=True)
-        return str(local)
-    import tempfile
-
-    return tempfile.mkdtemp(prefix="raal-train-")
+def training_storage(store: RunStore) -> RunStore:
+    """Where Ray Train keeps a fine-tune's checkpoints: `ray_train/` of the arm's store, on any filesystem (S3 too),
+    so a killed job resumes from there and no local scratch folder is left behind."""
+    return store.child("ray_train")
 
 
 def recipe(train: TrainConfig, method: str) -> TrainConfig:
@@ -54,8 +48,9 @@ def finetune_labeled(pipe, *, method: str, name: str, seed: int, save_as: str | 
 
     cfg = pipe.ctx.cfg
     method_key = method.lower().replace("-", "")
+    jobs = training_storage(pipe.store)
     common = dict(num_classes=pipe.ctx.num_classes, model_cfg=cfg.model, transform=pipe.ctx.transform,
-                  storage_path=training_storage(pipe.store), name=name, seed=seed)
+                  storage_path=jobs, name=name, seed=seed)
     if method_key == "lora":
         res = finetune_lora(labeled_images(pipe), pipe.ctx.data.test, lora_cfg=cfg.lora, train_cfg=cfg.train, **common)
     else:
@@ -64,7 +59,7 @@ def finetune_labeled(pipe, *, method: str, name: str, seed: int, save_as: str | 
     out = {"accuracy": float(res.accuracy), "lp_accuracy": None if res.lp_accuracy is None else float(res.lp_accuracy),
            "steps": int(res.steps), "wall_time": float(res.wall_time), "method": method}
     if save_as:
-        pipe.store.write_bytes(save_as + ".pt", Path(res.backbone_path).read_bytes())
+        pipe.store.write_bytes(save_as + ".pt", jobs.child(name).read_bytes("backbone.pt"))
         buf = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in res.head_state.items()}, buf)
         pipe.store.write_bytes(save_as + ".head.pt", buf.getvalue())

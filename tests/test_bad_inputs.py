@@ -1,0 +1,224 @@
+"""Generated bad input at every door of raal (issue #16): config overrides, Parquet manifests, label files for
+`python -m raal.run label`, and the stored state files a resume or an import reads.
+
+Every case must end the same way: exit code 2, exactly one line on stderr, and a run dir whose files are
+byte-identical to before. The CLI entry points run in-process (fast); a few representative cases run as real
+subprocesses. Hypothesis is derandomized (a fixed seed per test, no example database), so CI sees the same examples
+every time; an input that once broke a door is kept as an explicit @example.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+import raal.run
+from raal import strategies
+from raal.config import (DATA_SOURCES, DEVICES, EVAL_MODES, NUMERIC_RANGES, ORACLES, PIPELINES, TRAIN_METHODS,
+                         RunConfig, load_config, to_yaml)
+
+pytestmark = [pytest.mark.timeout(300)]
+
+
+def fuzz(max_examples: int) -> settings:
+    """Deterministic (fixed seed, no example database), no per-example deadline (a loaded CI machine)."""
+    return settings(max_examples=max_examples, derandomize=True, database=None, deadline=None, print_blob=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                           HealthCheck.differing_executors])
+
+
+SMALL = ["eval.every_round=proxy", "al.baseline_cap=0", "al.pipeline=svpp", "al.compare=[]", "data.image_size=32",
+         "report=false"]
+
+
+# -- the contract ---------------------------------------------------------------------------------------------------
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every file (bytes) and folder (None) under root, by relative path."""
+    out: dict[str, bytes | None] = {}
+    for p in sorted(root.rglob("*")):
+        out[str(p.relative_to(root))] = None if p.is_dir() else p.read_bytes()
+    return out
+
+
+class Accepted(AssertionError):
+    """A bad input got past every check and a run would have started."""
+
+
+@contextlib.contextmanager
+def no_run():
+    """raal.run.main with the run itself replaced: a bad input that passes the checks fails the test, no Ray."""
+    real = raal.run.run
+
+    def refuse(cfg):
+        raise Accepted("the input was accepted and the run would have started")
+
+    raal.run.run = refuse
+    try:
+        yield
+    finally:
+        raal.run.run = real
+
+
+def cli(argv: list[str]) -> tuple[int, str]:
+    """`python -m raal.run ARGV` in this process: (exit code, stderr)."""
+    err = io.StringIO()
+    with no_run(), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = raal.run.main(argv)
+        except SystemExit as stop:
+            code = stop.code
+    return code, err.getvalue()
+
+
+def assert_refused(argv: list[str], run_dir: Path, expect: str = "") -> str:
+    before = snapshot(run_dir)
+    code, err = cli(argv)
+    assert code == 2, (code, err[-2000:])
+    assert err.endswith("\n") and err.count("\n") == 1, err[-2000:]
+    assert expect in err, err
+    assert snapshot(run_dir) == before, "the run dir changed"
+    return err
+
+
+def subprocess_cli(argv: list[str]) -> subprocess.CompletedProcess:
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", TQDM_DISABLE="1", RAAL_LOG="WARNING",
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    return subprocess.run([sys.executable, "-m", "raal.run", *argv], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+# -- configs ----------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def stored_run(tmp_path_factory) -> Path:
+    """A run dir holding a run's config and some state (what a resume would find)."""
+    run_dir = tmp_path_factory.mktemp("cfg") / "run"
+    cfg = load_config("demo", SMALL + [f"run_dir={run_dir}"])
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    (run_dir / "status.json").write_text('{"state": "running", "round": 1}\n')
+    return run_dir
+
+
+def _schema_leaves(prefix: str = "", node=None) -> dict[str, object]:
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(OmegaConf.structured(RunConfig)) if node is None else node
+    out = {}
+    for k, v in node.items():
+        if isinstance(v, dict):
+            out.update(_schema_leaves(f"{prefix}{k}.", v))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+LEAVES = _schema_leaves()
+INT_KEYS = sorted(k for k, v in LEAVES.items() if type(v) is int)
+FLOAT_KEYS = sorted(k for k, v in LEAVES.items() if type(v) is float)
+BOOL_KEYS = sorted(k for k, v in LEAVES.items() if type(v) is bool)
+SECTIONS = sorted({k.split(".")[0] for k in LEAVES if "." in k})
+CHOICE_KEYS = ["data.source", "al.pipeline", "al.strategy", "train.method", "embed.device", "proxy.device",
+               "eval.every_round", "eval.final", "eval.method", "oracle.kind", "train.optimizer", "train.schedule",
+               "train.bn", "train.lp_solver", "asvp.rule", "asvp.logme_variant"]
+KNOWN_CHOICES = frozenset(DATA_SOURCES + PIPELINES + TRAIN_METHODS + DEVICES + ORACLES + EVAL_MODES
+                          + tuple(strategies.names()) + ("none", "lp", "adamw", "sgd", "cosine", "multistep",
+                                                         "frozen", "train", "lbfgs", "gain", "delta", "fast", "exact"))
+_BAD_FOR_RULE = {
+    ">=1": st.integers(-10**6, 0), ">=0": st.integers(-10**6, -1), ">=-1": st.integers(-10**6, -2),
+    ">0": st.one_of(st.floats(-1e6, 0.0), st.sampled_from(["nan", "-inf", ".nan"])),
+    "[0,1)": st.one_of(st.floats(1.0, 1e6), st.floats(-1e6, -1e-9), st.just(".inf")),
+}
+_FLOAT_ONLY_RULE_KEYS = {f"{s}.{k}" for s, k, r in NUMERIC_RANGES if r in (">0", "[0,1)")}
+#: keys checked in validate() outside NUMERIC_RANGES, with values they refuse
+_OTHER_RANGES = {"data.image_size": st.integers(-100, 15), "data.pool_size": st.integers(-10**6, -1),
+                 "data.test_size": st.integers(-10**6, -1), "al.initial": st.integers(-10**6, -1),
+                 "eval.steps": st.integers(-10**6, 0), "eval.batch_size": st.integers(-10**6, 0),
+                 "asvp.threshold": st.floats(-1e6, -1e-9), "asvp.gain_rounds": st.integers(-100, 0),
+                 "cost.label_price": st.floats(-1e6, -1e-9), "train.warmup_frac": st.floats(1.0, 1e3),
+                 "train.crop_scale_min": st.floats(-10, 0.0)}
+
+
+def _ident() -> st.SearchStrategy[str]:
+    return st.from_regex(r"\A[a-z_][a-z0-9_]{0,14}\Z")
+
+
+@st.composite
+def unknown_key(draw) -> str:
+    if draw(st.booleans()):
+        key = draw(_ident().filter(lambda k: k not in LEAVES and k not in SECTIONS))
+    else:
+        section = draw(st.sampled_from(SECTIONS))
+        key = draw(_ident().map(lambda k, s=section: f"{s}.{k}").filter(lambda k: k not in LEAVES))
+    return f"{key}={draw(st.sampled_from(['1', 'x', '[1]', '0.5', 'true']))}"
+
+
+@st.composite
+def out_of_range(draw) -> str:
+    if draw(st.booleans()):
+        section, key, rule = draw(st.sampled_from(NUMERIC_RANGES))
+        key = f"{section}.{key}"
+        value = draw(_BAD_FOR_RULE[rule])
+        if key in _FLOAT_ONLY_RULE_KEYS or isinstance(value, str):
+            pass
+        elif LEAVES.get(key) is not None and type(LEAVES[key]) is float:
+            value = float(value)
+    else:
+        key = draw(st.sampled_from(sorted(_OTHER_RANGES)))
+        value = draw(_OTHER_RANGES[key])
+    if key == "train.milestones":
+        value = f"[{value}]"
+    return f"{key}={value}"
+
+
+_NOT_A_NUMBER = st.sampled_from(["abc", "[1, 2]", "{a: 1}", "1x", "--", "0x", "one", "[]", "{}"])
+
+
+@st.composite
+def wrong_type(draw) -> str:
+    kind = draw(st.sampled_from(["int", "float", "bool", "choice", "list"]))
+    if kind == "int":
+        key = draw(st.sampled_from(INT_KEYS))
+        value = draw(st.one_of(_NOT_A_NUMBER, st.floats(0.01, 1e6).filter(lambda v: not float(v).is_integer())
+                               .map(repr)))
+    elif kind == "float":
+        key, value = draw(st.sampled_from(FLOAT_KEYS)), draw(_NOT_A_NUMBER)
+    elif kind == "bool":
+        key = draw(st.sampled_from(BOOL_KEYS))
+        value = draw(st.sampled_from(["maybe", "2", "[true]", "{x: 1}", "truee", "-1"]))
+    elif kind == "choice":
+        key = draw(st.sampled_from(CHOICE_KEYS))
+        value = draw(_ident().filter(lambda v: v not in KNOWN_CHOICES))
+    else:
+        key = draw(st.sampled_from(["data.mean", "data.std", "train.milestones", "al.compare"]))
+        value = draw(st.sampled_from(["abc", "{a: 1}", "[a, b, c]", "[[1]]", "[1, 2]"]))
+    return f"{key}={value}"
+
+
+BAD_OVERRIDE = st.one_of(unknown_key(), out_of_range(), wrong_type())
+
+
+@fuzz(60)
+@given(bad=BAD_OVERRIDE, resume=st.booleans())
+@example(bad="train.batch_size=0", resume=False)  # issue #16, item 4: silently clamped to 2 per rank
+@example(bad="train.batch_size=abc", resume=True)  # the resume form: was a traceback (no validation)
+@example(bad="model.colour=red", resume=True)  # the same: a traceback
+@example(bad="al.baseline=2", resume=False)  # OmegaConf took any integer as a boolean
+@example(bad="data.mean={a: 1}", resume=False)  # a TypeError from OmegaConf's merge
+@example(bad="data={a: 1}", resume=True)
+def test_bad_config_override(stored_run, bad, resume):
+    argv = ([f"run_dir={stored_run}", bad] if resume else ["conf=demo", *SMALL, bad, f"run_dir={stored_run}"])
+    err = assert_refused(argv, stored_run)
+    assert "holds a run with a different config" not in err, err  # refused for the value itself, naming the key
