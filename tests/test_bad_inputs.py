@@ -222,3 +222,123 @@ def test_bad_config_override(stored_run, bad, resume):
     argv = ([f"run_dir={stored_run}", bad] if resume else ["conf=demo", *SMALL, bad, f"run_dir={stored_run}"])
     err = assert_refused(argv, stored_run)
     assert "holds a run with a different config" not in err, err  # refused for the value itself, naming the key
+
+
+# -- manifests --------------------------------------------------------------------------------------------------------
+N_ROWS = 30
+CLASSES = ["cat", "dog", "fox"]
+
+
+@pytest.fixture(scope="module")
+def manifest_dir(tmp_path_factory) -> Path:
+    """Real PNGs under one folder; a manifest written there refers to them by relative path."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("manifest")
+    rng = np.random.default_rng(0)
+    for i in range(N_ROWS):
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(root / f"img{i}.png")
+    (root / "run").mkdir()
+    (root / "run" / "notes.txt").write_text("a run dir that holds no run yet\n")
+    return root
+
+
+def good_manifest() -> dict[str, list]:
+    """Rows that load (ids shuffled on purpose: a manifest need not be sorted)."""
+    ids = [int(i) for i in np.random.default_rng(1).permutation(N_ROWS) * 3 + 5]
+    return {"id": ids, "path": [f"img{k}.png" for k in range(N_ROWS)],
+            "label": [CLASSES[k % 3] for k in range(N_ROWS)]}
+
+
+def manifest_argv(root: Path, name: str = "m.parquet") -> list[str]:
+    return ["conf=demo", *SMALL, "data.source=parquet", f"data.root={root / name}", "data.test_size=6",
+            "al.initial=2", "al.schedule=[2]", f"run_dir={root / 'run'}"]
+
+
+def parquet_bytes(cols: dict[str, list], types: dict | None = None) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(pa.table({k: pa.array(v, type=(types or {}).get(k)) for k, v in cols.items()}), buf)
+    return buf.getvalue()
+
+
+def _with(**changes) -> dict[str, list]:
+    cols = good_manifest()
+    for name, (row, value) in changes.items():
+        cols[name][row] = value
+    return cols
+
+
+_BAD_LABELS = [None, float("nan"), -1, 1.5, True, "", "   ", float("inf")]
+
+
+@st.composite
+def broken_manifest(draw) -> bytes:
+    """Parquet bytes (or not) of a manifest with one thing wrong."""
+    cols = good_manifest()
+    n = N_ROWS
+    j = draw(st.integers(0, n - 1))
+    k = (j + draw(st.integers(1, n - 1))) % n
+    fault = draw(st.sampled_from(["dup_id", "null_id", "str_id", "float_id", "label", "image_type",
+                                  "int_labels_neg", "no_id", "no_image", "path", "bytes"]))
+    types = {"id": pa.int64(), "path": pa.string(), "label": None}
+    if fault == "dup_id":
+        cols["id"][j] = cols["id"][k]
+    elif fault == "null_id":
+        cols["id"][j] = None
+    elif fault == "str_id":
+        cols["id"] = [str(v) if draw(st.booleans()) or r == j else v for r, v in enumerate(cols["id"])]
+        cols["id"][j] = draw(st.sampled_from(["a", "", "7", " 7", "1e3"]))
+        cols["id"] = [str(v) for v in cols["id"]]
+        types["id"] = pa.string()
+    elif fault == "float_id":
+        cols["id"] = [float(v) for v in cols["id"]]
+        cols["id"][j] = draw(st.sampled_from([0.5, float("nan"), float("inf"), 2.0**70, 7.0]))
+        types["id"] = pa.float64()
+    elif fault == "label":
+        cols["label"][j] = draw(st.sampled_from(_BAD_LABELS))
+        if not isinstance(cols["label"][j], (str, type(None))):
+            cols["label"] = [cols["label"][j] if r == j else CLASSES.index(v) for r, v in enumerate(cols["label"])]
+            types["label"] = pa.float64() if isinstance(cols["label"][j], float) else None
+            if isinstance(cols["label"][j], bool):
+                cols["label"] = [bool(v) for v in cols["label"]]
+    elif fault == "int_labels_neg":
+        cols["label"] = [CLASSES.index(v) for v in cols["label"]]
+        cols["label"][j] = draw(st.integers(-(2**62), -1))
+    elif fault == "image_type":  # image bytes stored as text, or paths stored as numbers
+        if draw(st.booleans()):
+            cols["image"] = cols.pop("path")
+        else:
+            cols["path"], types["path"] = list(range(n)), None
+    elif fault == "no_id":
+        cols[draw(st.sampled_from(["ID", "ids", "index"]))] = cols.pop("id")
+    elif fault == "no_image":
+        cols[draw(st.sampled_from(["file", "paths", "img"]))] = cols.pop("path")
+    elif fault == "path":
+        cols["path"][j] = draw(st.sampled_from([None, "", "../outside.png", "/etc/passwd", "sub/../../x.png"]))
+    else:
+        good = parquet_bytes(good_manifest())
+        return draw(st.one_of(st.binary(max_size=2000), st.integers(0, len(good) - 1).map(lambda m: good[:m]),
+                              st.just(b"id,path,label\n1,img0.png,cat\n"), st.just(b"PAR1" + b"\0" * 64 + b"PAR1"),
+                              st.binary(min_size=1, max_size=64).map(lambda b: good[:-40] + b + good[-8:])))
+    return parquet_bytes(cols, types)
+
+
+def test_the_good_manifest_would_run(manifest_dir):
+    """The fuzz below breaks one thing in this manifest; unbroken, it passes every check (so the fuzz can fail)."""
+    pq.write_table(pa.table(good_manifest()), manifest_dir / "m.parquet")
+    with no_run(), contextlib.redirect_stdout(io.StringIO()), pytest.raises(Accepted):
+        raal.run.main(manifest_argv(manifest_dir))
+
+
+@fuzz(60)
+@given(data=broken_manifest())
+# each of these was loaded (or crashed with a traceback) before issue #16's fuzzing:
+@example(data=parquet_bytes(_with(id=(3, None))))  # a null id became a float NaN id
+@example(data=parquet_bytes({**good_manifest(), "id": [str(i) for i in good_manifest()["id"]]}))  # string ids
+@example(data=parquet_bytes({**good_manifest(), "id": [i + 0.5 for i in good_manifest()["id"]]}))  # 5.5 -> 5
+@example(data=parquet_bytes({"id": good_manifest()["id"], "image": good_manifest()["path"]}))  # text as image bytes
+@example(data=b"id,path,label\n1,img0.png,cat\n")  # not Parquet: ArrowInvalid traceback
+@example(data=b"PAR1" + b"\0" * 64 + b"PAR1")  # OSError: Couldn't deserialize thrift
+def test_broken_manifest(manifest_dir, data):
+    (manifest_dir / "m.parquet").write_bytes(data)
+    assert_refused(manifest_argv(manifest_dir), manifest_dir / "run")

@@ -247,18 +247,35 @@ def load_image_folder(cfg: DataConfig) -> Dataset:
 
 
 def _read_manifest(path: str) -> tuple[pa.Table, str]:
+    """The manifest's (id[, label]) columns and the name of its image column, after checking the file is Parquet, the
+    ids are unique non-null integers, and the image column has the right type."""
     if not Path(path).is_file():
         raise ConfigError(f"data.root={path!r}: the Parquet manifest does not exist")
-    schema = pq.read_schema(path)
-    names = set(schema.names)
-    if "id" not in names:
-        raise ConfigError(f"{path}: the manifest needs an 'id' column; has {sorted(names)}")
-    col = "path" if "path" in names else "image" if "image" in names else None
-    if col is None:
-        raise ConfigError(f"{path}: the manifest needs a 'path' or 'image' (bytes) column; has {sorted(names)}")
-    wanted = ["id"] + (["label"] if "label" in names else [])
-    meta = pq.read_table(path, columns=wanted)
-    ids = meta.column("id").to_numpy()
+    try:
+        schema = pq.read_schema(path)
+        names = set(schema.names)
+        if "id" not in names:
+            raise ConfigError(f"{path}: the manifest needs an 'id' column; has {sorted(names)}")
+        col = "path" if "path" in names else "image" if "image" in names else None
+        if col is None:
+            raise ConfigError(f"{path}: the manifest needs a 'path' or 'image' (bytes) column; has {sorted(names)}")
+        meta = pq.read_table(path, columns=["id"] + (["label"] if "label" in names else []))
+    except (pa.ArrowException, OSError) as err:
+        raise ConfigError(f"{path}: not a readable Parquet manifest ({str(err).splitlines()[0][:200]})") from None
+    want = (pa.types.is_string, pa.types.is_large_string) if col == "path" else (
+        pa.types.is_binary, pa.types.is_large_binary)
+    if not any(ok(schema.field(col).type) for ok in want):
+        raise ConfigError(f"{path}: the manifest's {col!r} column holds {schema.field(col).type}; expected "
+                          f"{'text (image paths)' if col == 'path' else 'binary (encoded image bytes)'}")
+    id_col = meta.column("id")
+    if not pa.types.is_integer(id_col.type):
+        raise ConfigError(f"{path}: manifest ids are {id_col.type}; ids must be integers")
+    if id_col.null_count:
+        k = int(np.flatnonzero(id_col.is_null().to_numpy(zero_copy_only=False))[0])
+        raise ConfigError(f"{path}: row {k} of the manifest has no id ({id_col.null_count} rows without one)")
+    ids = id_col.to_numpy()
+    if ids.dtype == np.uint64 and len(ids) and int(ids.max()) > np.iinfo(np.int64).max:
+        raise ConfigError(f"{path}: manifest id {int(ids.max())} is larger than 2**63 - 1")
     if len(np.unique(ids)) != len(ids):
         raise ConfigError(f"{path}: ids in the manifest are not unique")
     return meta, col
@@ -374,7 +391,10 @@ def _resolve_manifest_paths(path: str, ids: np.ndarray, roots: tuple[str, ...]) 
     """
     base = os.path.dirname(os.path.realpath(path))
     prefixes = tuple(r.rstrip(os.sep) + os.sep for r in roots)
-    values = pq.read_table(path, columns=["path"]).column("path").to_pylist()
+    try:
+        values = pq.read_table(path, columns=["path"]).column("path").to_pylist()
+    except (pa.ArrowException, OSError) as err:
+        raise ConfigError(f"{path}: not a readable Parquet manifest ({str(err).splitlines()[0][:200]})") from None
     for i, p in zip(ids.tolist(), values):
         if not isinstance(p, str) or not p:
             raise ConfigError(f"{path}: id {i} has no image path")
