@@ -51,6 +51,9 @@ class Ledger:
         if not self.store.exists(LEDGER):
             return LEDGER_SCHEMA.empty_table()
         table = self.store.read_table(LEDGER)
+        if table.schema.remove_metadata() != LEDGER_SCHEMA or table.column("id").null_count:
+            raise StoreError(f"{self.store.path(LEDGER)}: the label ledger is corrupt: its columns are "
+                             f"{_short(str(table.schema).splitlines(), 200)}, not {LEDGER_SCHEMA.names} (int64 ids)")
         ids = np.asarray(table.column("id").to_numpy(zero_copy_only=False), dtype=np.int64)
         uniq, counts = np.unique(ids, return_counts=True)
         if len(uniq) != len(ids):
@@ -70,7 +73,10 @@ class Ledger:
         self.store.write_table(LEDGER, pa.concat_tables([self.table(), new]))
 
     def partial_rounds(self) -> set[int]:
-        return set(self.store.read_json(PARTIAL)) if self.store.exists(PARTIAL) else set()
+        rounds = self.store.read_json(PARTIAL) if self.store.exists(PARTIAL) else []
+        if not isinstance(rounds, list) or not all(type(r) is int for r in rounds):
+            raise StoreError(f"{self.store.path(PARTIAL)}: corrupt: expected a list of round numbers")
+        return set(rounds)
 
     def mark_partial(self, round_: int) -> None:
         self.store.write_json(PARTIAL, sorted(self.partial_rounds() | {round_}))
@@ -160,32 +166,73 @@ def export_round(ctx, r: int, waiting: dict) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 # import
 # ---------------------------------------------------------------------------------------------------------------
+def _short(value, limit: int = 60) -> str:
+    """repr(value), cut to `limit` characters: a message stays one readable line whatever the file holds."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _int_id(value, where: str) -> int:
     try:
         if isinstance(value, bool):
             raise ValueError
         if isinstance(value, (int, np.integer)):
             return int(value)
-        text = str(value).strip()
-        if not text.lstrip("-").isdigit():
+        if not isinstance(value, str):
+            raise ValueError
+        text = value.strip()
+        if not text.lstrip("-").isdigit() or len(text) > 30:  # no id has 30 digits; int() refuses 4300+
             raise ValueError
         return int(text)
     except ValueError:
-        raise LabelImportError(f"{where}: id {value!r} is not an integer") from None
+        raise LabelImportError(f"{where}: id {_short(value)} is not an integer") from None
 
 
 def parse_csv(text: str, name: str) -> list[tuple[int, str, str]]:
     """(id, label, path) rows of a CSV with `id` and `label` columns; rows with an empty label are unanswered."""
     reader = csv.DictReader(io.StringIO(text))
-    fields = set(reader.fieldnames or [])
-    if not {"id", "label"} <= fields:
-        raise LabelImportError(f"{name}: a label CSV needs the columns id and label; it has {sorted(fields)}")
-    rows = []
-    for line, rec in enumerate(reader, start=2):
-        label = (rec.get("label") or "").strip()
-        if label:
-            rows.append((_int_id(rec.get("id"), f"{name} line {line}"), label, (rec.get("path") or "").strip()))
+    try:
+        fields = set(reader.fieldnames or [])
+        if not {"id", "label"} <= fields:
+            raise LabelImportError(f"{name}: a label CSV needs the columns id and label; it has "
+                                   f"{_short(sorted(fields), 200)}")
+        rows = []
+        for line, rec in enumerate(reader, start=2):
+            label = (rec.get("label") or "").strip()
+            if label:
+                rows.append((_int_id(rec.get("id"), f"{name} line {line}"), label, (rec.get("path") or "").strip()))
+    except csv.Error as err:  # a field over the csv module's limit, a NUL byte, ...
+        raise LabelImportError(f"{name}: not a readable CSV file (line {reader.line_num}: {err})") from None
     return rows
+
+
+def _list_of_dicts(value, what: str) -> list[dict]:
+    """A Label Studio list field (missing or null = empty); anything else is not an export of Label Studio."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise LabelImportError(f"{what} must be a list of objects, not {_short(value)}")
+    return value
+
+
+def _task_choices(task: dict, where: str) -> list[str]:
+    """The choices of the newest annotation of a task that was not cancelled ([] when there is none)."""
+    done = [a for a in _list_of_dicts(task.get("annotations"), f"{where}: annotations")
+            if not a.get("was_cancelled")]
+    choices: list = []
+    for ann in sorted(done, key=lambda a: str(a.get("updated_at") or a.get("created_at") or "")):
+        for res in _list_of_dicts(ann.get("result"), f"{where}: an annotation's result"):
+            value = res.get("value")
+            if value is not None and not isinstance(value, dict):
+                raise LabelImportError(f"{where}: a result's value must be an object, not {_short(value)}")
+            got = (value or {}).get("choices")
+            if got is None:
+                continue  # not a choices result (e.g. a rectangle)
+            if not isinstance(got, list) or not all(isinstance(c, str) for c in got):
+                raise LabelImportError(f"{where}: choices must be a list of class names, not {_short(got)}")
+            if got:
+                choices = got
+    return choices
 
 
 def parse_label_studio(text: str, name: str) -> list[tuple[int, str, str]]:
@@ -194,6 +241,9 @@ def parse_label_studio(text: str, name: str) -> list[tuple[int, str, str]]:
         tasks = json.loads(text)
     except json.JSONDecodeError as err:
         raise LabelImportError(f"{name}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    except (ValueError, RecursionError) as err:  # a 5000-digit number, nesting deeper than Python's stack
+        what = "nested too deeply" if isinstance(err, RecursionError) else str(err).split(";")[0]
+        raise LabelImportError(f"{name}: not valid JSON ({what})") from None
     if not isinstance(tasks, list):
         raise LabelImportError(f"{name}: a Label Studio export is a JSON list of tasks")
     rows = []
@@ -201,17 +251,15 @@ def parse_label_studio(text: str, name: str) -> list[tuple[int, str, str]]:
         data = task.get("data") if isinstance(task, dict) else None
         if not isinstance(data, dict) or "raal_id" not in data:
             raise LabelImportError(f"{name}: task {k} has no data.raal_id (was it exported by raal?)")
-        done = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
-        choices = []
-        for ann in sorted(done, key=lambda a: str(a.get("updated_at") or a.get("created_at") or "")):
-            for res in ann.get("result") or []:
-                value = res.get("value") if isinstance(res, dict) else None
-                if isinstance(value, dict) and value.get("choices"):
-                    choices = value["choices"]
+        where = f"{name} task {k}"
+        choices = _task_choices(task, where)
         if len(choices) > 1:
-            raise LabelImportError(f"{name}: task {k} (id {data['raal_id']}) has several choices {choices}")
+            raise LabelImportError(f"{where} (id {_short(data['raal_id'])}) has several choices {_short(choices)}")
         if choices:
-            rows.append((_int_id(data["raal_id"], f"{name} task {k}"), str(choices[0]), str(data.get("image", ""))))
+            image = data.get("image", "")
+            if not isinstance(image, str):
+                raise LabelImportError(f"{where}: data.image must be the exported path, not {_short(image)}")
+            rows.append((_int_id(data["raal_id"], where), choices[0], image))
     return rows
 
 
@@ -221,9 +269,9 @@ def _check_path(path: str, exported: str, roots: list[str], where: str) -> None:
     try:
         confine_path(path, roots)
     except ValueError:
-        raise LabelImportError(f"{where}: path {path!r} lies outside the data roots {roots}") from None
+        raise LabelImportError(f"{where}: path {_short(path, 200)} lies outside the data roots {roots}") from None
     if os.path.realpath(path) != os.path.realpath(exported):
-        raise LabelImportError(f"{where}: path {path!r} is not the exported path {exported!r} of this id")
+        raise LabelImportError(f"{where}: path {_short(path, 200)} is not the exported path {exported!r} of this id")
 
 
 def validate(rows: list[tuple[int, str, str]], *, name: str, round_: int, query: dict[int, str],
@@ -238,15 +286,15 @@ def validate(rows: list[tuple[int, str, str]], *, name: str, round_: int, query:
                                "ids can be labeled")
     unknown = sorted({lab for _, lab, _ in rows if lab not in index})
     if unknown:
-        raise LabelImportError(f"{name}: labels {unknown[:10]} are not in the class list {classes[:20]}")
+        raise LabelImportError(f"{name}: labels {_short(unknown[:10], 200)} are not in the class list {classes[:20]}")
     seen: dict[int, str] = {}
     for i, lab, _ in rows:
         if seen.setdefault(i, lab) != lab:
-            raise LabelImportError(f"{name}: id {i} appears with conflicting labels {seen[i]!r} and {lab!r}")
+            raise LabelImportError(f"{name}: id {i} appears with conflicting labels {_short(seen[i])} and {_short(lab)}")
     clash = sorted(i for i, lab in seen.items() if i in ledger and ledger[i] != index[lab])
     if clash:
         i = clash[0]
-        raise LabelImportError(f"{name}: id {i} was imported before as {classes[ledger[i]]!r}, now {seen[i]!r} "
+        raise LabelImportError(f"{name}: id {i} was imported before as {classes[ledger[i]]!r}, now {_short(seen[i])} "
                                f"({len(clash)} such conflicts); a label cannot be changed once given")
     for i, _, path in rows:
         if path:
@@ -266,7 +314,31 @@ def import_labels(run_dir: str, file: str, allow_partial: bool = False) -> dict:
         return _import_labels(store, run_dir, file, allow_partial)
 
 
-def _import_labels(store: RunStore, run_dir: str, file: str, allow_partial: bool) -> dict:
+def read_label_file(file: str) -> tuple[bytes, str, list[tuple[int, str, str]]]:
+    """(bytes, base name, (id, label, path) rows) of a label file, parsed whole before the run store is looked at."""
+    if not os.path.isfile(file):
+        raise LabelImportError(f"file={file!r} does not exist")
+    if os.path.getsize(file) > MAX_LABEL_FILE_BYTES:
+        raise LabelImportError(f"file={file!r} is larger than {MAX_LABEL_FILE_BYTES >> 20} MB")
+    with open(file, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise LabelImportError(f"file={file!r} is not UTF-8 text (CSV or Label Studio JSON)") from None
+    name = os.path.basename(file)
+    is_json = file.lower().endswith(".json") or text.lstrip()[:1] in ("[", "{")
+    return raw, name, parse_label_studio(text, name) if is_json else parse_csv(text, name)
+
+
+def _stored(store: RunStore, rel: str, ok: bool, expected: str) -> None:
+    if not ok:
+        raise StoreError(f"{store.path(rel)}: the run store is damaged: expected {expected}")
+
+
+def _open_round(store: RunStore, run_dir: str) -> tuple[dict, int, dict[int, str], list[str], list[str]]:
+    """(status, round, query id -> exported path, class names, data roots) of a run waiting for labels, every
+    stored file checked for its shape (a damaged run dir is a one-line StoreError, never a traceback)."""
     from raal.config import from_yaml
     from raal.data.sources import effective_roots
 
@@ -275,28 +347,30 @@ def _import_labels(store: RunStore, run_dir: str, file: str, allow_partial: bool
         raise LabelImportError(f"run_dir={run_dir!r} uses oracle.kind={cfg.oracle.kind!r}; labels are imported "
                                "only into runs with oracle.kind=files")
     status = store.read_json("status.json") if store.exists("status.json") else {}
+    _stored(store, "status.json", isinstance(status, dict), "a JSON object")
     if status.get("state") != "waiting_for_labels":
         raise LabelImportError(f"run_dir={run_dir!r} is not waiting for labels (state "
-                               f"{status.get('state', 'unknown')!r})")
-    r = int(status["round"])
-    export = store.read_table(f"queries/round_{r}.parquet").to_pydict()
-    query = dict(zip(export["id"], export["path"]))
+                               f"{_short(status.get('state', 'unknown'))})")
+    r = status.get("round")
+    _stored(store, "status.json", type(r) is int and r >= 0, "the waiting round as an integer >= 0")
+    rel = f"queries/round_{r}.parquet"
+    export = store.read_table(rel)
+    _stored(store, rel, {"id", "path"} <= set(export.column_names) and pa.types.is_integer(export.schema.field(
+        "id").type) and pa.types.is_string(export.schema.field("path").type), "columns id (integers) and path")
+    query = dict(zip(export.column("id").to_pylist(), export.column("path").to_pylist()))
     classes = store.read_json(CLASSES)
-    if not os.path.isfile(file):
-        raise LabelImportError(f"file={file!r} does not exist")
-    if os.path.getsize(file) > MAX_LABEL_FILE_BYTES:
-        raise LabelImportError(f"file={file!r} is larger than {MAX_LABEL_FILE_BYTES >> 20} MB")
-    raw = open(file, "rb").read()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise LabelImportError(f"file={file!r} is not UTF-8 text (CSV or Label Studio JSON)") from None
-    name = os.path.basename(file)
-    is_json = file.lower().endswith(".json") or text.lstrip()[:1] in ("[", "{")
-    rows = parse_label_studio(text, name) if is_json else parse_csv(text, name)
+    _stored(store, CLASSES, isinstance(classes, list) and len(classes) >= 2 and len(set(map(str, classes))) == len(
+        classes) and all(isinstance(c, str) for c in classes), "a list of at least two distinct class names")
+    roots = list(effective_roots(cfg.data)) + [store.path("queries/images")]
+    return status, r, query, classes, roots
+
+
+def _import_labels(store: RunStore, run_dir: str, file: str, allow_partial: bool) -> dict:
+    raw, name, rows = read_label_file(file)
+    status, r, query, classes, roots = _open_round(store, run_dir)
     ledger = Ledger(store)
     known = ledger.load()
-    roots = list(effective_roots(cfg.data)) + [store.path("queries/images")]
+    partial = ledger.partial_rounds()  # read (and checked) before anything is written
     new, labels, skipped = validate(rows, name=name, round_=r, query=query, classes=classes, ledger=known,
                                     roots=roots)
     if new:
@@ -306,7 +380,7 @@ def _import_labels(store: RunStore, run_dir: str, file: str, allow_partial: bool
         ledger.mark_partial(r)
     labeled = set(known) | set(new)
     answered = sum(1 for i in query if i in labeled)
-    status.update({"labeled": answered, "partial": bool(allow_partial or r in ledger.partial_rounds())})
+    status.update({"labeled": answered, "partial": bool(allow_partial or r in partial)})
     store.write_json("status.json", status)
     return {"round": r, "new": len(new), "skipped_identical": skipped, "answered": answered, "queried": len(query),
             "partial": status["partial"]}

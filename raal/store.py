@@ -159,19 +159,22 @@ class RunStore:
             raise StoreError(f"{self.path(rel)}: missing from the run store") from err
 
     def read_text(self, rel: str) -> str:
-        return self.read_bytes(rel).decode("utf-8")
+        try:
+            return self.read_bytes(rel).decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise StoreError(f"{self.path(rel)}: corrupt: not UTF-8 text ({err.reason} at byte {err.start})") from None
 
     def read_json(self, rel: str) -> Any:
         try:
             return json.loads(self.read_text(rel))
-        except json.JSONDecodeError as err:
-            raise StoreError(f"{self.path(rel)}: corrupt JSON ({err})") from err
+        except (ValueError, RecursionError) as err:  # JSONDecodeError, a 5000-digit number, deep nesting
+            raise StoreError(f"{self.path(rel)}: corrupt JSON ({str(err)[:200]})") from None
 
     def read_table(self, rel: str) -> pa.Table:
         try:
             return pq.read_table(io.BytesIO(self.read_bytes(rel)))
-        except pa.ArrowInvalid as err:
-            raise StoreError(f"{self.path(rel)}: corrupt Parquet ({err})") from err
+        except (pa.ArrowException, OSError) as err:
+            raise StoreError(f"{self.path(rel)}: corrupt Parquet ({str(err).splitlines()[0][:200]})") from None
 
     def tmp_name(self) -> str:
         return f".tmp-{uuid.uuid4().hex}"

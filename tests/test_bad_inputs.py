@@ -342,3 +342,149 @@ def test_the_good_manifest_would_run(manifest_dir):
 def test_broken_manifest(manifest_dir, data):
     (manifest_dir / "m.parquet").write_bytes(data)
     assert_refused(manifest_argv(manifest_dir), manifest_dir / "run")
+
+
+# -- label files ------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def waiting(ray_local, tmp_path_factory) -> dict:
+    """A real run (files oracle) stopped at round 0, waiting for 10 labels: the smallest one test_labeling makes."""
+    from test_labeling import experiment
+
+    run_dir = tmp_path_factory.mktemp("label") / "run"
+    exp = experiment(run_dir, "data.pool_size=60", "data.test_size=30", "al.initial=10", "al.schedule=[10]")
+    assert exp.run_round(0) == {}
+    query = pq.read_table(run_dir / "queries" / "round_0.parquet").to_pydict()
+    classes = json.loads((run_dir / "oracle" / "classes.json").read_text())
+    return {"run_dir": run_dir, "ids": query["id"], "paths": dict(zip(query["id"], query["path"])),
+            "classes": classes, "files": run_dir.parent}
+
+
+def label_argv(w: dict, name: str) -> list[str]:
+    return ["label", f"run_dir={w['run_dir']}", f"file={w['files'] / name}"]
+
+
+def good_rows(w: dict, n: int) -> list[tuple[int, str, str]]:
+    return [(i, w["classes"][k % len(w["classes"])], w["paths"][i]) for k, i in enumerate(w["ids"][:n])]
+
+
+_HUGE = st.sampled_from([200_000, 1 << 20]).map(lambda n: "x" * n)
+_TEXT = st.one_of(st.text(max_size=30), _HUGE, st.just("9" * 5000))
+
+
+@st.composite
+def poison_row(draw, w: dict) -> tuple[object, object, object]:
+    """(id, label, path) that no import may accept."""
+    i = draw(st.sampled_from(w["ids"]))
+    kind = draw(st.sampled_from(["stray_id", "bad_id", "bad_label", "bad_path"]))
+    if kind == "stray_id":
+        return draw(st.integers(-(2**70), 2**70).filter(lambda v: v not in w["paths"])), w["classes"][0], ""
+    if kind == "bad_id":
+        bad = draw(st.one_of(_TEXT.filter(lambda t: not t.strip().lstrip("-").isdigit()), st.floats(),
+                             st.just("1.0"), st.just(" ")))
+        return bad, w["classes"][0], ""
+    if kind == "bad_label":
+        return i, draw(_TEXT.filter(lambda t: t.strip() and t.strip() not in w["classes"])), ""
+    return i, w["classes"][0], draw(st.sampled_from(["/etc/passwd", "../../x.png", w["paths"][w["ids"][-1]]
+                                                     if i != w["ids"][-1] else "/etc/hosts"]))
+
+
+def encode(draw, text: str) -> bytes:
+    how = draw(st.sampled_from(["utf-8", "utf-8-sig", "bom-twice", "utf-16", "latin-1-junk", "nul"]))
+    if how == "bom-twice":
+        return b"\xef\xbb\xbf\xef\xbb\xbf" + text.encode()
+    if how == "utf-16":
+        return text.encode("utf-16")
+    if how == "latin-1-junk":
+        return text.encode("utf-8") + b"\xff\xfe\xe9"
+    if how == "nul":
+        return text.encode().replace(b",", b",\x00", 1)
+    return text.encode(how)
+
+
+@st.composite
+def bad_csv(draw, w: dict) -> bytes:
+    rows = good_rows(w, draw(st.integers(0, 5))) + [draw(poison_row(w))]
+    rows = draw(st.permutations(rows))
+    header = ["id", "label", "path"]
+    if draw(st.integers(0, 4)) == 0:  # a header that lacks a needed column instead of a poison row
+        header = draw(st.sampled_from([["ID", "label", "path"], ["id", "class", "path"], ["idx"], []]))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator=draw(st.sampled_from(["\n", "\r\n"])))
+    if header:
+        writer.writerow(header)
+    writer.writerows(rows)
+    return encode(draw, out.getvalue())
+
+
+def _task(i, label, path="") -> dict:
+    return {"data": {"raal_id": i, "image": path}, "annotations": [{"result": [{"value": {"choices": [label]}}]}]}
+
+
+@st.composite
+def bad_json(draw, w: dict) -> bytes:
+    tasks = [_task(*r) for r in good_rows(w, draw(st.integers(0, 5)))]
+    kind = draw(st.sampled_from(["row", "shape", "nesting", "top", "bigint"]))
+    if kind == "row":
+        tasks.append(_task(*draw(poison_row(w))))
+    elif kind == "shape":  # a task whose structure is not Label Studio's
+        i = draw(st.sampled_from(w["ids"]))
+        junk = draw(st.sampled_from([5, "abc", {"a": 1}, [1], None, True, 1.5]))
+        where = draw(st.sampled_from(["task", "data", "raal_id", "annotations", "annotation", "result", "value",
+                                      "choices", "choice", "several"]))
+        task = _task(i, w["classes"][0])
+        if where == "task":
+            task = junk if junk is not None else []
+        elif where == "data":
+            task["data"] = junk
+        elif where == "raal_id":
+            task["data"]["raal_id"] = junk if junk != "abc" else None
+        elif where == "annotations":
+            task["annotations"] = junk if junk not in (None, [1]) else 5
+        elif where == "annotation":
+            task["annotations"] = [junk]
+        elif where == "result":
+            task["annotations"][0]["result"] = junk if junk is not None else 5
+        elif where == "value":
+            task["annotations"][0]["result"] = [{"value": junk if junk is not None else 5}]
+        elif where == "choices":
+            task["annotations"][0]["result"][0]["value"]["choices"] = junk if junk is not None else 5
+        elif where == "choice":
+            task["annotations"][0]["result"][0]["value"]["choices"] = [junk if junk is not None else 5]
+        else:
+            task["annotations"][0]["result"][0]["value"]["choices"] = w["classes"][:2]
+        tasks.append(task)
+    elif kind == "nesting":
+        depth = draw(st.sampled_from([1_000, 100_000]))
+        return encode(draw, "[" * depth + "]" * depth if draw(st.booleans()) else '{"a":' * depth + "1" + "}" * depth)
+    elif kind == "top":
+        return encode(draw, json.dumps(draw(st.sampled_from([{"tasks": tasks}, 5, "x", None, {}]))))
+    else:
+        task = json.dumps(_task(0, w["classes"][0])).replace('"raal_id": 0', '"raal_id": ' + "9" * draw(
+            st.sampled_from([30, 5000])))
+        return encode(draw, f"[{task}]")
+    return encode(draw, json.dumps(draw(st.permutations(tasks))))
+
+
+@pytest.mark.ray
+def test_a_good_label_file_is_accepted(waiting, tmp_path):
+    """The fuzz adds one poison to files like this one; without it, the import goes through (then is undone)."""
+    pristine = tmp_path / "pristine"
+    shutil.copytree(waiting["run_dir"], pristine)
+    for name, body in [("good.csv", "id,label\n" + "".join(f"{i},{c}\n" for i, c, _ in good_rows(waiting, 3))),
+                       ("good.json", json.dumps([_task(*r) for r in good_rows(waiting, 3)]))]:
+        (waiting["files"] / name).write_text(body)
+        code, err = cli(label_argv(waiting, name))
+        assert code == 0, err
+        assert pq.read_table(waiting["run_dir"] / "oracle" / "labels.parquet").num_rows == 3
+        shutil.rmtree(waiting["run_dir"])
+        shutil.copytree(pristine, waiting["run_dir"])
+
+
+@pytest.mark.ray
+@fuzz(150)
+@given(data=st.data(), fmt=st.sampled_from(["csv", "json"]))
+def test_bad_label_file(waiting, data, fmt):
+    body = data.draw(bad_csv(waiting) if fmt == "csv" else bad_json(waiting))
+    name = f"labels.{fmt}" if data.draw(st.booleans()) else "labels.txt"
+    (waiting["files"] / name).write_bytes(body)
+    assert_refused(label_argv(waiting, name), waiting["run_dir"])

@@ -28,8 +28,8 @@ FILES = ["conf=demo",
 TRUTH = animal_mnist_arrays()[1]
 
 
-def experiment(run_dir):
-    cfg = load_config("demo", FILES[1:] + [f"run_dir={run_dir}"])
+def experiment(run_dir, *overrides):
+    cfg = load_config("demo", FILES[1:] + list(overrides) + [f"run_dir={run_dir}"])
     exp = Experiment(cfg)
     exp.prepare()
     return exp
