@@ -12,7 +12,8 @@ same seed is hit by one fault after another, each time resumed with the plain co
   5 SIGKILL while the refreshed features (v1) are being written
   6 resume to the end
 It must end with the same labeled set, rounds table and v1 features as the reference. The label-import crash of the
-files oracle is tested in tests/test_labeling.py. `python bench/faults.py` writes bench/faults.md.
+files oracle is tested in tests/test_labeling.py. `python bench/faults.py` writes bench/faults.md;
+`python bench/faults.py --concurrent` only its concurrent-writer section (two writers on one run dir, issue #16).
 """
 from __future__ import annotations
 
@@ -189,11 +190,110 @@ def write_md(res: dict, path: Path) -> None:
               "", "The files-oracle label import killed between its ledger write and its status write, then re-run, "
               "imports nothing twice (tests/test_labeling.py::test_files_oracle_round_trip); a Ray Train worker that "
               "dies mid-epoch resumes from its checkpoint to the same step count (tests/test_train.py)."]
-    path.write_text("\n".join(lines) + "\n")
+    old = path.read_text() if path.exists() else ""
+    keep = old[old.index("\n" + CONCURRENT_HEADER):] if "\n" + CONCURRENT_HEADER in old else ""
+    path.write_text("\n".join(lines) + "\n" + keep)
+
+
+# -- concurrent writers (issue #16): the run dir's lease refuses a second writer --------------------------------------
+FILES_ARGS = [a for a in ARGS if not a.startswith(("al.pipeline", "asvp.", "train."))] + [
+    "al.pipeline=svpp", "oracle.kind=files"]
+CONCURRENT_HEADER = "## Concurrent writers"
+
+
+def _cli(args: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "raal.run", *args], cwd=ROOT, env=env(), capture_output=True,
+                          text=True, timeout=600, **kw)
+
+
+def _holder(args: list[str], point: str, markers: Path) -> tuple[subprocess.Popen, Path]:
+    """A writer started with a pause point armed; returns once it is paused there (holding the lease)."""
+    mark = markers / f"{point}-{time.time_ns()}"
+    proc = subprocess.Popen([sys.executable, "-m", "raal.run", *args], cwd=ROOT, start_new_session=True,
+                            env=dict(env(), RAAL_FAULT=f"{point}:pause:{mark}"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while not mark.exists() and proc.poll() is None and time.time() - t0 < 600:
+        time.sleep(0.05)
+    if not mark.exists():
+        raise RuntimeError(f"the writer never reached {point} (exit {proc.poll()})")
+    return proc, mark
+
+
+def _second(args: list[str]) -> dict:
+    t0 = time.time()
+    proc = _cli(args)
+    lines = proc.stderr.strip().splitlines()
+    return {"rc": proc.returncode, "lines": len(lines), "msg": lines[-1] if lines else "",
+            "seconds": time.time() - t0}
+
+
+def _ledger(run_dir: Path) -> list[tuple[int, int]]:
+    p = run_dir / "oracle" / "labels.parquet"
+    return sorted(zip(*pq.read_table(p, columns=["id", "label"]).to_pydict().values())) if p.exists() else []
+
+
+def concurrent_writers(root: Path) -> list[dict]:
+    """A files-oracle run stopped for labels; then each pair of writers on its run dir, the first one paused inside
+    its write (label import: after its ledger write; run: while the proxy trains), the second started meanwhile."""
+    import csv
+
+    run_dir, markers = root / "concurrent", root / "markers-concurrent"
+    markers.mkdir(parents=True, exist_ok=True)
+    proc = _cli([*FILES_ARGS, f"run_dir={run_dir}"])
+    if proc.returncode != 0 or "waits for" not in proc.stdout:
+        raise RuntimeError(f"the files-oracle run did not stop for labels: {proc.stderr[-3000:]}")
+    with open(run_dir / "queries" / "round_0.csv") as f:
+        ids = [int(r["id"]) for r in csv.DictReader(f)]
+    classes = ["cat", "dog"]
+    (root / "a.csv").write_text("id,label\n" + "".join(f"{i},{classes[0]}\n" for i in ids))
+    (root / "b.csv").write_text("id,label\n" + "".join(f"{i},{classes[1]}\n" for i in ids))  # conflicting
+    label = ["label", f"run_dir={run_dir}"]
+    rows = []
+    holder, _ = _holder([*label, f"file={root / 'a.csv'}"], "label_import", markers)
+    for what, args in [("two label imports at once", [*label, f"file={root / 'b.csv'}"]),
+                       ("a run while a label import holds the run dir", [f"run_dir={run_dir}"])]:
+        rows.append({"case": what, **_second(args)})
+    os.killpg(holder.pid, signal.SIGKILL)
+    holder.wait()
+    again = _cli([*label, f"file={root / 'a.csv'}"])  # the killed import, re-run: nothing twice
+    ledger = _ledger(run_dir)
+    for row in rows:
+        row["after"] = (f"ledger: {len(ledger)} labels, {len(ledger) - len({i for i, _ in ledger})} duplicated, "
+                        f"{sum(1 for _, lab in ledger if lab != 0)} from the refused file; first import re-run: "
+                        f"exit {again.returncode}")
+    holder, _ = _holder([f"run_dir={run_dir}"], "proxy_train", markers)
+    for what, args in [("two runs on one run dir", [f"run_dir={run_dir}"]),
+                       ("a label import while a run holds the run dir", [*label, f"file={root / 'b.csv'}"])]:
+        rows.append({"case": what, **_second(args), "after": f"ledger unchanged: {_ledger(run_dir) == ledger}"})
+    os.killpg(holder.pid, signal.SIGKILL)
+    holder.wait()
+    return rows
+
+
+def write_concurrent_md(rows: list[dict], path: Path) -> None:
+    """Replace (or append) the concurrent-writer section of faults.md, leaving the fault table as it is."""
+    text = path.read_text() if path.exists() else ""
+    text = text.split("\n" + CONCURRENT_HEADER)[0].rstrip("\n") + "\n"
+    lines = ["", CONCURRENT_HEADER, "",
+             "`python bench/faults.py --concurrent`: a files-oracle run (same data) stopped for its 20 round-0 labels; "
+             "a first writer is paused inside its write (a label import after its ledger write, or a resumed run "
+             "while the proxy trains) and a second one is started on the same run dir. Every first writer was then "
+             "SIGKILLed.", "",
+             "| # | second writer | exit | stderr | refused after | state after |", "|---|---|---|---|---|---|"]
+    for k, r in enumerate(rows, 1):
+        lines.append(f"| {k} | {r['case']} | {r['rc']} | {r['lines']} line: `{r['msg']}` | {r['seconds']:.1f} s "
+                     f"| {r['after']} |")
+    path.write_text(text + "\n".join(lines) + "\n")
 
 
 def main() -> None:
     root = ROOT / "bench" / "runs" / "faults"
+    if "--concurrent" in sys.argv[1:]:  # only the concurrent-writer rows (minutes, not the whole fault sequence)
+        shutil.rmtree(root / "concurrent", ignore_errors=True)
+        write_concurrent_md(concurrent_writers(root), ROOT / "bench" / "faults.md")
+        print((ROOT / "bench" / "faults.md").read_text())
+        return
     shutil.rmtree(root, ignore_errors=True)
     res = run_all(root)
     write_md(res, ROOT / "bench" / "faults.md")

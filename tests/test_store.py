@@ -100,3 +100,22 @@ def test_remote_run_lease_is_a_best_effort_object():
     assert not store.exists(REMOTE_LEASE)
     store.write_json(REMOTE_LEASE, {"host": socket.gethostname(), "pid": 2 ** 22 + 12345, "token": "dead"})
     RunLease(store).release()  # a lease of a dead process on this host is taken over
+
+
+def test_ray_train_storage_stays_on_the_store_filesystem(tmp_path):
+    """A non-local store (any pyarrow filesystem other than LocalFileSystem, as S3) gives Ray Train its own
+    filesystem object and a path inside it: no local temp dir, and no URI string (credentials) handed to Ray."""
+    import pyarrow.fs as pafs
+    from ray.train import RunConfig
+
+    from raal.pipelines.finetune import training_storage
+    from raal.store import RunStore, ray_train_storage
+
+    fs = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
+    store = RunStore("bucket/run/arms/a", _fs=fs)
+    assert not store.is_local
+    job, kw = ray_train_storage(training_storage(store), "ft_r0")
+    assert kw == {"storage_path": "bucket/run/arms/a/ray_train", "storage_filesystem": fs}
+    RunConfig(name="ft_r0", **kw)  # what raal.train passes to Ray Train
+    job.write_json("raal_inputs.json", {"fingerprint": "x"})
+    assert (tmp_path / "bucket/run/arms/a/ray_train/ft_r0/raal_inputs.json").is_file()

@@ -211,3 +211,32 @@ def test_a_run_folder_whose_newest_checkpoint_is_gone_is_moved_aside(tmp_path):
     (run / "checkpoint_c").mkdir(parents=True)
     (run / "checkpoint_manager_snapshot.json").write_text("{not json")
     assert rescue_damaged_run(run) is None and not run.exists()  # unreadable snapshot, nothing intact: scratch
+
+
+def test_a_killed_job_of_a_uri_store_resumes_from_checkpoints_under_the_store(ray_local, data, tmp_path, monkeypatch):
+    """Issue #16, item 10: Ray Train's state lives under the run store (here a file:// URI, written through the
+    store's pyarrow filesystem as for S3), not in a local temp dir per call; a job that died resumes from there."""
+    import glob
+    import tempfile
+
+    from raal.store import RunStore
+
+    scratch = set(glob.glob(f"{tempfile.gettempdir()}/raal-train-*"))
+    jobs = RunStore(f"file://{tmp_path}/run").child("ray_train")
+    marker = tmp_path / "killed.txt"
+    monkeypatch.setenv(CRASH_ENV, f"2:{marker}")  # rank 0 dies at the start of epoch index 2; no retries left
+    tc = TrainConfig(method="ft", lp_epochs=0, epochs=3, min_steps=0, batch_size=64, augment=False, num_workers=1,
+                     max_failures=0)
+    job = dict(num_classes=10, model_cfg=ModelConfig(), train_cfg=tc, transform=TRANSFORM, method="ft",
+               storage_path=jobs, name="ft-uri", seed=1)
+    with pytest.raises(Exception):
+        finetune(labeled(data, 128), data.test, **job)
+    assert marker.exists()
+    folder = tmp_path / "run" / "ray_train" / "ft-uri"
+    assert any(p.name.startswith("checkpoint_") for p in folder.iterdir()), sorted(folder.iterdir())
+    res = finetune(labeled(data, 128), data.test, **job)  # a new call (a resumed run) finds them
+    resume = [e for e in res.log if e.get("event") == "resume"]
+    assert res.restarts == 1 and len(resume) == 1 and resume[0]["epoch"] in (1, 2), res.log
+    assert res.epochs == 3 and res.steps == 3 * 2  # 128 rows in batches of 64, as without the kill
+    assert Path(res.backbone_path).parent == folder
+    assert set(glob.glob(f"{tempfile.gettempdir()}/raal-train-*")) == scratch  # no local scratch dir left behind
