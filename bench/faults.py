@@ -224,8 +224,8 @@ def _second(args: list[str]) -> dict:
     t0 = time.time()
     proc = _cli(args)
     lines = proc.stderr.strip().splitlines()
-    return {"rc": proc.returncode, "lines": len(lines), "msg": lines[-1] if lines else "",
-            "seconds": time.time() - t0}
+    return {"rc": proc.returncode, "lines": len(lines), "msg": (lines[-1] if lines else "").replace(f"{ROOT}/", ""),
+            "seconds": time.time() - t0, "load": os.getloadavg()[0]}
 
 
 def _ledger(run_dir: Path) -> list[tuple[int, int]]:
@@ -279,7 +279,8 @@ def write_concurrent_md(rows: list[dict], path: Path) -> None:
              "`python bench/faults.py --concurrent`: a files-oracle run (same data) stopped for its 20 round-0 labels; "
              "a first writer is paused inside its write (a label import after its ledger write, or a resumed run "
              "while the proxy trains) and a second one is started on the same run dir. Every first writer was then "
-             "SIGKILLed.", "",
+             f"SIGKILLed. Times include the second writer's start (imports, config, data checks) on a machine with a "
+             f"1-minute load average of {max(r['load'] for r in rows):.0f} (2 cores, shared).", "",
              "| # | second writer | exit | stderr | refused after | state after |", "|---|---|---|---|---|---|"]
     for k, r in enumerate(rows, 1):
         lines.append(f"| {k} | {r['case']} | {r['rc']} | {r['lines']} line: `{r['msg']}` | {r['seconds']:.1f} s "

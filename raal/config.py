@@ -540,7 +540,8 @@ def from_yaml(text: str) -> RunConfig:
     try:
         data = OmegaConf.create(text)
         if not isinstance(data, DictConfig):
-            raise ConfigError(f"the stored config is a {type(OmegaConf.to_object(data)).__name__}, not a mapping of keys")
+            kind = type(OmegaConf.to_object(data)).__name__
+            raise ConfigError(f"the stored config is a {kind}, not a mapping of keys")
         merged = OmegaConf.merge(OmegaConf.structured(RunConfig), data)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as err:

@@ -290,7 +290,8 @@ def validate(rows: list[tuple[int, str, str]], *, name: str, round_: int, query:
     seen: dict[int, str] = {}
     for i, lab, _ in rows:
         if seen.setdefault(i, lab) != lab:
-            raise LabelImportError(f"{name}: id {i} appears with conflicting labels {_short(seen[i])} and {_short(lab)}")
+            raise LabelImportError(f"{name}: id {i} appears with conflicting labels {_short(seen[i])} and "
+                                   f"{_short(lab)}")
     clash = sorted(i for i, lab in seen.items() if i in ledger and ledger[i] != index[lab])
     if clash:
         i = clash[0]

@@ -556,12 +556,12 @@ def test_damaged_run_dir_refuses_a_good_import(waiting, data):
             target.write_bytes(saved)
 
 
-# -- the same contract across a process boundary ------------------------------------------------------------------------
+# -- the same contract across a process boundary --------------------------------------------------------------------
 @pytest.mark.ray
 def test_representative_cases_as_real_processes(waiting, manifest_dir, stored_run):
     (waiting["files"] / "deep.json").write_text(FOUND["deep.json"](waiting))
     (manifest_dir / "m.parquet").write_bytes(b"PAR1" + b"\0" * 64 + b"PAR1")
-    cases = [(label_argv(waiting, "deep.json")[0:], waiting["run_dir"]),
+    cases = [(label_argv(waiting, "deep.json"), waiting["run_dir"]),
              (manifest_argv(manifest_dir), manifest_dir / "run"),
              ([f"run_dir={stored_run}", "train.batch_size=abc"], stored_run)]
     for argv, run_dir in cases:
