@@ -141,7 +141,6 @@ _BAD_FOR_RULE = {
     ">0": st.one_of(st.floats(-1e6, 0.0), st.sampled_from(["nan", "-inf", ".nan"])),
     "[0,1)": st.one_of(st.floats(1.0, 1e6), st.floats(-1e6, -1e-9), st.just(".inf")),
 }
-_FLOAT_ONLY_RULE_KEYS = {f"{s}.{k}" for s, k, r in NUMERIC_RANGES if r in (">0", "[0,1)")}
 #: keys checked in validate() outside NUMERIC_RANGES, with values they refuse
 _OTHER_RANGES = {"data.image_size": st.integers(-100, 15), "data.pool_size": st.integers(-10**6, -1),
                  "data.test_size": st.integers(-10**6, -1), "al.initial": st.integers(-10**6, -1),
@@ -171,10 +170,8 @@ def out_of_range(draw) -> str:
         section, key, rule = draw(st.sampled_from(NUMERIC_RANGES))
         key = f"{section}.{key}"
         value = draw(_BAD_FOR_RULE[rule])
-        if key in _FLOAT_ONLY_RULE_KEYS or isinstance(value, str):
-            pass
-        elif LEAVES.get(key) is not None and type(LEAVES[key]) is float:
-            value = float(value)
+        if type(LEAVES.get(key)) is float and not isinstance(value, str):
+            value = float(value)  # an integer is a fine value of a float key; only its range is wrong
     else:
         key = draw(st.sampled_from(sorted(_OTHER_RANGES)))
         value = draw(_OTHER_RANGES[key])
@@ -222,6 +219,11 @@ def test_bad_config_override(stored_run, bad, resume):
     argv = ([f"run_dir={stored_run}", bad] if resume else ["conf=demo", *SMALL, bad, f"run_dir={stored_run}"])
     err = assert_refused(argv, stored_run)
     assert "holds a run with a different config" not in err, err  # refused for the value itself, naming the key
+
+
+def test_a_good_resume_override_still_applies(stored_run):
+    cfg = raal.run.resolve_config([f"run_dir={stored_run}", "ray.num_cpus=1", "al.baseline=false"])
+    assert cfg.ray.num_cpus == 1 and cfg.al.baseline is False and cfg.run_dir == str(stored_run)
 
 
 # -- manifests --------------------------------------------------------------------------------------------------------
