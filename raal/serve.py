@@ -13,13 +13,14 @@ from LABEL_STUDIO_API_KEY (or LABEL_STUDIO_USER_TOKEN); none of them is written 
 submit` the deployment runs on the cluster (ray.address=auto); `host=0.0.0.0` exposes it beyond the node.
 Bad arguments: one line on stderr, exit 2, nothing written.
 """
-from __future__ import annotations
-
 import logging
 import os
 import sys
 import threading
 import time
+
+from fastapi import FastAPI, HTTPException, Request  # module level: FastAPI resolves the handlers' annotations here
+from fastapi.responses import FileResponse
 
 from raal.errors import ConfigError, LabelImportError, StoreError
 
@@ -49,8 +50,6 @@ def split_args(argv: list[str]) -> tuple[list[str], dict[str, str]]:
 
 def build_app(run_args: list[str], serve_args: dict[str, str]):
     """The Serve application: one `Backend` replica (it holds the run's lease, so there is exactly one)."""
-    from fastapi import FastAPI, HTTPException, Request
-    from fastapi.responses import FileResponse
     from ray import serve
 
     api = FastAPI(title="raal Label Studio ML backend")

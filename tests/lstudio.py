@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LS_VENV = os.environ.get("RAAL_LS_VENV", os.path.join(ROOT, ".venv-ls"))
 LS_BIN = os.path.join(LS_VENV, "bin", "label-studio")
 LS_PYTHON = os.path.join(LS_VENV, "bin", "python")
+TEMPLATE = os.path.join(LS_VENV, "template")
 USER, PASSWORD, TOKEN = "raal@example.com", "raal-test-password", "raal0test0token0123456789"
 
 
@@ -56,6 +58,8 @@ class Server:
                 "LABEL_STUDIO_DISABLE_VERSION_CHECK": "true", "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": ""}
 
     def __enter__(self) -> "Server":
+        if os.path.isdir(TEMPLATE):  # an empty database migrated once by `make labelstudio`
+            shutil.copytree(TEMPLATE, self.data_dir, dirs_exist_ok=True)
         log = open(os.path.join(self.data_dir, "label-studio.log"), "w")
         self.proc = subprocess.Popen([LS_BIN, "start", "--no-browser", "--host", "127.0.0.1", "--port",
                                       str(self.port)], env=self.env(), stdout=log, stderr=subprocess.STDOUT,
@@ -109,3 +113,66 @@ class Server:
                              params={"exportType": fmt, "download_all_tasks": "true"}, timeout=120)
         resp.raise_for_status()
         return resp.content
+
+
+# -- raal's backend beside it -------------------------------------------------------------------------------------------
+def wait_for(what, fn, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = fn()
+        if got:
+            return got
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def get_json(url):
+    try:
+        resp = requests.get(url, timeout=10)
+        return resp.json() if resp.status_code == 200 else None
+    except requests.RequestException:
+        return None
+
+
+class Backend:
+    """`python -m raal.serve …` in its own session (its private Ray with it); stopped by Ctrl-C, then by its pgid."""
+
+    def __init__(self, args: list[str], log_path: str, env: dict, port: int | None = None):
+        import sys
+
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.proc = subprocess.Popen([sys.executable, "-m", "raal.serve", *args, f"port={self.port}"],
+                                     env=dict(env, LABEL_STUDIO_API_KEY=TOKEN), stdout=open(log_path, "w"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_up(self, timeout: float = 400) -> dict:
+        def up():
+            if self.proc.poll() is not None:
+                with open(self.log_path) as f:
+                    raise AssertionError(f"raal.serve exited with {self.proc.returncode}: {f.read()[-3000:]}")
+            return get_json(self.url + "/health")
+        return wait_for("raal.serve", up, timeout)
+
+    def status(self) -> dict:
+        return get_json(self.url + "/status") or {}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def connect(studio: Server, project: int, backend: Backend, images: str) -> None:
+    """What a person does in the project's settings: a Local files source for raal's images, raal as the model."""
+    studio.api("POST", "/api/storages/localfiles", json={"project": project, "path": images, "use_blob_urls": True,
+                                                         "title": "raal images"})
+    studio.api("POST", "/api/ml", json={"url": backend.url, "project": project, "title": "raal"})
