@@ -22,7 +22,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
 ARGS = ["conf=demo", "eval.every_round=proxy", "al.baseline_cap=0", "train.min_steps=0", "al.pipeline=svpp",
         "al.strategy=margin", "al.compare=[]", "data.pool_size=200", "data.test_size=100", "data.image_size=32",
-        "al.initial=20", "al.schedule=[20]", "embed.batch_size=50", "report=false", "eval.final=none"]
+        "al.initial=20", "al.schedule=[20]", "embed.batch_size=50", "report=false", "eval.final=none",
+        "al.baseline=false"]
 ENV = dict(os.environ, RAY_AUTH_MODE="disabled", TQDM_DISABLE="1", OMP_NUM_THREADS="1", RAAL_EVAL_THREADS="1")
 
 

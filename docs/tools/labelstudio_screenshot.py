@@ -27,7 +27,8 @@ from raal.data.sources import ANIMAL_MNIST_CLASSES, animal_mnist_arrays  # noqa:
 
 ARGS = ["conf=demo", "eval.every_round=proxy", "al.baseline_cap=0", "train.min_steps=0", "al.pipeline=svpp",
         "al.strategy=margin", "al.compare=[]", "data.pool_size=200", "data.test_size=100", "data.image_size=32",
-        "al.initial=20", "al.schedule=[20]", "embed.batch_size=50", "report=false", "eval.final=none"]
+        "al.initial=20", "al.schedule=[20]", "embed.batch_size=50", "report=false", "eval.final=none",
+        "al.baseline=false"]
 OUT = os.path.join(ROOT, "docs", "labelstudio_task.png")
 
 
