@@ -111,26 +111,28 @@ class LiveRun:
     def model_version(self) -> str:
         return f"raal-round-{self.status().get('round', 0)}"
 
-    def export_row(self, raal_id: int, round_: int | None) -> dict | None:
-        """What raal exported for an item (path, image, prediction, score), from that round's export file."""
-        rounds = [round_] if round_ is not None else range(self.status().get("round", 0), -1, -1)
-        for r in rounds:
+    def _export(self, r: int, cache: dict) -> dict[int, dict]:
+        """raal_id -> what round r's export holds for it (path, image, prediction, score); read once per call."""
+        if r not in cache:
             rel = f"queries/round_{r}.parquet"
-            if self.store.exists(rel):
-                t = self.store.read_table(rel).to_pydict()
-                if raal_id in t["id"]:
-                    k = t["id"].index(raal_id)
-                    return {c: t[c][k] for c in t} | {"round": r}
-        return None
+            t = self.store.read_table(rel).to_pylist() if self.store.exists(rel) else []
+            cache[r] = {row["id"]: {**row, "round": r} for row in t}
+        return cache[r]
+
+    def export_row(self, raal_id: int, round_: int | None, cache: dict | None = None) -> dict | None:
+        """What raal exported for an item: from its round's export, or the newest export that holds it."""
+        cache = {} if cache is None else cache
+        rounds = [int(round_)] if round_ is not None else range(int(self.status().get("round", 0)), -1, -1)
+        return next((self._export(r, cache)[raal_id] for r in rounds if raal_id in self._export(r, cache)), None)
 
     def predictions(self, tasks: list[dict]) -> list[dict]:
         """Label Studio's /predict: raal's stored prediction and ask-sooner score per task, no model call."""
-        out = []
+        out, cache = [], {}
         for t in tasks:
             data = t.get("data") or {}
             row = None
             if "raal_id" in data:
-                row = self.export_row(ls.int_id(data["raal_id"], "task"), data.get("raal_round"))
+                row = self.export_row(ls.int_id(data["raal_id"], "task"), data.get("raal_round"), cache)
             if row and row.get("prediction"):
                 out.append(ls.prediction_of(row["prediction"], row["score"], row["round"]))
             else:

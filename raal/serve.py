@@ -147,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.oracle.kind != "files":
             raise ConfigError(f"oracle.kind={cfg.oracle.kind!r}: raal.serve labels through people; use "
                               "oracle.kind=files")
-        preflight(cfg)
         studio_from(serve_args)
+        preflight(cfg)
     except (ConfigError, StoreError, LabelImportError) as err:
         print(f"raal serve: error: {err}", file=sys.stderr)
         return 2
