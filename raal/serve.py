@@ -70,6 +70,7 @@ def build_app(run_args: list[str], serve_args: dict[str, str]):
             self.live = LiveRun(cfg, studio_from(serve_args), serve_args.get("allow_partial") == "true")
             self.error = ""
             self.live.advance()  # round 0 (or wherever the store stands) runs and is pushed before we answer
+            self.live.sync()  # annotations made while no backend listened (a restart) are pulled now
             self.pending = threading.Event()
             self.partial = False
             threading.Thread(target=self._worker, daemon=True).start()

@@ -1,6 +1,7 @@
 """End to end against a real Label Studio: raal.serve (Ray Serve) is connected as the project's ML backend, pushes
 round 0, people's annotations (submitted through Label Studio's API: the ground truth of a small real pool) come back
-through Label Studio's webhook, raal commits the round and pushes round 1 with its predictions, and the run ends with
+through Label Studio's webhook (the last one of round 0 while the backend is down: the restarted backend pulls it
+and pushes nothing twice), raal commits the round and pushes round 1 with its predictions, and the run ends with
 the same labeled set as the simulated oracle with the same seed. Label Studio's three exports round-trip."""
 import json
 import os
@@ -64,9 +65,9 @@ def label_in_studio(tmp_path, run_dir, truth) -> dict[str, bytes]:
     """Label Studio up, raal.serve connected, two rounds annotated through Label Studio; returns its exports."""
     with lstudio.Server(str(tmp_path / "ls"), document_root=str(tmp_path)) as studio:
         project = studio.create_project("raal", ls.labeling_config(list(ANIMAL_MNIST_CLASSES)))
-        backend = lstudio.Backend([*ARGS, "oracle.kind=files", "oracle.image_url=local-files",
-                                   f"oracle.document_root={tmp_path}", f"run_dir={run_dir}", f"ls_url={studio.url}",
-                                   f"project={project}"], str(tmp_path / "serve.log"), ENV)
+        args = [*ARGS, "oracle.kind=files", "oracle.image_url=local-files", f"oracle.document_root={tmp_path}",
+                f"run_dir={run_dir}", f"ls_url={studio.url}", f"project={project}"]
+        backend = lstudio.Backend(args, str(tmp_path / "serve.log"), ENV)
         try:
             assert backend.wait_up()["status"] == "UP"
             lstudio.connect(studio, project, backend, str(run_dir / "queries" / "images"))
@@ -81,10 +82,16 @@ def label_in_studio(tmp_path, run_dir, truth) -> dict[str, bytes]:
                 studio.annotate(t["id"], ANIMAL_MNIST_CLASSES[truth[t["data"]["raal_id"]]])
             time.sleep(3)
             assert backend.status()["round"] == 0  # 19 of 20: the round waits
+            # restart: the last answer comes while no backend listens; the restarted one pulls it from Label Studio
+            backend.stop()
             studio.annotate(tasks[19]["id"], ANIMAL_MNIST_CLASSES[truth[tasks[19]["data"]["raal_id"]]])
+            backend = lstudio.Backend(args, str(tmp_path / "serve2.log"), ENV, port=backend.port)
+            backend.wait_up()
             lstudio.wait_for("round 1 in Label Studio", lambda: len(studio.tasks(project)) == 40, 300)
             status = backend.status()
             assert status["state"] == "waiting_for_labels" and status["round"] == 1, status
+            ids = [t["data"]["raal_id"] for t in studio.tasks(project)]
+            assert len(set(ids)) == len(ids) == 40  # nothing pushed twice across the restart
             round1 = [t for t in studio.tasks(project) if t["data"]["raal_round"] == 1]
             for t in round1:  # pushed with raal's pre-annotation and its ask-sooner score
                 (pred,) = t["predictions"]
