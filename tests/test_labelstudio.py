@@ -162,3 +162,11 @@ def test_malformed_choices_one_line_exit_2(tmp_path, capsys, name):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
     assert listing(run_dir) == before
+
+
+def test_one_sign_for_every_strategy():
+    """The score beside a query is its pick order: 1 - k/n, higher = ask sooner, whatever the strategy."""
+    from raal.strategies.base import pick_priority
+
+    assert pick_priority(4).tolist() == [1.0, 0.75, 0.5, 0.25] and pick_priority(0).tolist() == []
+    assert "higher = ask sooner" in ls.SCORE_MEANING
