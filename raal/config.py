@@ -24,6 +24,8 @@ PIPELINES = ("standard", "svpp", "asvp", "activeft", "peal")
 TRAIN_METHODS = ("ft", "lpft")
 DEVICES = ("auto", "cpu", "cuda")
 ORACLES = ("simulated", "files")
+ANNOTATION_POLICIES = ("majority", "unanimous", "first")
+IMAGE_URL_MODES = ("path", "local-files", "backend")
 EVAL_MODES = ("evaluator", "proxy", "ft", "lpft")
 
 
@@ -219,6 +221,11 @@ class MetricsConfig:
 class OracleConfig:
     kind: str = "simulated"  # simulated | files
     allow_partial: bool = False
+    # how exported Label Studio tasks reference their image: path | local-files | backend | http(s)://PREFIX
+    image_url: str = "path"
+    document_root: str = ""  # LOCAL_FILES_DOCUMENT_ROOT (local-files), or the folder an http(s) prefix serves
+    backend_url: str = "http://127.0.0.1:9090"  # where `python -m raal.serve` listens (image_url=backend)
+    annotations: str = "majority"  # several annotations of one task: majority | unanimous | first
 
 
 @dataclass
@@ -471,6 +478,16 @@ def validate(cfg: RunConfig) -> None:
     _check(cfg.asvp.gain_rounds >= 1 and cfg.asvp.gain_permutations >= 1, "asvp.gain_rounds",
            "gain_rounds and gain_permutations must be >= 1", (cfg.asvp.gain_rounds, cfg.asvp.gain_permutations))
     _check(cfg.oracle.kind in ORACLES, "oracle.kind", f"allowed: {', '.join(ORACLES)}", cfg.oracle.kind)
+    o = cfg.oracle
+    _check(o.annotations in ANNOTATION_POLICIES, "oracle.annotations",
+           f"allowed: {', '.join(ANNOTATION_POLICIES)}", o.annotations)
+    url_prefix = o.image_url.startswith(("http://", "https://"))
+    _check(o.image_url in IMAGE_URL_MODES or url_prefix, "oracle.image_url",
+           f"allowed: {', '.join(IMAGE_URL_MODES)} or an http(s):// prefix", o.image_url)
+    _check(bool(o.document_root) or not (url_prefix or o.image_url == "local-files"), "oracle.document_root",
+           f"oracle.image_url={o.image_url} needs the folder its URLs are relative to", o.document_root)
+    _check(o.backend_url.startswith(("http://", "https://")), "oracle.backend_url", "must be an http(s) URL",
+           o.backend_url)
     for key in ("label_price", "gpu_hour_price", "cpu_hour_price"):
         v = getattr(cfg.cost, key)
         _check(v >= 0, f"cost.{key}", "must be >= 0", v)

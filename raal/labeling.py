@@ -1,19 +1,21 @@
 """Human labeling round trip (`oracle.kind=files`): export a round's queries, import people's answers.
 
     python -m raal.run conf=X oracle.kind=files            # runs until a round needs labels, writes the files, stops
-    python -m raal.run label run_dir=DIR file=labels.csv   # or a Label Studio JSON export; allow_partial=true
+    python -m raal.run label run_dir=DIR file=labels.csv   # or a Label Studio export (JSON, JSON-MIN, CSV)
     python -m raal.run run_dir=DIR                         # continues once the round's query is answered
 
 Export (run store, `queries/`): `round_K.csv` (id, path, prediction, score, arms, label — fill in `label`),
-`round_K.parquet` (the same), `round_K.labelstudio.json` (tasks with raal's prediction as a pre-annotation) and
-`labelstudio_config.xml`. Images that live inside arrays or a manifest's bytes are written as files under
-`queries/images/round_K/` so that annotators can see them.
+`round_K.parquet` (the same plus the image reference given to Label Studio), `round_K.labelstudio.json` (tasks with
+raal's prediction as a pre-annotation) and `labelstudio_config.xml` (formats: `raal.labelstudio`). `score` is
+higher = ask sooner for every strategy. Images that live inside arrays or a manifest's bytes are written as files
+under `queries/images/round_K/` so that annotators can see them.
 
 Import is validated whole before anything is written (one error naming the problem, nothing changed): every id
 must be in the open round's query and not labeled yet, every label in the class list, no id twice with different
-labels, any path inside the data roots and equal to the exported one. Labels identical to ones already imported are
-skipped, so re-running an import after a crash is safe. Accepted labels go to one ledger (`oracle/labels.parquet`,
-written atomically) that answers every arm that asked for the id. Nothing here unpickles anything: CSV and JSON only.
+labels in raal's own CSV (several annotations of one Label Studio task follow `oracle.annotations`), any path
+inside the data roots and equal to the exported one. Labels identical to ones already imported are skipped, so
+re-running an import after a crash is safe. Accepted labels go to one ledger (`oracle/labels.parquet`, written
+atomically) that answers every arm that asked for the id. Nothing here unpickles anything: CSV and JSON only.
 """
 from __future__ import annotations
 
@@ -23,12 +25,12 @@ import io
 import json
 import os
 import sys
-from xml.sax.saxutils import quoteattr
 
 import numpy as np
 import pyarrow as pa
 
 from raal import faults
+from raal import labelstudio as ls
 from raal.errors import ConfigError, LabelImportError, StoreError
 from raal.store import RunLease, RunStore
 
@@ -53,7 +55,7 @@ class Ledger:
         table = self.store.read_table(LEDGER)
         if table.schema.remove_metadata() != LEDGER_SCHEMA or table.column("id").null_count:
             raise StoreError(f"{self.store.path(LEDGER)}: the label ledger is corrupt: its columns are "
-                             f"{_short(str(table.schema).splitlines(), 200)}, not {LEDGER_SCHEMA.names} (int64 ids)")
+                             f"{ls.short(str(table.schema).splitlines(), 200)}, not {LEDGER_SCHEMA.names} (int64 ids)")
         ids = np.asarray(table.column("id").to_numpy(zero_copy_only=False), dtype=np.int64)
         uniq, counts = np.unique(ids, return_counts=True)
         if len(uniq) != len(ids):
@@ -141,23 +143,16 @@ def export_round(ctx, r: int, waiting: dict) -> dict:
     writer.writeheader()
     writer.writerows([{k: ("" if v is None else v) for k, v in row.items()} for row in rows])
     store.write_text(f"queries/round_{r}.csv", text.getvalue())
+    o = ctx.cfg.oracle
+    refs = [ls.image_ref(x["path"], x["id"], mode=o.image_url, document_root=o.document_root,
+                         backend_url=o.backend_url) for x in rows]
     store.write_table(f"queries/round_{r}.parquet", pa.table({
-        "id": pa.array([x["id"] for x in rows], pa.int64()), "path": [x["path"] for x in rows],
+        "id": pa.array([x["id"] for x in rows], pa.int64()), "path": [x["path"] for x in rows], "image": refs,
         "prediction": [x["prediction"] for x in rows], "score": pa.array([x["score"] for x in rows], pa.float64()),
         "arms": [x["arms"] for x in rows]}))
-    tasks = []
-    for x in rows:
-        task = {"data": {"image": x["path"], "raal_id": x["id"], "raal_round": r}}
-        if x["prediction"]:
-            task["predictions"] = [{"model_version": f"raal-round-{r}", "score": x["score"], "result": [
-                {"from_name": "label", "to_name": "image", "type": "choices",
-                 "value": {"choices": [x["prediction"]]}}]}]
-        tasks.append(task)
+    tasks = [ls.task(x["id"], r, ref, x["prediction"], x["score"]) for x, ref in zip(rows, refs)]
     store.write_text(f"queries/round_{r}.labelstudio.json", json.dumps(tasks, indent=1))
-    choices = "\n".join(f"    <Choice value={quoteattr(n)}/>" for n in names)
-    store.write_text("queries/labelstudio_config.xml",
-                     f'<View>\n  <Image name="image" value="$image"/>\n  <Choices name="label" toName="image" '
-                     f'choice="single" showInLine="true">\n{choices}\n  </Choices>\n</View>\n')
+    store.write_text("queries/labelstudio_config.xml", ls.labeling_config(list(names)))
     return {"state": "waiting_for_labels", "round": r, "queried": len(rows),
             "labeled": sum(1 for x in rows if x["label"]),
             "files": [store.path(f"queries/round_{r}.{ext}") for ext in ("csv", "parquet", "labelstudio.json")]}
@@ -166,140 +161,62 @@ def export_round(ctx, r: int, waiting: dict) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 # import
 # ---------------------------------------------------------------------------------------------------------------
-def _short(value, limit: int = 60) -> str:
-    """repr(value), cut to `limit` characters: a message stays one readable line whatever the file holds."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
-def _int_id(value, where: str) -> int:
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        if isinstance(value, (int, np.integer)):
-            return int(value)
-        if not isinstance(value, str):
-            raise ValueError
-        text = value.strip()
-        if not text.lstrip("-").isdigit() or len(text) > 30:  # no id has 30 digits; int() refuses 4300+
-            raise ValueError
-        return int(text)
-    except ValueError:
-        raise LabelImportError(f"{where}: id {_short(value)} is not an integer") from None
-
-
-def parse_csv(text: str, name: str) -> list[tuple[int, str, str]]:
-    """(id, label, path) rows of a CSV with `id` and `label` columns; rows with an empty label are unanswered."""
-    reader = csv.DictReader(io.StringIO(text))
-    try:
-        fields = set(reader.fieldnames or [])
-        if not {"id", "label"} <= fields:
-            raise LabelImportError(f"{name}: a label CSV needs the columns id and label; it has "
-                                   f"{_short(sorted(fields), 200)}")
-        rows = []
-        for line, rec in enumerate(reader, start=2):
-            label = (rec.get("label") or "").strip()
-            if label:
-                rows.append((_int_id(rec.get("id"), f"{name} line {line}"), label, (rec.get("path") or "").strip()))
-    except csv.Error as err:  # a field over the csv module's limit, a NUL byte, ...
-        raise LabelImportError(f"{name}: not a readable CSV file (line {reader.line_num}: {err})") from None
-    return rows
-
-
-def _list_of_dicts(value, what: str) -> list[dict]:
-    """A Label Studio list field (missing or null = empty); anything else is not an export of Label Studio."""
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise LabelImportError(f"{what} must be a list of objects, not {_short(value)}")
-    return value
-
-
-def _task_choices(task: dict, where: str) -> list[str]:
-    """The choices of the newest annotation of a task that was not cancelled ([] when there is none)."""
-    done = [a for a in _list_of_dicts(task.get("annotations"), f"{where}: annotations")
-            if not a.get("was_cancelled")]
-    choices: list = []
-    for ann in sorted(done, key=lambda a: str(a.get("updated_at") or a.get("created_at") or "")):
-        for res in _list_of_dicts(ann.get("result"), f"{where}: an annotation's result"):
-            value = res.get("value")
-            if value is not None and not isinstance(value, dict):
-                raise LabelImportError(f"{where}: a result's value must be an object, not {_short(value)}")
-            got = (value or {}).get("choices")
-            if got is None:
-                continue  # not a choices result (e.g. a rectangle)
-            if not isinstance(got, list) or not all(isinstance(c, str) for c in got):
-                raise LabelImportError(f"{where}: choices must be a list of class names, not {_short(got)}")
-            if got:
-                choices = got
-    return choices
-
-
-def parse_label_studio(text: str, name: str) -> list[tuple[int, str, str]]:
-    """(id, label, path) from a Label Studio JSON export: the newest annotation that was not cancelled, per task."""
-    try:
-        tasks = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise LabelImportError(f"{name}: not valid JSON ({err.msg} at line {err.lineno})") from None
-    except (ValueError, RecursionError) as err:  # a 5000-digit number, nesting deeper than Python's stack
-        what = "nested too deeply" if isinstance(err, RecursionError) else str(err).split(";")[0]
-        raise LabelImportError(f"{name}: not valid JSON ({what})") from None
-    if not isinstance(tasks, list):
-        raise LabelImportError(f"{name}: a Label Studio export is a JSON list of tasks")
-    rows = []
-    for k, task in enumerate(tasks):
-        data = task.get("data") if isinstance(task, dict) else None
-        if not isinstance(data, dict) or "raal_id" not in data:
-            raise LabelImportError(f"{name}: task {k} has no data.raal_id (was it exported by raal?)")
-        where = f"{name} task {k}"
-        choices = _task_choices(task, where)
-        if len(choices) > 1:
-            raise LabelImportError(f"{where} (id {_short(data['raal_id'])}) has several choices {_short(choices)}")
-        if choices:
-            image = data.get("image", "")
-            if not isinstance(image, str):
-                raise LabelImportError(f"{where}: data.image must be the exported path, not {_short(image)}")
-            rows.append((_int_id(data["raal_id"], where), choices[0], image))
-    return rows
-
-
 def _check_path(path: str, exported: str, roots: list[str], where: str) -> None:
+    """A path given back must be the exported one and lie inside the data roots; a URL is not checked (the item
+    is found by its raal_id, and Label Studio may rewrite the URL)."""
     from raal.data.transforms import confine_path
 
+    if ls.is_url(path):
+        return
     try:
         confine_path(path, roots)
     except ValueError:
-        raise LabelImportError(f"{where}: path {_short(path, 200)} lies outside the data roots {roots}") from None
+        raise LabelImportError(f"{where}: path {ls.short(path, 200)} lies outside the data roots {roots}") from None
     if os.path.realpath(path) != os.path.realpath(exported):
-        raise LabelImportError(f"{where}: path {_short(path, 200)} is not the exported path {exported!r} of this id")
+        raise LabelImportError(f"{where}: path {ls.short(path, 200)} is not the exported path {exported!r} of this id")
 
 
-def validate(rows: list[tuple[int, str, str]], *, name: str, round_: int, query: dict[int, str],
-             classes: list[str], ledger: dict[int, int], roots: list[str]) -> tuple[list[int], list[int], int]:
-    """Check a whole import; returns (new ids, their class indices, identical ones skipped). Raises on any problem."""
-    index = {c: k for k, c in enumerate(classes)}
+def _check_rows(rows: list[tuple[int, str, str]], *, name: str, round_: int, query: dict[int, str],
+                classes: list[str], ledger: dict[int, int], roots: list[str]) -> None:
+    """Every row names a queried id, a known class and (where it gives one) the exported path of its id."""
     stray = sorted({i for i, _, _ in rows if i not in query})
     if stray:
         already = [i for i in stray if i in ledger]
         what = f"ids {stray[:10]}" + (f" (of which {already[:10]} are labeled already)" if already else "")
         raise LabelImportError(f"{name}: {what} are not in round {round_}'s open query; only queried, unlabeled "
                                "ids can be labeled")
-    unknown = sorted({lab for _, lab, _ in rows if lab not in index})
+    unknown = sorted({lab for _, lab, _ in rows if lab not in classes})
     if unknown:
-        raise LabelImportError(f"{name}: labels {_short(unknown[:10], 200)} are not in the class list {classes[:20]}")
-    seen: dict[int, str] = {}
-    for i, lab, _ in rows:
-        if seen.setdefault(i, lab) != lab:
-            raise LabelImportError(f"{name}: id {i} appears with conflicting labels {_short(seen[i])} and "
-                                   f"{_short(lab)}")
-    clash = sorted(i for i, lab in seen.items() if i in ledger and ledger[i] != index[lab])
-    if clash:
-        i = clash[0]
-        raise LabelImportError(f"{name}: id {i} was imported before as {classes[ledger[i]]!r}, now {_short(seen[i])} "
-                               f"({len(clash)} such conflicts); a label cannot be changed once given")
+        raise LabelImportError(f"{name}: labels {ls.short(unknown[:10], 200)} are not in the class list {classes[:20]}")
     for i, _, path in rows:
         if path:
             _check_path(path, query[i], roots, f"{name} id {i}")
+
+
+def _rows(answers: list[ls.Answer] | list[tuple[int, str, str]]) -> list[tuple[int, str, str]]:
+    return [(a.id, a.label, a.path) if isinstance(a, ls.Answer) else a for a in answers]
+
+
+def validate(rows: list[ls.Answer] | list[tuple[int, str, str]], *, name: str, round_: int, query: dict[int, str],
+             classes: list[str], ledger: dict[int, int], roots: list[str],
+             given: list[ls.Answer] | None = None) -> tuple[list[int], list[int], int]:
+    """Check a whole import; returns (new ids, their class indices, identical ones skipped). Raises on any problem.
+    `given` is every answer in the file when an annotation policy chose `rows` among them: the answers it did not
+    choose must be well-formed too."""
+    rows = _rows(rows)
+    _check_rows(_rows(given) if given is not None else rows, name=name, round_=round_, query=query,
+                classes=classes, ledger=ledger, roots=roots)
+    index = {c: k for k, c in enumerate(classes)}
+    seen: dict[int, str] = {}
+    for i, lab, _ in rows:
+        if seen.setdefault(i, lab) != lab:
+            raise LabelImportError(f"{name}: id {i} appears with conflicting labels {ls.short(seen[i])} and "
+                                   f"{ls.short(lab)}")
+    clash = sorted(i for i, lab in seen.items() if i in ledger and ledger[i] != index[lab])
+    if clash:
+        i = clash[0]
+        raise LabelImportError(f"{name}: id {i} was imported before as {classes[ledger[i]]!r}, now {ls.short(seen[i])} "
+                               f"({len(clash)} such conflicts); a label cannot be changed once given")
     new = sorted(i for i in seen if i not in ledger)
     return new, [index[seen[i]] for i in new], len(seen) - len(new)
 
@@ -311,25 +228,14 @@ def import_labels(run_dir: str, file: str, allow_partial: bool = False) -> dict:
     store = RunStore(run_dir)
     if not store.exists("config.yaml"):
         raise LabelImportError(f"run_dir={run_dir!r} holds no run")
-    with RunLease(store):  # one writer per run: the whole import (validation included) runs under the lease
-        return _import_labels(store, run_dir, file, allow_partial)
-
-
-def read_label_file(file: str) -> tuple[bytes, str, list[tuple[int, str, str]]]:
-    """(bytes, base name, (id, label, path) rows) of a label file, parsed whole before the run store is looked at."""
     if not os.path.isfile(file):
         raise LabelImportError(f"file={file!r} does not exist")
     if os.path.getsize(file) > MAX_LABEL_FILE_BYTES:
         raise LabelImportError(f"file={file!r} is larger than {MAX_LABEL_FILE_BYTES >> 20} MB")
     with open(file, "rb") as f:
         raw = f.read()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise LabelImportError(f"file={file!r} is not UTF-8 text (CSV or Label Studio JSON)") from None
-    name = os.path.basename(file)
-    is_json = file.lower().endswith(".json") or text.lstrip()[:1] in ("[", "{")
-    return raw, name, parse_label_studio(text, name) if is_json else parse_csv(text, name)
+    with RunLease(store):  # one writer per run: the whole import (validation included) runs under the lease
+        return import_bytes(store, raw, os.path.basename(file), allow_partial)
 
 
 def _stored(store: RunStore, rel: str, ok: bool, expected: str) -> None:
@@ -337,43 +243,50 @@ def _stored(store: RunStore, rel: str, ok: bool, expected: str) -> None:
         raise StoreError(f"{store.path(rel)}: the run store is damaged: expected {expected}")
 
 
-def _open_round(store: RunStore, run_dir: str) -> tuple[dict, int, dict[int, str], list[str], list[str]]:
-    """(status, round, query id -> exported path, class names, data roots) of a run waiting for labels, every
-    stored file checked for its shape (a damaged run dir is a one-line StoreError, never a traceback)."""
-    from raal.config import from_yaml
-    from raal.data.sources import effective_roots
-
-    cfg = from_yaml(store.read_text("config.yaml"))
-    if cfg.oracle.kind != "files":
-        raise LabelImportError(f"run_dir={run_dir!r} uses oracle.kind={cfg.oracle.kind!r}; labels are imported "
-                               "only into runs with oracle.kind=files")
+def open_round(store: RunStore) -> tuple[int, dict, dict]:
+    """(round, status, export columns) of the round the run waits on, every stored file checked for its shape (a
+    damaged run dir is a one-line StoreError, never a traceback); LabelImportError when it waits on none."""
     status = store.read_json("status.json") if store.exists("status.json") else {}
     _stored(store, "status.json", isinstance(status, dict), "a JSON object")
     if status.get("state") != "waiting_for_labels":
-        raise LabelImportError(f"run_dir={run_dir!r} is not waiting for labels (state "
-                               f"{_short(status.get('state', 'unknown'))})")
+        raise LabelImportError(f"run_dir={store.root!r} is not waiting for labels (state "
+                               f"{ls.short(status.get('state', 'unknown'))})")
     r = status.get("round")
     _stored(store, "status.json", type(r) is int and r >= 0, "the waiting round as an integer >= 0")
     rel = f"queries/round_{r}.parquet"
     export = store.read_table(rel)
     _stored(store, rel, {"id", "path"} <= set(export.column_names) and pa.types.is_integer(export.schema.field(
         "id").type) and pa.types.is_string(export.schema.field("path").type), "columns id (integers) and path")
-    query = dict(zip(export.column("id").to_pylist(), export.column("path").to_pylist()))
+    return r, status, export.to_pydict()
+
+
+def import_bytes(store: RunStore, raw: bytes, name: str, allow_partial: bool) -> dict:
+    """The one import path (CLI and live backend alike); the caller holds the run's lease. The file is parsed whole
+    and every stored file read and checked before the ledger is touched."""
+    from raal.config import from_yaml
+    from raal.data.sources import effective_roots
+
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise LabelImportError(f"{name} is not UTF-8 text (CSV or a Label Studio export)") from None
+    parsed = ls.parse(text, name)
+    cfg = from_yaml(store.read_text("config.yaml"))
+    if cfg.oracle.kind != "files":
+        raise LabelImportError(f"run_dir={store.root!r} uses oracle.kind={cfg.oracle.kind!r}; labels are "
+                               "imported only into runs with oracle.kind=files")
+    r, status, export = open_round(store)
+    query = dict(zip(export["id"], export["path"]))
     classes = store.read_json(CLASSES)
     _stored(store, CLASSES, isinstance(classes, list) and len(classes) >= 2 and len(set(map(str, classes))) == len(
         classes) and all(isinstance(c, str) for c in classes), "a list of at least two distinct class names")
-    roots = list(effective_roots(cfg.data)) + [store.path("queries/images")]
-    return status, r, query, classes, roots
-
-
-def _import_labels(store: RunStore, run_dir: str, file: str, allow_partial: bool) -> dict:
-    raw, name, rows = read_label_file(file)
-    status, r, query, classes, roots = _open_round(store, run_dir)
+    answers, unsettled = ls.resolve(parsed, cfg.oracle.annotations)
     ledger = Ledger(store)
     known = ledger.load()
     partial = ledger.partial_rounds()  # read (and checked) before anything is written
-    new, labels, skipped = validate(rows, name=name, round_=r, query=query, classes=classes, ledger=known,
-                                    roots=roots)
+    roots = list(effective_roots(cfg.data)) + [store.path("queries/images")]
+    new, labels, skipped = validate(answers, name=name, round_=r, query=query, classes=classes, ledger=known,
+                                    roots=roots, given=parsed)
     if new:
         ledger.append(r, new, labels, name, hashlib.sha256(raw).hexdigest())
     faults.reach("label_import")
@@ -384,7 +297,27 @@ def _import_labels(store: RunStore, run_dir: str, file: str, allow_partial: bool
     status.update({"labeled": answered, "partial": bool(allow_partial or r in partial)})
     store.write_json("status.json", status)
     return {"round": r, "new": len(new), "skipped_identical": skipped, "answered": answered, "queried": len(query),
-            "partial": status["partial"]}
+            "partial": status["partial"], "policy": cfg.oracle.annotations,
+            **{k: [i for i in v if i not in labeled] for k, v in unsettled.items()}}
+
+
+def summary_lines(res: dict) -> list[str]:
+    """What an import did, in words: counts, then the items the annotation policy left unanswered."""
+    waiting = res["queried"] - res["answered"]
+    lines = [f"round {res['round']}: {res['new']} new labels imported"
+             + (f" ({res['skipped_identical']} identical ones were imported before)" if res["skipped_identical"]
+                else "")
+             + f"; {res['answered']} of {res['queried']} queried items labeled"
+             + (f", {waiting} still waiting" if waiting else "")]
+    if res.get("ties"):
+        lines.append(f"{len(res['ties'])} items left unanswered: annotators tied (oracle.annotations="
+                     f"{res['policy']}): raal_ids {res['ties'][:20]}")
+    if res.get("disagreements"):
+        how = ("left unanswered" if res["policy"] == "unanimous" else
+               "taken from the earliest annotation" if res["policy"] == "first" else "decided by majority or tied")
+        lines.append(f"{len(res['disagreements'])} items with disagreeing annotators ({how}, oracle.annotations="
+                     f"{res['policy']}): raal_ids {res['disagreements'][:20]}")
+    return lines
 
 
 def main(argv: list[str]) -> int:
@@ -408,10 +341,8 @@ def main(argv: list[str]) -> int:
         return 2
     waiting = res["queried"] - res["answered"]
     go = waiting == 0 or (res["partial"] and res["answered"] > 0)
-    print(f"raal label: round {res['round']}: {res['new']} new labels imported"
-          + (f" ({res['skipped_identical']} identical ones were imported before)" if res["skipped_identical"] else "")
-          + f"; {res['answered']} of {res['queried']} queried items labeled"
-          + (f", {waiting} still waiting" if waiting else ""))
+    for line in summary_lines(res):
+        print(f"raal label: {line}")
     if go:
         print(f"raal label: continue with: python -m raal.run run_dir={args['run_dir']}")
     return 0

@@ -85,6 +85,9 @@ def preflight(cfg: RunConfig) -> None:
     check_resume(RunStore(default_run_dir(cfg)), cfg)
     validate_arms(arm_specs(cfg), pipeline_classes())
     validate_against_pool(cfg, len(load_data(cfg.data).pool))
+    from raal.labelstudio import check_document_root
+
+    check_document_root(cfg, default_run_dir(cfg))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from raal import labeling
+from raal import labelstudio as ls
 from raal.config import load_config
 from raal.data.sources import ANIMAL_MNIST_CLASSES, animal_mnist_arrays
 from raal.errors import LabelImportError
@@ -85,13 +86,14 @@ def test_files_oracle_round_trip(ray_local, tmp_path, capsys):
     for arm in exp.arms:  # answered ids are recorded per arm; nothing is committed
         assert len(arm.state.label_ids) == 10 and arm.state.completed_rounds == 0
 
-    # the rest from a Label Studio export (newest annotation wins, a cancelled one is ignored)
+    # the rest from a Label Studio export (the majority of three annotations wins, a cancelled one is ignored)
     for t in tasks:
         i = t["data"]["raal_id"]
+        truth = {"value": {"choices": [ANIMAL_MNIST_CLASSES[TRUTH[i]]]}}
         t["annotations"] = [
-            {"updated_at": "2026-01-01", "result": [{"value": {"choices": ["zebra"]}}]},
-            {"updated_at": "2026-01-02", "result": [{"value": {"choices": [ANIMAL_MNIST_CLASSES[TRUTH[i]]]}}]},
-            {"updated_at": "2026-01-03", "was_cancelled": True, "result": [{"value": {"choices": ["camel"]}}]}]
+            {"created_at": "2026-01-01", "result": [{"value": {"choices": [ANIMAL_MNIST_CLASSES[(TRUTH[i] + 1) % 10]]}}]},
+            {"created_at": "2026-01-02", "result": [truth]}, {"created_at": "2026-01-04", "result": [truth]},
+            {"created_at": "2026-01-03", "was_cancelled": True, "result": [{"value": {"choices": ["camel"]}}]}]
     (tmp_path / "ls.json").write_text(json.dumps(tasks))
     assert label(run_dir, tmp_path / "ls.json") == 0
     assert "10 new labels imported (10 identical ones were imported before); 20 of 20" in capsys.readouterr().out
@@ -104,7 +106,8 @@ def test_files_oracle_round_trip(ray_local, tmp_path, capsys):
     assert 20 <= len(rows) <= 40 and len(set(ids1)) == len(rows)  # one row per id, whichever arms asked it
     margin_rows = [r for r in rows if "svpp_margin" in r["arms"]]
     assert len(margin_rows) == 20 and all(r["prediction"] in ANIMAL_MNIST_CLASSES for r in margin_rows)
-    assert all(0.0 <= float(r["score"]) <= 1.0 for r in margin_rows)  # the margin p1 - p2
+    margin_scores = [float(r["score"]) for r in sorted(margin_rows, key=lambda r: -float(r["score"]))]
+    assert margin_scores == [1 - k / 20 for k in range(20)]  # higher = ask sooner: the pick order
 
     # bad input: one clear error, exit 2, nothing written
     before = ledger_bytes(run_dir)
@@ -172,12 +175,12 @@ def test_files_oracle_round_trip(ray_local, tmp_path, capsys):
 def test_label_studio_parser_and_usage_errors(tmp_path, capsys):
     text = json.dumps([{"data": {"raal_id": 7, "image": "/x/7.png"}, "annotations": []},
                        {"data": {"raal_id": "8"}, "annotations": [{"result": [{"value": {"choices": ["dog"]}}]}]}])
-    assert labeling.parse_label_studio(text, "x.json") == [(8, "dog", "")]
+    assert [(a.id, a.label, a.path) for a in ls.parse(text, "x.json")] == [(8, "dog", "")]
     with pytest.raises(LabelImportError, match="no data.raal_id"):
-        labeling.parse_label_studio(json.dumps([{"data": {"image": "a.png"}}]), "x.json")
+        ls.parse(json.dumps([{"data": {"image": "a.png"}}]), "x.json")
     with pytest.raises(LabelImportError, match="not valid JSON"):
-        labeling.parse_label_studio("[{", "x.json")
-    assert labeling.parse_csv("id,label\n3,\n4,cat\n", "a.csv") == [(4, "cat", "")]  # blank = unanswered
+        ls.parse("[{", "x.json")
+    assert ls.parse("id,label\n3,\n4,cat\n", "a.csv") == [ls.Answer(4, "cat", "")]  # blank = unanswered
     assert labeling.main(["run_dir=/nonexistent/raal", "file=a.csv"]) == 2
     assert "holds no run" in capsys.readouterr().err
     assert labeling.main(["file=a.csv"]) == 2 and "label needs run_dir=" in capsys.readouterr().err

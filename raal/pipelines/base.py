@@ -20,6 +20,7 @@ from raal.data.transforms import ImageTransform
 from raal.oracle import WaitingForLabels
 from raal.pipelines.state import ArmState
 from raal.store import RunStore
+from raal.strategies.base import pick_priority
 
 log = logging.getLogger(__name__)
 
@@ -136,17 +137,17 @@ class Pipeline:
         if r == 0 and not self.chooses_initial():
             with timer.phase("t_select"):
                 pos = strategies.get("random").select(size, labeled_mask=mask, seed=seed)
+            self.query_info = {"score": pick_priority(len(pos))}
             return self.pool_ids[np.sort(pos)]
         inputs = self.strategy_inputs(r, self.strategy.requires, timer)
         with timer.phase("t_select"):
             faults.reach("select")
             pos = np.asarray(self.strategy.select(size, labeled_mask=mask, seed=seed, **inputs), dtype=np.int64)
+        # what annotators see beside each query: one sign for every strategy, higher = ask sooner
+        self.query_info = {"score": pick_priority(len(pos))}
         probs = inputs.get("probs")
-        if probs is not None:  # what annotators see beside each query (files oracle)
-            block = np.asarray(probs[pos], dtype=np.float32)
-            self.query_info = {"prediction": block.argmax(1).astype(np.int64),
-                               "score": (self.strategy.item_score(block) if self.strategy.item_score is not None
-                                         else block.max(1)).astype(np.float64)}
+        if probs is not None:
+            self.query_info["prediction"] = np.asarray(probs[pos], dtype=np.float32).argmax(1).astype(np.int64)
         return self.pool_ids[pos]
 
     def chooses_initial(self) -> bool:

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 # Keys that change how a run executes, not what it computes: they may differ on resume.
 OPERATIONAL_KEYS = ("run_dir", "report", "ray.", "embed.num_actors", "embed.batch_size", "embed.device",
                     "proxy.device", "proxy.score_batch_size", "train.num_workers", "train.use_gpu",
-                    "train.cpus_per_worker", "train.eval_batch_size", "oracle.allow_partial")
+                    "train.cpus_per_worker", "train.eval_batch_size", "oracle.allow_partial", "oracle.image_url",
+                    "oracle.document_root", "oracle.backend_url", "oracle.annotations")
 
 
 def default_run_dir(cfg: RunConfig) -> str:

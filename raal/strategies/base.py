@@ -32,8 +32,6 @@ class Strategy:
     name: str = ""
     requires: frozenset = frozenset()
     min_classes: int = 1  # probs columns the strategy needs
-    #: per-item score from a block of probabilities (shown to annotators beside each query); None = no such score
-    item_score = None
 
     def select(self, budget, *, labeled_mask, probs=None, embeddings=None, seed=0) -> np.ndarray:
         pool = check_inputs(self, budget, labeled_mask=labeled_mask, probs=probs, embeddings=embeddings, seed=seed)
@@ -144,6 +142,12 @@ def _check_output(name: str, out: np.ndarray, budget: int, pool: Pool) -> None:
         raise RuntimeError(f"strategy {name!r} returned {out.shape} / non-distinct indices for budget {budget}")
     if out.min() < 0 or out.max() >= pool.n or pool.labeled[out].any():
         raise RuntimeError(f"strategy {name!r} returned an out-of-range or labeled index")
+
+
+def pick_priority(n: int) -> np.ndarray:
+    """The score people see beside a query of n picks, in pick order: 1 - k/n for the k-th pick, so higher means
+    ask sooner for every strategy (uncertainty sorts and set-based picks alike), in (0, 1]."""
+    return 1.0 - np.arange(n, dtype=np.float64) / max(n, 1)
 
 
 def top_by_score(scores: np.ndarray, candidates: np.ndarray, budget: int, *, largest: bool) -> np.ndarray:

@@ -15,7 +15,6 @@ class LeastConfidence(Strategy):
 
     name = "confidence"
     requires = frozenset({"probs"})
-    item_score = staticmethod(max_prob)
 
     def _select(self, budget: int, pool: Pool, *, probs, embeddings, seed: int) -> np.ndarray:
         return top_by_score(row_scores(probs, pool.unlabeled, max_prob), pool.unlabeled, budget, largest=False)

@@ -20,7 +20,6 @@ class Entropy(Strategy):
 
     name = "entropy"
     requires = frozenset({"probs"})
-    item_score = staticmethod(entropies)
 
     def _select(self, budget: int, pool: Pool, *, probs, embeddings, seed: int) -> np.ndarray:
         return top_by_score(row_scores(probs, pool.unlabeled, entropies), pool.unlabeled, budget, largest=True)

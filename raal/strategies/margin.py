@@ -19,7 +19,6 @@ class Margin(Strategy):
     name = "margin"
     requires = frozenset({"probs"})
     min_classes = 2
-    item_score = staticmethod(margins)
 
     def _select(self, budget: int, pool: Pool, *, probs, embeddings, seed: int) -> np.ndarray:
         return top_by_score(row_scores(probs, pool.unlabeled, margins), pool.unlabeled, budget, largest=False)
