@@ -194,6 +194,8 @@ def parse_label_studio(text: str, name: str) -> list[tuple[int, str, str]]:
         tasks = json.loads(text)
     except json.JSONDecodeError as err:
         raise LabelImportError(f"{name}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    except RecursionError:
+        raise LabelImportError(f"{name}: JSON nested too deeply for a Label Studio export") from None
     if not isinstance(tasks, list):
         raise LabelImportError(f"{name}: a Label Studio export is a JSON list of tasks")
     rows = []
@@ -259,7 +261,7 @@ def import_labels(run_dir: str, file: str, allow_partial: bool = False) -> dict:
     """Validate `file` against the run's open query and add its labels to the ledger; returns a summary.
 
     Runs under the run dir's lease (`RunLease`): a second import, or a run, on the same run dir is refused."""
-    store = RunStore(run_dir)
+    store = RunStore(run_dir, create=False)  # a mistyped run_dir is refused, not created
     if not store.exists("config.yaml"):
         raise LabelImportError(f"run_dir={run_dir!r} holds no run")
     with RunLease(store):  # one writer per run: the whole import (validation included) runs under the lease
@@ -328,9 +330,11 @@ def main(argv: list[str]) -> int:
         if partial not in ("true", "false"):
             raise ConfigError(f"allow_partial={args['allow_partial']!r}: expected true or false")
         res = import_labels(args["run_dir"], args["file"], allow_partial=partial == "true")
-    except (ConfigError, LabelImportError, StoreError) as err:
-        print(f"raal label: error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:  # noqa: BLE001 - the error contract: one line; exit 2 (input) or 1 + log (bug)
+        from raal.cli_errors import report
+
+        return report(err, args.get("run_dir") if args.get("run_dir") and os.path.isdir(args["run_dir"]) else None,
+                      prog="raal label")
     waiting = res["queried"] - res["answered"]
     go = waiting == 0 or (res["partial"] and res["answered"] > 0)
     print(f"raal label: round {res['round']}: {res['new']} new labels imported"
