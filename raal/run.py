@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         before = uncommitted_entries(run_dir)
         lease = take_lease(cfg)
     except Exception as err:  # noqa: BLE001 - the error contract: one line, exit 2 (input) or 1 + log (bug)
+        if before is not None and not before[0]:
+            _remove_if_empty(run_dir)  # the lease was refused: leave no run dir it created
         return cli_errors.report(err, run_dir)
     logging.basicConfig(level=os.environ.get("RAAL_LOG", "INFO"), format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -192,9 +194,15 @@ def run(cfg: RunConfig) -> int:
     run_dir = default_run_dir(cfg)
     shown = redact_uri(run_dir)  # what is printed: never the credentials a URI may carry
     started_here = not ray.is_initialized()
-    init_local_ray(cfg.ray.num_cpus or None, address=cfg.ray.address or None)
+    private = started_here and not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+    lifeline = None
+    if private:  # if this process is killed, a watchdog stops the private Ray it started (raal.lifeline)
+        from raal import lifeline as lifeline_mod
+
+        lifeline = lifeline_mod.start()
     t0 = time.perf_counter()
     try:
+        init_local_ray(cfg.ray.num_cpus or None, address=cfg.ray.address or None)
         driver = start_driver(cfg)
         info = ray.get(driver.prepare.remote())
         names = info["arms"]
@@ -228,6 +236,8 @@ def run(cfg: RunConfig) -> int:
     finally:
         if started_here:
             ray.shutdown()
+        if lifeline is not None:
+            lifeline.done()
     if waiting:
         return 0
     if cfg.report and "://" not in run_dir:
@@ -243,4 +253,11 @@ def run(cfg: RunConfig) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    # End without interpreter finalisation: native thread pools (pyarrow's, torch's) still alive then can abort the
+    # process at exit ("terminate called without an active exception", exit 134) after the right message was printed.
+    # Everything raal writes is closed and fsync'ed by now, and Ray was shut down by `run`.
+    os._exit(_code)
