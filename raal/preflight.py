@@ -21,8 +21,8 @@ def preflight(cfg: RunConfig) -> Dataset:
     check_resume(RunStore(default_run_dir(cfg), create=False), cfg)
     validate_arms(arm_specs(cfg), pipeline_classes())
     data = load_data(cfg.data)
-    validate_against_pool(cfg, len(data.pool))
     check_classes(data)
+    validate_against_pool(cfg, len(data.pool))
     check_backbone(cfg)
     if not cfg.data.skip_undecodable:
         check_decode_sample(data, cfg)
