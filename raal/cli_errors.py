@@ -37,8 +37,11 @@ def root_cause(err: BaseException) -> BaseException:
     for e in reversed(chain):  # innermost first
         if isinstance(e, USER_ERRORS) and not _is_ray_wrapper(e):
             return e
-    text = _from_text(chain[-1])
-    return text if text is not None else chain[-1]
+    for e in reversed(chain):  # a cause that did not survive serialisation (Ray Data's UserCodeException, an actor
+        text = _from_text(e)   # constructor's ActorDiedError) is still named in the remote traceback's text
+        if text is not None:
+            return text
+    return chain[-1]
 
 
 def _is_ray_wrapper(e: BaseException) -> bool:

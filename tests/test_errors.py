@@ -32,6 +32,15 @@ def one_line(proc) -> str:
     return lines[0]
 
 
+def error_line(proc) -> str:
+    """Once Ray runs, its own progress and log lines share stderr: raal's error must still be exactly one line, the
+    last, and no traceback may reach the user."""
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr and len([ln for ln in lines if ln.startswith("raal")]) == 1, proc.stderr
+    assert lines[-1].startswith("raal"), proc.stderr[-3000:]
+    return lines[-1]
+
+
 def make_folder(root: Path, classes=("cat", "dog"), per_class=14, corrupt: str | None = None) -> Path:
     from PIL import Image
 
@@ -146,14 +155,14 @@ def test_errors_inside_the_run_then_skip_and_resume(tmp_path):
     args = folder_args(data) + [f"run_dir={run_dir}"]
     proc = run_cli(args + ["data.check_images=0"])
     assert proc.returncode == 2, proc.stderr[-3000:]
-    line = one_line(proc)
+    line = error_line(proc)
     assert line.startswith("raal: error: cannot read the image of id ") and bad_path in line, line
     assert os.listdir(run_dir) == []
 
     marker = tmp_path / "fired"
     proc = run_cli(args + ["data.skip_undecodable=true"], env={"RAAL_FAULT": f"select:raise:{marker}"})
     assert proc.returncode == 1, proc.stderr[-3000:]
-    line = one_line(proc)
+    line = error_line(proc)
     assert line.startswith("raal: internal error: InjectedFault: fault injected at select") and marker.exists()
     log = Path(line.rsplit("(full log: ", 1)[1].rstrip(")"))
     assert log.parent == run_dir / "logs" and "Traceback" in log.read_text() and "InjectedFault" in log.read_text()
