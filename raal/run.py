@@ -140,7 +140,8 @@ def uncommitted_entries(run_dir: str) -> tuple[bool, set[str]] | None:
 
 def roll_back(run_dir: str, before: set[str]) -> None:
     """Bad input found inside Ray (e.g. a corrupt image past the decode sample): remove what this run wrote into a
-    run dir that held no committed state, and the run dir itself if this run created it. Runs under the lease."""
+    run dir that held no committed state (`main` then removes the run dir itself if this run created it). Runs
+    under the lease."""
     import shutil
 
     from raal.store import LEASE

@@ -23,8 +23,8 @@ from raal.store import RunStore, redact_uri
 log = logging.getLogger(__name__)
 
 # Keys that change how a run executes, not what it computes: they may differ on resume.
-OPERATIONAL_KEYS = ("run_dir", "report", "ray.", "data.check_images", "embed.num_actors", "embed.batch_size", "embed.device",
-                    "proxy.device", "proxy.score_batch_size", "train.num_workers", "train.use_gpu",
+OPERATIONAL_KEYS = ("run_dir", "report", "ray.", "data.check_images", "embed.num_actors", "embed.batch_size",
+                    "embed.device", "proxy.device", "proxy.score_batch_size", "train.num_workers", "train.use_gpu",
                     "train.cpus_per_worker", "train.eval_batch_size", "oracle.allow_partial")
 
 
