@@ -190,6 +190,13 @@ def write_md(res: dict, path: Path) -> None:
               "", "The files-oracle label import killed between its ledger write and its status write, then re-run, "
               "imports nothing twice (tests/test_labeling.py::test_files_oracle_round_trip); a Ray Train worker that "
               "dies mid-epoch resumes from its checkpoint to the same step count (tests/test_train.py)."]
+    kill_cli = ROOT / "bench" / "results" / "kill_cli.json"  # bench/kill_cli.py's row, kept when this file is rewritten
+    if kill_cli.exists():
+        import json
+
+        from kill_cli import md_row
+
+        lines += [""] + md_row(json.loads(kill_cli.read_text()))
     old = path.read_text() if path.exists() else ""
     keep = old[old.index("\n" + CONCURRENT_HEADER):] if "\n" + CONCURRENT_HEADER in old else ""
     path.write_text("\n".join(lines) + "\n" + keep)

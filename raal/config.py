@@ -44,6 +44,8 @@ class DataConfig:
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     data_roots: list[str] = field(default_factory=list)  # paths in manifests/labels must lie under one of these
     num_classes: int = 0  # 0 = inferred from the source
+    skip_undecodable: bool = False  # true: list undecodable images (data/undecodable.json) and leave them out
+    check_images: int = 32  # images decoded as a sample before any work (0 = none); the rest fail or skip later
 
 
 @dataclass
@@ -418,6 +420,9 @@ def validate(cfg: RunConfig) -> None:
     _check(d.image_size >= 16, "data.image_size", "must be >= 16", d.image_size)
     _check(d.pool_size >= 0, "data.pool_size", "must be >= 0 (0 = all)", d.pool_size)
     _check(d.test_size >= 0, "data.test_size", "must be >= 0", d.test_size)
+    _check(d.test_size > 0 or bool(d.test_root), "data.test_size",
+           "must be > 0 unless data.test_root gives the test split", d.test_size)
+    _check(d.check_images >= 0, "data.check_images", "must be >= 0 (0 = no sample)", d.check_images)
     _check(len(d.mean) == 3 and len(d.std) == 3 and all(s > 0 for s in d.std), "data.mean/data.std",
            "three values each, std > 0", (d.mean, d.std))
     _check(cfg.embed.device in DEVICES, "embed.device", f"allowed: {', '.join(DEVICES)}", cfg.embed.device)
@@ -434,7 +439,8 @@ def validate(cfg: RunConfig) -> None:
                f"entries look like pipeline/strategy with pipeline in {PIPELINES} and strategy in {known}", arm)
     _check(a.baseline_pipeline in ("",) + PIPELINES, "al.baseline_pipeline", f"allowed: '' or {PIPELINES}",
            a.baseline_pipeline)
-    _check(a.initial >= 0, "al.initial", "must be >= 0", a.initial)
+    _check(a.initial >= 1, "al.initial", "must be >= 1 (round 0's random batch trains every arm's first model)",
+           a.initial)
     sizes = parse_schedule(a.schedule)
     for s in sizes:
         _check(s > 0, "al.schedule", "every query size must be > 0", a.schedule)

@@ -3,7 +3,8 @@
 RAAL_FAULT="POINT:MODE:MARKER[;POINT:MODE:MARKER...]". The first process that reaches POINT creates the file
 MARKER (atomically, so exactly one process fires even when several actors reach the point together); then, by MODE:
   pause  sleeps, so the test can SIGKILL the whole run while it is inside that phase;
-  exit   ends this process at once (`os._exit`), e.g. the driver actor, which Ray then restarts.
+  exit   ends this process at once (`os._exit`), e.g. the driver actor, which Ray then restarts;
+  raise  raises `InjectedFault` (a RuntimeError: an internal error, not bad input) for the error-contract tests.
 An existing MARKER disarms the point, so a restarted process runs on. The variable travels to Ray workers through
 the environment of the local Ray the run starts.
 """
@@ -14,7 +15,11 @@ import time
 
 ENV = "RAAL_FAULT"
 POINTS = ("embed", "proxy_train", "select", "finetune", "before_commit", "label_import")
-MODES = ("pause", "exit")
+MODES = ("pause", "exit", "raise")
+
+
+class InjectedFault(RuntimeError):
+    """Raised at a fault point armed with MODE=raise."""
 
 
 def parse(value: str) -> tuple[str, str, str]:
@@ -46,5 +51,7 @@ def _fire(point: str, mode: str, marker: str) -> None:
         os.fsync(f.fileno())
     if mode == "exit":
         os._exit(1)
+    if mode == "raise":
+        raise InjectedFault(f"fault injected at {point} (RAAL_FAULT)")
     while True:  # pause: the test kills us
         time.sleep(3600)

@@ -24,7 +24,6 @@ import hashlib
 import io
 import json
 import os
-import sys
 
 import numpy as np
 import pyarrow as pa
@@ -225,7 +224,7 @@ def import_labels(run_dir: str, file: str, allow_partial: bool = False) -> dict:
     """Validate `file` against the run's open query and add its labels to the ledger; returns a summary.
 
     Runs under the run dir's lease (`RunLease`): a second import, or a run, on the same run dir is refused."""
-    store = RunStore(run_dir)
+    store = RunStore(run_dir, create=False)  # a mistyped run_dir is refused, not created
     if not store.exists("config.yaml"):
         raise LabelImportError(f"run_dir={run_dir!r} holds no run")
     if not os.path.isfile(file):
@@ -336,9 +335,11 @@ def main(argv: list[str]) -> int:
         if partial not in ("true", "false"):
             raise ConfigError(f"allow_partial={args['allow_partial']!r}: expected true or false")
         res = import_labels(args["run_dir"], args["file"], allow_partial=partial == "true")
-    except (ConfigError, LabelImportError, StoreError) as err:
-        print(f"raal label: error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:  # noqa: BLE001 - the error contract: one line; exit 2 (input) or 1 + log (bug)
+        from raal.cli_errors import report
+
+        return report(err, args.get("run_dir") if args.get("run_dir") and os.path.isdir(args["run_dir"]) else None,
+                      prog="raal label")
     waiting = res["queried"] - res["answered"]
     go = waiting == 0 or (res["partial"] and res["answered"] > 0)
     for line in summary_lines(res):

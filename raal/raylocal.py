@@ -23,7 +23,13 @@ def init_local_ray(num_cpus: int | None = None, *, address: str | None = None, q
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = address or os.environ.get("RAY_ADDRESS")
     if address:  # the cluster's own auth setting applies
-        ray.init(address=address, log_to_driver=not quiet)
+        try:
+            ray.init(address=address, log_to_driver=not quiet)
+        except ConnectionError as err:  # no cluster there: a config mistake, one line (the CLI exits 2)
+            from raal.errors import ConfigError
+
+            raise ConfigError(f"ray.address={address!r}: no Ray cluster answers there ({str(err).splitlines()[0]}); "
+                              "leave ray.address empty for a private local Ray, or start the cluster") from None
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=not quiet,

@@ -11,7 +11,7 @@ import sys
 import time
 
 from raal.config import MAIN_KEYS, RunConfig, available_configs, conf_dir, from_yaml, load_config
-from raal.errors import ConfigError, StoreError
+from raal.errors import ConfigError
 
 log = logging.getLogger("raal")
 
@@ -62,10 +62,16 @@ def resolve_config(argv: list[str]) -> RunConfig:
     if name is None and run_dirs:
         from raal.store import RunStore
 
-        store = RunStore(run_dirs[-1])
+        store = RunStore(run_dirs[-1], create=False)
+        others = [o for o in overrides if not o.startswith("run_dir=")]
+        if not others and not store.exists("config.yaml"):  # `run_dir=DIR` alone means: resume the run in DIR
+            from raal.store import redact_uri
+
+            what = "does not exist" if not store.exists("") else "holds no run (no config.yaml)"
+            raise ConfigError(f"run_dir={redact_uri(run_dirs[-1])!r} {what}: nothing to resume; to start a run "
+                              "there give conf=NAME (e.g. conf=demo)")
         if store.exists("config.yaml"):
             stored = from_yaml(store.read_text("config.yaml"))
-            others = [o for o in overrides if not o.startswith("run_dir=")]
             if others:  # apply overrides over the stored config; the resume check judges them
                 from raal.config import apply_overrides
 
@@ -73,21 +79,6 @@ def resolve_config(argv: list[str]) -> RunConfig:
             stored.run_dir = run_dirs[-1]
             return stored
     return load_config(name, overrides)
-
-
-def preflight(cfg: RunConfig) -> None:
-    """Everything that can be wrong with the config or the run dir, checked before Ray starts."""
-    from raal.config import validate_against_pool
-    from raal.data.sources import load_data
-    from raal.pipelines.experiment import arm_specs, check_resume, default_run_dir, pipeline_classes, validate_arms
-    from raal.store import RunStore
-
-    check_resume(RunStore(default_run_dir(cfg)), cfg)
-    validate_arms(arm_specs(cfg), pipeline_classes())
-    validate_against_pool(cfg, len(load_data(cfg.data).pool))
-    from raal.labelstudio import check_document_root
-
-    check_document_root(cfg, default_run_dir(cfg))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,20 +90,71 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help", "help") for a in argv):
         print(help_text())
         return 0
+    from raal import cli_errors
+
+    run_dir, before = None, None
     try:
         cfg = resolve_config(argv)
+        from raal.pipelines.experiment import default_run_dir
+        from raal.preflight import preflight
+
+        run_dir = default_run_dir(cfg)
         preflight(cfg)
+        before = uncommitted_entries(run_dir)
         lease = take_lease(cfg)
-    except (ConfigError, StoreError) as err:
-        print(f"raal: error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:  # noqa: BLE001 - the error contract: one line, exit 2 (input) or 1 + log (bug)
+        if before is not None and not before[0]:
+            _remove_if_empty(run_dir)  # the lease was refused: leave no run dir it created
+        return cli_errors.report(err, run_dir)
     logging.basicConfig(level=os.environ.get("RAAL_LOG", "INFO"), format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     logging.getLogger("faiss").setLevel(logging.WARNING)
+    code = 1
     try:
-        return run(cfg)
+        code = run(cfg)
+        return code
+    except Exception as err:  # noqa: BLE001 - errors from Ray actors and workers arrive wrapped; unwrap them
+        code = cli_errors.report(err, run_dir)
+        return code
     finally:
+        if code == 2 and before is not None:
+            roll_back(run_dir, before[1])
         lease.release()
+        if before is not None and not before[0]:
+            _remove_if_empty(run_dir)  # a run that stopped before its first committed step leaves no empty run dir
+
+
+def uncommitted_entries(run_dir: str) -> tuple[bool, set[str]] | None:
+    """For a local run dir without committed state (no config.yaml): whether it exists and the names in it now, so
+    that a run that fails on bad input can leave it as it found it. None for a committed or a remote run dir."""
+    if "://" in run_dir:
+        return None
+    if not os.path.isdir(run_dir):
+        return False, set()
+    names = set(os.listdir(run_dir))
+    return None if "config.yaml" in names else (True, names)
+
+
+def roll_back(run_dir: str, before: set[str]) -> None:
+    """Bad input found inside Ray (e.g. a corrupt image past the decode sample): remove what this run wrote into a
+    run dir that held no committed state (`main` then removes the run dir itself if this run created it). Runs
+    under the lease."""
+    import shutil
+
+    from raal.store import LEASE
+
+    if not os.path.isdir(run_dir):
+        return
+    for name in set(os.listdir(run_dir)) - before - {LEASE}:
+        path = os.path.join(run_dir, name)
+        shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
+
+
+def _remove_if_empty(run_dir: str) -> None:
+    try:
+        os.rmdir(run_dir)
+    except OSError:
+        pass
 
 
 def take_lease(cfg: RunConfig):
@@ -150,14 +192,22 @@ def run(cfg: RunConfig) -> int:
     run_dir = default_run_dir(cfg)
     shown = redact_uri(run_dir)  # what is printed: never the credentials a URI may carry
     started_here = not ray.is_initialized()
-    init_local_ray(cfg.ray.num_cpus or None, address=cfg.ray.address or None)
+    private = started_here and not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+    lifeline = None
+    if private:  # if this process is killed, a watchdog stops the private Ray it started (raal.lifeline)
+        from raal import lifeline as lifeline_mod
+
+        lifeline = lifeline_mod.start()
     t0 = time.perf_counter()
     try:
+        init_local_ray(cfg.ray.num_cpus or None, address=cfg.ray.address or None)
         driver = start_driver(cfg)
         info = ray.get(driver.prepare.remote())
         names = info["arms"]
         print(f"raal: run_dir={shown}  pool={info['pool']}  test={info['test']}  arms={', '.join(names)}"
               f"{'  (resumed at round ' + str(info['completed_rounds']) + ')' if info['resumed'] else ''}")
+        for msg in info.get("undecodable", []):
+            print(f"raal: skipped (data.skip_undecodable=true): {msg}")
         print(f"raal: pre-computed features (v0) in {info['t_pre']:.1f} s")
         if info.get("evaluator"):
             print(f"raal: accuracy = the one evaluator for every arm: {info['evaluator']} (the selectors' own "
@@ -184,6 +234,8 @@ def run(cfg: RunConfig) -> int:
     finally:
         if started_here:
             ray.shutdown()
+        if lifeline is not None:
+            lifeline.done()
     if waiting:
         return 0
     if cfg.report and "://" not in run_dir:
@@ -199,4 +251,11 @@ def run(cfg: RunConfig) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    # End without interpreter finalisation: native thread pools (pyarrow's, torch's) still alive then can abort the
+    # process at exit ("terminate called without an active exception", exit 134) after the right message was printed.
+    # Everything raal writes is closed and fsync'ed by now, and Ray was shut down by `run`.
+    os._exit(_code)

@@ -68,7 +68,8 @@ def _resolve(uri: str) -> tuple[pafs.FileSystem, str]:
 class RunStore:
     """A folder of run state. `child("arms", "x")` gives a sub-store sharing the same filesystem."""
 
-    def __init__(self, uri: str | os.PathLike, *, _fs: pafs.FileSystem | None = None):
+    def __init__(self, uri: str | os.PathLike, *, _fs: pafs.FileSystem | None = None, create: bool = True):
+        """`create=False` only looks (preflight checks must leave no empty run dir behind); writes create folders."""
         uri = str(uri)
         if _fs is not None:
             self.fs, self.root = _fs, uri
@@ -76,7 +77,8 @@ class RunStore:
             self.fs, self.root = _resolve(uri)
         self.uri = uri
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
-        self.fs.create_dir(self.root, recursive=True)
+        if create:
+            self.fs.create_dir(self.root, recursive=True)
 
     def __repr__(self) -> str:
         return f"RunStore({self.root!r})"

@@ -98,7 +98,9 @@ def test_credentials_never_reach_the_store_or_the_output(tmp_path, capsys):
     run_dir = f"file://{tmp_path}/run?secret_key=TOPSECRET&session_token=TOK"
     cfg = load_config("demo", ["eval.every_round=proxy", "al.baseline_cap=0", "train.min_steps=0", "data.pool_size=200", "data.test_size=100", "al.initial=20", "al.schedule=[20]",
                               f"run_dir={run_dir}"])
-    Experiment(cfg)
+    exp = Experiment(cfg)
+    assert not (tmp_path / "run" / "config.yaml").exists()  # written when the first committed step begins
+    exp.commit_config()
     stored = "".join(p.read_text(errors="replace") for p in (tmp_path / "run").rglob("*") if p.is_file())
     assert "config.yaml" in os.listdir(tmp_path / "run")
     assert "TOPSECRET" not in stored and "TOK" not in stored and "REDACTED" in stored

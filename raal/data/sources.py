@@ -2,11 +2,13 @@
 
 The pool never carries labels: ground truth (when a source has it) is handed to the simulated oracle alone, so no
 other code can peek at labels it did not pay for. Ids are stable across reads: the bundled set and manifests keep
-their own ids, an image folder numbers its files in sorted order.
+their own ids, an image folder derives each file's id from its relative path (`path_ids`), so adding or removing
+a file never renumbers the others, and splits the test set off by a keyed hash of the id, not by position.
 """
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import pickle
@@ -184,19 +186,26 @@ def _subsample(ids_pos: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def _finish(name: str, ids: np.ndarray, labels: np.ndarray | None, columns_fn, class_names, cfg: DataConfig,
-            test_ids=None, test_labels=None, test_columns_fn=None, parquet=None) -> Dataset:
-    """Split off the test set (unless given), subsample the pool, hide the pool's labels."""
+            test_ids=None, test_labels=None, test_columns_fn=None, parquet=None, by_id: bool = False) -> Dataset:
+    """Split off the test set (unless given), subsample the pool, hide the pool's labels. `by_id`: choose the split
+    and the subsample by a hash of each id (`_rank_by_id`) instead of by position."""
     if test_ids is None:
         if cfg.test_size >= len(ids):
             raise ConfigError(f"data.test_size={cfg.test_size} leaves no pool ({len(ids)} items in {name})")
-        pool_pos, test_pos = _split(len(ids), cfg.test_size, cfg.split_seed)
-        pool_pos = _subsample(pool_pos, cfg.pool_size, cfg.split_seed)
+        if by_id:
+            rank = _rank_by_id(ids, cfg.split_seed)
+            test_pos, rest = np.sort(rank[:cfg.test_size]), rank[cfg.test_size:]
+            pool_pos = np.sort(rest[:cfg.pool_size] if 0 < cfg.pool_size < len(rest) else rest)
+        else:
+            pool_pos, test_pos = _split(len(ids), cfg.test_size, cfg.split_seed)
+            pool_pos = _subsample(pool_pos, cfg.pool_size, cfg.split_seed)
         if labels is None:
             raise ConfigError(f"{name}: the test split needs labels; give data.test_root or a labelled source")
         test = ImageSet("test", ids[test_pos], columns_fn(test_pos), class_names, labels=labels[test_pos],
                         parquet=parquet)
     else:
-        pool_pos = _subsample(np.arange(len(ids)), cfg.pool_size, cfg.split_seed)
+        pool_pos = (np.sort(_rank_by_id(ids, cfg.split_seed)[:cfg.pool_size]) if by_id and 0 < cfg.pool_size < len(ids)
+                    else _subsample(np.arange(len(ids)), cfg.pool_size, cfg.split_seed))
         test = ImageSet("test", test_ids, test_columns_fn(), class_names, labels=test_labels)
     pool = ImageSet("pool", ids[pool_pos], columns_fn(pool_pos), class_names, parquet=parquet)
     truth = {} if labels is None else dict(zip(ids[pool_pos].tolist(), labels[pool_pos].tolist()))
@@ -211,7 +220,8 @@ def load_animal_mnist(cfg: DataConfig) -> Dataset:
     return _finish("animal_mnist", ids, labels, lambda pos: {"image": images[pos]}, list(ANIMAL_MNIST_CLASSES), cfg)
 
 
-def _scan_folder(root: str) -> tuple[list[str], np.ndarray, list[str]]:
+def _scan_folder(root: str) -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
+    """(paths, labels, classes, ids) of an ImageFolder tree, in ascending id order (ids from `path_ids`)."""
     rootp = Path(root)
     if not rootp.is_dir():
         raise ConfigError(f"data.root={root!r}: not a folder")
@@ -226,24 +236,52 @@ def _scan_folder(root: str) -> tuple[list[str], np.ndarray, list[str]]:
                 if fn.lower().endswith(IMAGE_EXTENSIONS):
                     paths.append(str(Path(dirpath) / fn))
                     labels.append(ci)
-    return paths, np.asarray(labels, dtype=np.int64), classes
+    ids = path_ids([os.path.relpath(p, rootp) for p in paths], root)
+    order = np.argsort(ids, kind="stable")
+    return [paths[i] for i in order], np.asarray(labels, dtype=np.int64)[order], classes, ids[order]
+
+
+def path_ids(rel_paths: list[str], root: str = "") -> np.ndarray:
+    """Stable int64 ids (>= 0) of image files: the first 63 bits of BLAKE2b of the POSIX relative path.
+
+    An id depends on its own path only, so a file added, removed or renamed elsewhere changes no other id. Two
+    paths with the same 63-bit hash (odds about n^2 / 2^64: 1e-7 for a million files) are refused by name rather
+    than numbered silently: renaming one of them fixes it.
+    """
+    ids = np.fromiter((int.from_bytes(hashlib.blake2b(p.replace(os.sep, "/").encode("utf-8"), digest_size=8)
+                                      .digest(), "big") >> 1 for p in rel_paths), dtype=np.int64, count=len(rel_paths))
+    if len(np.unique(ids)) != len(ids):
+        order = np.argsort(ids, kind="stable")
+        k = int(np.flatnonzero(ids[order][1:] == ids[order][:-1])[0])
+        a, b = rel_paths[order[k]], rel_paths[order[k + 1]]
+        raise ConfigError(f"data.root={root!r}: the files {a!r} and {b!r} hash to the same id; rename one of them")
+    return ids
+
+
+def _rank_by_id(ids: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded pseudo-random order of items that depends on each item's id alone (splitmix64 of id ^ seed), so
+    that adding or removing one item moves no other item between the pool and the test split."""
+    with np.errstate(over="ignore"):
+        z = ids.astype(np.uint64) ^ np.uint64((seed * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return np.argsort(z, kind="stable")
 
 
 def load_image_folder(cfg: DataConfig) -> Dataset:
-    paths, labels, classes = _scan_folder(cfg.root)
+    paths, labels, classes, ids = _scan_folder(cfg.root)
     paths_arr = np.asarray(paths, dtype=object)
-    ids = np.arange(len(paths), dtype=np.int64)
     if not len(ids):
         raise EmptyPoolError(f"data.root={cfg.root!r}: no images found")
     if cfg.test_root:
-        tpaths, tlabels, tclasses = _scan_folder(cfg.test_root)
+        tpaths, tlabels, tclasses, tids = _scan_folder(cfg.test_root)
         if tclasses != classes:
             raise ConfigError(f"data.test_root={cfg.test_root!r}: classes {tclasses} differ from data.root's {classes}")
         tarr = np.asarray(tpaths, dtype=object)
         return _finish("image_folder", ids, labels, lambda pos: {"path": paths_arr[pos]}, classes, cfg,
-                       test_ids=np.arange(len(tpaths), dtype=np.int64), test_labels=tlabels,
-                       test_columns_fn=lambda: {"path": tarr})
-    return _finish("image_folder", ids, labels, lambda pos: {"path": paths_arr[pos]}, classes, cfg)
+                       test_ids=tids, test_labels=tlabels, test_columns_fn=lambda: {"path": tarr}, by_id=True)
+    return _finish("image_folder", ids, labels, lambda pos: {"path": paths_arr[pos]}, classes, cfg, by_id=True)
 
 
 def _read_manifest(path: str) -> tuple[pa.Table, str]:

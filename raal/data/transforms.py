@@ -99,7 +99,9 @@ def confine_path(path: str, roots: tuple[str, ...] | list[str]) -> str:
         r = os.path.realpath(root)
         if real == r or real.startswith(r.rstrip(os.sep) + os.sep):
             return real
-    raise ValueError(f"path {path!r} lies outside the configured data roots {list(roots)}")
+    from raal.errors import ConfigError
+
+    raise ConfigError(f"path {path!r} lies outside the configured data roots {list(roots)}")
 
 
 def decode_images(batch: dict, data_roots: tuple[str, ...] = ()) -> list[np.ndarray]:

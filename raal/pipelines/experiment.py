@@ -23,8 +23,8 @@ from raal.store import RunStore, redact_uri
 log = logging.getLogger(__name__)
 
 # Keys that change how a run executes, not what it computes: they may differ on resume.
-OPERATIONAL_KEYS = ("run_dir", "report", "ray.", "embed.num_actors", "embed.batch_size", "embed.device",
-                    "proxy.device", "proxy.score_batch_size", "train.num_workers", "train.use_gpu",
+OPERATIONAL_KEYS = ("run_dir", "report", "ray.", "data.check_images", "embed.num_actors", "embed.batch_size",
+                    "embed.device", "proxy.device", "proxy.score_batch_size", "train.num_workers", "train.use_gpu",
                     "train.cpus_per_worker", "train.eval_batch_size", "oracle.allow_partial", "oracle.image_url",
                     "oracle.document_root", "oracle.backend_url", "oracle.annotations")
 
@@ -103,12 +103,16 @@ class Experiment:
         self.store = RunStore(default_run_dir(cfg))
         self.resumed = check_resume(self.store, cfg)
         data = load_data(cfg.data)
+        self.undecodable: list[dict] = []
+        if cfg.data.skip_undecodable:
+            from raal.data.undecodable import LIST, skip_undecodable
+
+            known = self.store.read_json(LIST) if self.resumed and self.store.exists(LIST) else None
+            data, self.undecodable = skip_undecodable(data, effective_roots(cfg.data), known)
         validate_against_pool(cfg, len(data.pool))
         classes = pipeline_classes()
         specs = arm_specs(cfg)
         validate_arms(specs, classes)
-        if not self.resumed:
-            self.store.write_text("config.yaml", to_yaml(dataclasses.replace(cfg, run_dir=redact_uri(cfg.run_dir))))
         transform = ImageTransform(cfg.data.image_size, tuple(cfg.data.mean), tuple(cfg.data.std),
                                    effective_roots(cfg.data))
         oracle = (FilesOracle(self.store, cfg.oracle.allow_partial) if cfg.oracle.kind == "files"
@@ -123,11 +127,23 @@ class Experiment:
     def num_rounds(self) -> int:
         return max((len(a.sizes()) for a in self.arms), default=len(self.ctx.sizes()))
 
+    def commit_config(self) -> None:
+        """Write config.yaml as the first committed step begins (not before: a run that fails before any work
+        leaves the run dir reusable with another config). From then on the run dir holds this experiment."""
+        if not self.store.exists("config.yaml"):
+            if self.cfg.data.skip_undecodable:
+                from raal.data.undecodable import LIST
+
+                self.store.write_json(LIST, self.undecodable)
+            self.store.write_text("config.yaml",
+                                  to_yaml(dataclasses.replace(self.cfg, run_dir=redact_uri(self.cfg.run_dir))))
+
     def prepare(self) -> dict:
         """Pre-compute the v0 features of the pool and the test split (once per experiment, resumable)."""
         from raal.embed import embed_images
         from raal.features import FeatureStore
 
+        self.commit_config()
         fs = FeatureStore(self.store)
         self.ctx.features = fs
         timing = self.store.read_json("features/timing.json") if self.store.exists("features/timing.json") else {}
@@ -154,6 +170,7 @@ class Experiment:
                     f"{ {'lpft': 'LP-FT', 'ft': 'FT', 'lp': 'LP'}[ev.recipe.method]} of the blocks after the "
                     f"first {ev.freeze_blocks} (frozen, cached), {ev.recipe.steps} steps"),
                 "arms": [a.arm.name for a in self.arms], "resumed": self.resumed,
+                "undecodable": [b["error"] for b in self.undecodable],
                 "completed_rounds": self.completed_rounds()}
 
     def completed_rounds(self) -> int:
