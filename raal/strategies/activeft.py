@@ -28,13 +28,14 @@ import faiss
 import numpy as np
 import scipy.sparse as sp
 
-from raal.index import SMALL_WORK, blas_threads, chunk_rows, iter_slices, knn, read_rows
+from raal.index import blas_threads, chunk_rows, iter_slices, knn, read_rows
 from raal.strategies.base import Pool, Strategy
 
 BOUND_SLACK = 1e-4  # covers float32 rounding of the similarities in the keep-the-winner tests
 CANDIDATES = 16  # centroids remembered per item from its last full search
 ROW_CHUNK = 1024  # rows per block of the centroid-side loops
 SEARCH_BYTES = 16 << 20  # query block of a full search
+FAISS_DOTS = 1 << 22  # multiply-adds from which indexed dots go to faiss (a 50,000-item winner pass is 10x this)
 
 
 @dataclass(frozen=True)
@@ -141,10 +142,12 @@ def loss_and_grad(f: np.ndarray, theta: np.ndarray, n_fixed: int, c_norm: np.nda
     wf = w.astype(np.float32)
     if scale is not None:
         wf *= scale[rows]
-    # sum_{i won by j} w_i f_i: one CSR product (rows sorted by winner), a single pass over f
-    order = np.argsort(j, kind="stable")
-    indptr = np.searchsorted(j[order], np.arange(b + 1))
-    pull = sp.csr_matrix((wf[order], rows[order], indptr), shape=(b, n)) @ f
+    # sum_{i won by j} w_i f_i: one sparse product whose columns are the items in order (CSC, one nonzero each), so
+    # f is read once, sequentially, and each row is added into its winner's accumulator (no sort, no gather)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    indptr[rows + 1] = 1
+    np.cumsum(indptr, out=indptr)
+    pull = sp.csc_matrix((wf, j, indptr), shape=(b, n)) @ f
     push = np.bincount(j, weights=w / ssum[j], minlength=b)  # sum_{i won by j} lambda / (e^s_i + lambda S_j)
     g = e_theta  # reused in place: g = (push e_theta - pull) / (tau n), then its tangential part / |c|
     g *= push[:, None].astype(np.float32)
@@ -166,7 +169,7 @@ def _dots_by_index(f: np.ndarray, theta: np.ndarray, ids: np.ndarray, scale: np.
     """
     out = np.full(ids.shape, -np.inf, dtype=np.float32)
     if use_faiss is None:
-        use_faiss = ids.size * f.shape[1] >= SMALL_WORK
+        use_faiss = ids.size * f.shape[1] >= FAISS_DOTS
     if use_faiss:
         f, theta = np.ascontiguousarray(f, dtype=np.float32), np.ascontiguousarray(theta, dtype=np.float32)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
