@@ -25,6 +25,14 @@ log = logging.getLogger(__name__)
 IN_FLIGHT = 2  # batches queued per actor: one computing, one arriving
 
 
+def _session() -> tuple[str, str]:
+    """This driver's (node, job): a new Ray instance in the same process (tests) gets a new node id."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    return ctx.get_node_id(), ctx.get_job_id()
+
+
 class _Worker:
     """One warm actor: torch imported once; the backbone of the last spec it saw."""
 
@@ -54,14 +62,14 @@ class WarmPool:
         import ray
 
         self.plan = plan
-        self.job = ray.get_runtime_context().get_job_id()
+        self.job = _session()
         cls = ray.remote(num_cpus=0, num_gpus=plan.num_gpus or 0, max_restarts=1, max_task_retries=2)(_Worker)
         self.actors = [cls.remote(plan.device, plan.torch_threads) for _ in range(plan.actors)]
 
     def alive(self) -> bool:
         import ray
 
-        return ray.is_initialized() and ray.get_runtime_context().get_job_id() == self.job
+        return ray.is_initialized() and _session() == self.job
 
     def map(self, key: tuple, spec: dict, batches: Iterable[dict]) -> Iterator[dict]:
         """Each batch's result, in submission order, with at most IN_FLIGHT batches queued per actor."""
