@@ -10,6 +10,11 @@ to the last one it finishes (actor start-up and model build excluded), for the p
 
     python bench/embed.py [--quick] [--device cpu|cuda] [--repeats N]
 writes bench/results/embed.md/.json (embed.quick.*, embed.cuda.* for --quick / --device cuda).
+
+    python bench/embed.py --warm [--n64 4000] [--repeats 3]     -> bench/results/embed.warm.md/.json
+warm actors (raal/embed_pool.py) at 64 px: the plain loops, the Ray Data pass (a new actor pool per pass, the path
+before warm actors), the warm pool's first pass of a run (actors started) and a later pass (actors reused),
+interleaved per repeat.
 """
 from __future__ import annotations
 
@@ -62,7 +67,9 @@ def plain_loop(images, transform, device: str, threads: int, batch: int, autocas
     return {"seconds": t1 - t0, "img_s": n / (t1 - t0), "img_s_steady": n / (t1 - t_ready)}
 
 
-def ray_pass(images, transform, device: str, actors: int, batch: int, shard_rows: int, autocast: str) -> dict:
+def ray_pass(images, transform, device: str, actors: int, batch: int, shard_rows: int, autocast: str,
+             warm: bool = False) -> dict:
+    """One `embed_images` call: the Ray Data path (warm=False) or the run's warm actors (raal/embed_pool.py)."""
     from raal.embed import embed_images
     from raal.features import FeatureStore
     from raal.store import RunStore
@@ -73,7 +80,7 @@ def ray_pass(images, transform, device: str, actors: int, batch: int, shard_rows
         fset = embed_images(images, model_cfg=ModelConfig(), transform=transform,
                             store=FeatureStore(RunStore(root)), version=0, split="pool",
                             embed_cfg=EmbedConfig(batch_size=batch, num_actors=actors, device=device,
-                                                  autocast=autocast, shard_rows=shard_rows),
+                                                  autocast=autocast, shard_rows=shard_rows, warm=warm),
                             progress=False)
         t1 = time.perf_counter()
         n = len(images)
@@ -94,10 +101,13 @@ def main() -> None:
     ap.add_argument("--n224", type=int, default=0)
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     ap.add_argument("--rerender", metavar="JSON", help="only rewrite the .md of an earlier run's .json")
+    ap.add_argument("--warm", action="store_true", help="warm actors vs Ray Data vs plain loop, 64 px")
     args = ap.parse_args()
     if args.rerender:
         rerender(Path(args.rerender))
         return
+    if args.warm:
+        return warm_main(args)
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device")
@@ -157,6 +167,65 @@ def main() -> None:
     (out / f"{stem}.json").write_text(json.dumps({"machine": machine, "results": rows}, indent=2) + "\n")
     (out / f"{stem}.md").write_text(render(machine, rows))
     print(render(machine, rows))
+
+
+def warm_main(args) -> None:
+    """Warm actors at 64 px (the issue's bar: a later pass >= 0.9x the plain loop), interleaved per repeat."""
+    from raal import embed_pool
+    from raal.raylocal import init_local_ray
+
+    n, repeats, batch = args.n64 or 4000, args.repeats or 3, 64
+    init_local_ray(num_cpus=2, quiet=True)
+    import ray
+
+    load0 = os.getloadavg()
+    data = load_data(DataConfig(pool_size=min(n, 9000), test_size=100))
+    images, transform = _head(data.pool, n), ImageTransform(size=64)
+    configs = [("plain loop × 2 threads", "plain"), ("plain loop × 1 thread", "plain"),
+               ("Ray Data pass (before)", "ray"), ("warm actors, first pass", "warm"),
+               ("warm actors, later pass", "warm")]
+    runs: dict[str, list] = {c: [] for c, _ in configs}
+    for rep in range(repeats):
+        for name, kind in configs:
+            if kind == "plain":
+                r = plain_loop(images, transform, "cpu", 2 if "2" in name else 1, batch, "none")
+            else:
+                if name.endswith("first pass"):
+                    embed_pool.release()
+                r = ray_pass(images, transform, "cpu", 2, batch, 256, "none", warm=kind == "warm")
+            r["load"] = os.getloadavg()[0]
+            runs[name].append(r)
+            print(f"rep {rep}: {name}: {r['img_s']:.1f} img/s (load {r['load']:.1f})", flush=True)
+    embed_pool.release()
+    rows = []
+    for name, kind in configs:
+        rs = runs[name]
+        rows.append({"config": name, "kind": kind, "img_s": [round(r["img_s"], 1) for r in rs],
+                     "startup_s": [round(r.get("startup_s", 0.0), 2) for r in rs],
+                     "load": [round(r["load"], 1) for r in rs]})
+    plain = [max(a, b, key=lambda r: r["img_s"]) for a, b in zip(runs[configs[0][0]], runs[configs[1][0]])]
+    for row in rows:  # per repeat: against the faster plain loop of the same repeat
+        row["ratio"] = [round(r["img_s"] / p["img_s"], 3) for r, p in zip(runs[row["config"]], plain)]
+        row["ratio_median"] = float(np.median(row["ratio"]))
+    machine = {"cpus": os.cpu_count(), "ray_cpus": ray.cluster_resources().get("CPU"), "images": n, "size": 64,
+               "batch": batch, "repeats": repeats, "load_avg_start": [round(x, 2) for x in load0],
+               "load_avg_end": [round(x, 2) for x in os.getloadavg()], "torch": torch.__version__,
+               "ray": ray.__version__}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "embed.warm.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+    lines = ["# Warm embedding actors vs the Ray Data pass vs a plain torch loop", "",
+             f"{n} Animal-MNIST images at 64 px, MobileNetV2, batch {batch}, CPU, Ray with {machine['ray_cpus']} CPUs "
+             f"(2 actors x 1 thread). {repeats} interleaved repeats; load average {machine['load_avg_start']} at "
+             f"the start, {machine['load_avg_end']} at the end. Ratio = img/s over the faster plain loop of the same "
+             "repeat (end-to-end: actor start-up, shard writes and manifest included).", "",
+             "| configuration | img/s per repeat | ratio per repeat | median ratio | start-up s | load |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['config']} | {r['img_s']} | {r['ratio']} | {r['ratio_median']:.3f} | "
+                     f"{r['startup_s'] if r['kind'] != 'plain' else ''} | {r['load']} |")
+    (out / "embed.warm.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def _head(images, n):

@@ -66,6 +66,7 @@ class EmbedConfig:
     device: str = "auto"  # auto | cpu | cuda
     autocast: str = "bf16"  # on CUDA: bf16 | fp16 | none
     shard_rows: int = 4096  # rows per feature shard written to the store
+    warm: bool = True  # keep the embedding actors alive across the passes of a run (raal/embed_pool.py)
 
 
 @dataclass

@@ -9,6 +9,9 @@ ImageSet order, so a killed pass resumes with exactly the shards that are missin
 Actor layout comes from the cluster's free resources at call time (ray-notes.md: fixed layouts hang on 2 CPUs):
 one GPU per actor when the cluster has GPUs and the device allows; otherwise CPU actors that together leave one
 CPU free for the upstream read/transform tasks, so the pipeline also runs inside a driver actor holding num_cpus=0.
+
+In-memory image sets (`embed.warm`, the default) go through the run's warm actors instead (raal/embed_pool.py):
+the same `_Embedder` in long-lived actors, so only a run's first pass pays their start-up.
 """
 from __future__ import annotations
 
@@ -192,30 +195,41 @@ def embed_images(images: ImageSet, *, model_cfg: ModelConfig, transform: ImageTr
         from raal.raylocal import init_local_ray
 
         init_local_ray(quiet=not progress)
-    plan = plan_actors(embed_cfg.device, embed_cfg.num_actors)
     assembler = ShardAssembler(target, todo, on_shard)
     sub = _subset(images, assembler.positions)
     n = len(sub)
+    warm = embed_cfg.warm and sub.parquet is None
+    if warm:
+        from raal import embed_pool
+
+        pool = embed_pool.pool_for(embed_cfg.device, embed_cfg.num_actors, plan_actors)
+        plan = pool.plan
+    else:
+        plan = plan_actors(embed_cfg.device, embed_cfg.num_actors)
     num_blocks = int(min(MAX_BLOCKS, max(2 * plan.actors, math.ceil(n / embed_cfg.batch_size))))
-    log.info("features v%d/%s: embedding %d images (%d of %d shards) with %d %s actor(s) "
+    log.info("features v%d/%s: embedding %d images (%d of %d shards) with %d %s %sactor(s) "
              "(num_cpus=%.2f, num_gpus=%g, %d torch threads), batch %d", version, split, n, len(todo),
-             target.plan["num_shards"], plan.actors, plan.device, plan.num_cpus, plan.num_gpus, plan.torch_threads,
-             embed_cfg.batch_size)
-    ds = sub.to_dataset(num_blocks=min(num_blocks, n))
-    ds.context.execution_options.preserve_order = True  # keeps the driver's partial shards to one or two
-    ds = ds.map_batches(
-        _Embedder,
-        fn_constructor_kwargs={"model_cfg": model_cfg, "transform": transform, "state_dict_path": state_dict_path,
-                               "device": plan.device, "autocast": embed_cfg.autocast,
-                               "with_logits": "logits" in arrays, "torch_threads": plan.torch_threads},
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.actors, initial_size=plan.actors),
-        num_cpus=plan.num_cpus, num_gpus=plan.num_gpus or None, batch_size=embed_cfg.batch_size,
-        batch_format="numpy")
-    bar = PassProgress(n, f"embed v{version}/{split}", "img", enabled=progress)
+             target.plan["num_shards"], plan.actors, plan.device, "warm " if warm else "", plan.num_cpus,
+             plan.num_gpus, plan.torch_threads, embed_cfg.batch_size)
+    spec = {"model_cfg": model_cfg, "transform": transform, "state_dict_path": state_dict_path,
+            "autocast": embed_cfg.autocast, "with_logits": "logits" in arrays}
     t0 = time.perf_counter()
+    if warm:  # the run's warm actors (raal/embed_pool.py): no start-up after the first pass
+        key = (repr(model_cfg), weights_id, transform.describe(), embed_cfg.autocast, "logits" in arrays)
+        results = pool.map(key, spec, embed_pool.batches(sub, embed_cfg.batch_size))
+    else:
+        ds = sub.to_dataset(num_blocks=min(num_blocks, n))
+        ds.context.execution_options.preserve_order = True  # keeps the driver's partial shards to one or two
+        ds = ds.map_batches(
+            _Embedder, fn_constructor_kwargs=dict(spec, device=plan.device, torch_threads=plan.torch_threads),
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.actors, initial_size=plan.actors),
+            num_cpus=plan.num_cpus, num_gpus=plan.num_gpus or None, batch_size=embed_cfg.batch_size,
+            batch_format="numpy")
+        results = ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
+    bar = PassProgress(n, f"embed v{version}/{split}", "img", enabled=progress)
     window = [math.inf, -math.inf]
     try:
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+        for batch in results:
             bar.update(assembler.add(batch["id"], batch))
             window = [min(window[0], float(batch["t_start"].min())), max(window[1], float(batch["t_end"].max()))]
     finally:
@@ -225,7 +239,7 @@ def embed_images(images: ImageSet, *, model_cfg: ModelConfig, transform: ImageTr
     stats.update({"compute_window_s": round(span, 3), "items_per_s_compute": round(n / span, 2) if span > 0 else None})
     log.info("features v%d/%s: %.1f img/s over the actors' compute window of %.1fs", version, split,
              stats["items_per_s_compute"] or 0.0, span)
-    stats.update({"computed_shards": sorted(assembler.written), "plan": asdict(plan),
+    stats.update({"computed_shards": sorted(assembler.written), "plan": asdict(plan), "warm": warm,
                   "batch_size": embed_cfg.batch_size, "autocast": embed_cfg.autocast if plan.device == "cuda"
                   else "none", "finished_at": time.time(), "wall_s": round(time.perf_counter() - t0, 3)})
     target.finish({"last_pass": stats})

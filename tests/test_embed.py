@@ -3,7 +3,9 @@
 Features must equal a plain single-process forward pass of the same model; ids keep the ImageSet's order; a pass
 killed with SIGKILL resumes writing each missing shard once; a corrupt shard is recomputed; a refresh writes v1
 beside v0; `file://` stores work; the pass also runs inside an actor holding num_cpus=0; pool scoring through the
-actor pool equals in-process scoring.
+actor pool equals in-process scoring. v0 goes through the Ray Data path (what parquet-backed sets use); the other
+passes through the warm actors (raal/embed_pool.py), which later passes reuse, rebuilding the backbone for new
+weights.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ pytestmark = pytest.mark.timeout(150)
 REPO = Path(__file__).resolve().parent.parent
 SIZE = 32
 POOL = 96
-CFG = EmbedConfig(batch_size=16, shard_rows=16)  # 6 shards, actors from the free CPUs (2 here)
+CFG = EmbedConfig(batch_size=16, shard_rows=16, warm=False)  # 6 shards, actors from the free CPUs (2 here), Ray Data
 ONE = EmbedConfig(batch_size=16, shard_rows=16, num_actors=1)  # later passes: one actor starts faster
 MODEL = ModelConfig()
 
@@ -115,14 +117,8 @@ def test_refresh_inside_a_zero_cpu_actor_writes_v1_beside_v0(v0, pool, transform
     import ray
 
     root, fs, fset0 = v0
-    tuned = build_backbone(MODEL)
-    with torch.no_grad():  # a "fine-tuned" backbone: the last conv block scaled
-        for name, p in tuned.named_parameters():
-            if name.startswith("trunk.features.18"):
-                p.mul_(1.5)
-    sd = {k.replace("trunk.", "", 1).replace("head.", "classifier.1.", 1): v for k, v in tuned.state_dict().items()}
     path = tmp_path / "tuned.pt"
-    torch.save(sd, path)
+    sd = _tuned_state_dict(path)
 
     class Driver:  # defined locally so that Ray ships it by value to the worker
         def refresh(self, images, transform, uri, state_path):
@@ -240,3 +236,38 @@ def test_score_pool_actor_path_equals_in_process(v0, tmp_path):
     assert fs.open_scores("v0-pool").manifest["proxy_sha256"] == big.manifest["proxy_sha256"]
     with pytest.raises(ValueError, match="N×1280"):
         score_pool(proxy, np.zeros((4, 7), np.float32))
+
+
+def _tuned_state_dict(path):
+    """A "fine-tuned" MobileNetV2: its last conv block scaled, saved as a torchvision state dict."""
+    tuned = build_backbone(MODEL)
+    with torch.no_grad():
+        for name, p in tuned.named_parameters():
+            if name.startswith("trunk.features.18"):
+                p.mul_(1.5)
+    sd = {k.replace("trunk.", "", 1).replace("head.", "classifier.1.", 1): v for k, v in tuned.state_dict().items()}
+    torch.save(sd, path)
+    return sd
+
+
+def test_warm_actors_persist_across_passes_and_rebuild_for_new_weights(ray_local, pool, transform, reference,
+                                                                       tmp_path):
+    from raal import embed_pool
+
+    embed_pool.release()
+    fs = FeatureStore(RunStore(tmp_path / "run"))
+    a = embed_images(pool, model_cfg=MODEL, transform=transform, store=fs, version=0, split="pool", embed_cfg=ONE,
+                     progress=False)
+    warm = embed_pool._POOL
+    assert a.manifest["last_pass"]["warm"] and warm is not None and len(warm.actors) == 1
+    np.testing.assert_allclose(np.asarray(a.features), reference[0], atol=1e-5, rtol=0)
+    sd = _tuned_state_dict(tmp_path / "tuned.pt")
+    b = embed_images(pool, model_cfg=MODEL, transform=transform, store=fs, version=1, split="pool", embed_cfg=ONE,
+                     state_dict_path=str(tmp_path / "tuned.pt"), progress=False)
+    assert embed_pool._POOL is warm  # the same actors: no start-up
+    np.testing.assert_allclose(np.asarray(b.features), plain_forward(pool, transform, sd)[0], atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(b.ids, pool.ids)
+    embed_pool.release(gpu_only=True)  # CPU actors hold no GPU: kept
+    assert embed_pool._POOL is warm
+    embed_pool.release()
+    assert embed_pool._POOL is None

@@ -44,8 +44,10 @@ def finetune_labeled(pipe, *, method: str, name: str, seed: int, save_as: str | 
     """
     if save_as and pipe.store.exists(save_as + ".json"):
         return pipe.store.read_json(save_as + ".json")
+    from raal.embed_pool import release
     from raal.train import finetune, finetune_lora
 
+    release(gpu_only=True)  # warm GPU embedding actors hand their GPUs to the training workers
     cfg = pipe.ctx.cfg
     method_key = method.lower().replace("-", "")
     jobs = training_storage(pipe.store)
