@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 # Keys that change how a run executes, not what it computes: they may differ on resume.
 OPERATIONAL_KEYS = ("run_dir", "report", "ray.", "embed.num_actors", "embed.batch_size", "embed.device",
                     "proxy.device", "proxy.score_batch_size", "train.num_workers", "train.use_gpu",
-                    "train.cpus_per_worker", "train.eval_batch_size", "oracle.allow_partial")
+                    "train.cpus_per_worker", "train.eval_batch_size", "oracle.allow_partial", "track.", "log.")
 
 
 def default_run_dir(cfg: RunConfig) -> str:
@@ -153,6 +153,7 @@ class Experiment:
                     f"{ {'lpft': 'LP-FT', 'ft': 'FT', 'lp': 'LP'}[ev.recipe.method]} of the blocks after the "
                     f"first {ev.freeze_blocks} (frozen, cached), {ev.recipe.steps} steps"),
                 "arms": [a.arm.name for a in self.arms], "resumed": self.resumed,
+                "baseline": next((a.arm.name for a in self.arms if a.arm.baseline), None),
                 "completed_rounds": self.completed_rounds()}
 
     def completed_rounds(self) -> int:
