@@ -23,20 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from raal import metrics
+from raal.report_plots import (BASELINE_STYLES, PHASE_COLORS, PHASE_NAMES, _figure, _gapped, _legend_label,  # noqa: F401
+                               _line_kw, _png, fmt_time, plot_accuracy, plot_time)
+from raal.report_tables import SUMMARY_HEAD, _text_table, summary_rows
 from raal.report_load import (OPTIONAL_COLUMNS, REQUIRED_COLUMNS, ROUND_COLUMNS, Arm, NotARunError,  # noqa: F401
                               Run, _ranges, _run_name, load_run)
 
 log = logging.getLogger(__name__)
-
-PHASE_NAMES = {
-    "t_pre": "feature extraction (T_pre)", "t_tr_proxy": "proxy training (T_tr,proxy)",
-    "t_f_proxy": "proxy forward (T_f,proxy)", "t_tr_full": "full-model training (T_tr,full)",
-    "t_f_full": "full-model forward (T_f,full)", "t_select": "selection", "t_eval": "evaluation",
-    "other": "other (round time not in a phase)",
-}
-PHASE_COLORS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#bab0ac")
-BASELINE_STYLES = ("--", ":", "-.", (0, (5, 1)))
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Per-arm measures
@@ -115,66 +108,10 @@ def _collect(runs: Sequence[Run]) -> list[ArmStats]:
 # Plots (matplotlib Figure + Agg canvas: no global backend state, safe inside a Ray worker)
 # ---------------------------------------------------------------------------------------------------------------
 
-def _figure(w: float, h: float, nrows: int = 1, ncols: int = 1, **kw):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(w, h), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
-    return fig, axes
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return buf.getvalue()
-
-
 def _acc_scale(stats: Sequence[ArmStats]) -> tuple[float, str]:
     vals = [s.arm.rounds["accuracy"] for s in stats if s.arm.rounds is not None]
     top = max((float(np.nanmax(v)) for v in vals if np.isfinite(v).any()), default=1.0)
     return (100.0, "test accuracy (%)") if top <= 1.0 + 1e-9 else (1.0, "test accuracy")
-
-
-def _line_kw(s: ArmStats, base_idx: dict[str, int]) -> dict:
-    if s.arm.baseline:
-        ls = BASELINE_STYLES[base_idx.get(s.arm.run_label, 0) % len(BASELINE_STYLES)]
-        return {"color": "black", "linestyle": ls, "linewidth": 2.0, "marker": "o", "markersize": 4}
-    return {"color": s.color, "linestyle": "-", "linewidth": 1.6, "marker": "o", "markersize": 4}
-
-
-def _gapped(rounds: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Insert a NaN point wherever round numbers jump by more than one, so a plotted line breaks at missing rounds."""
-    brk = np.flatnonzero(np.diff(rounds) > 1) + 1
-    if brk.size == 0:
-        return x.astype(np.float64), y.astype(np.float64)
-    return np.insert(x.astype(np.float64), brk, np.nan), np.insert(y.astype(np.float64), brk, np.nan)
-
-
-def _legend_label(s: ArmStats) -> str:
-    return f"{s.key} (random baseline)" if s.arm.baseline else s.key
-
-
-def plot_accuracy(stats, base_idx, scale, ylab):
-    fig, ax = _figure(8, 5)
-    ax = ax[0, 0]
-    for s in stats:
-        r = s.arm.rounds
-        if r is None or not np.isfinite(r["accuracy"]).any():
-            continue
-        ok = np.isfinite(r["accuracy"])
-        ax.plot(*_gapped(r["round"][ok], r["n_labeled"][ok], r["accuracy"][ok] * scale), label=_legend_label(s),
-                **_line_kw(s, base_idx))
-    ax.set_title("Learning curves: test accuracy vs number of labels")
-    ax.set_xlabel("labeled samples (count)")
-    ax.set_ylabel(ylab)
-    ax.grid(alpha=0.3)
-    if ax.has_data():
-        ax.legend(fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no evaluated round in any arm", ha="center", va="center", transform=ax.transAxes)
-    return fig
 
 
 def plot_saving(stats):
@@ -291,59 +228,17 @@ def plot_asvp(stats, scale, ylab, threshold):
     return fig
 
 
-def _time_unit(seconds: float) -> tuple[float, str]:
-    if seconds >= 2 * 3600:
-        return 3600.0, "h"
-    if seconds >= 120:
-        return 60.0, "min"
-    return 1.0, "s"
-
-
-def fmt_time(seconds: float) -> str:
-    if not np.isfinite(seconds):
-        return "n/a"
-    div, unit = _time_unit(seconds)
-    return f"{seconds / div:.3g} {unit}"
-
-
-def plot_time(stats):
-    rows = [s for s in stats if s.phases]
-    if not rows:
-        return None
-    keys = list(metrics.PHASES) + ["other"]
-    totals = np.array([[s.phases.get(k, 0.0) for k in keys] for s in rows])
-    div, unit = _time_unit(float(totals.sum(axis=1).max(initial=0.0)))
-    fig, ax = _figure(9, 1.6 + 0.45 * len(rows))
-    ax = ax[0, 0]
-    y = np.arange(len(rows))
-    left = np.zeros(len(rows))
-    for j, k in enumerate(keys):
-        w = totals[:, j] / div
-        if not np.any(w > 0):
-            continue
-        ax.barh(y, w, left=left, color=PHASE_COLORS[j % len(PHASE_COLORS)], label=PHASE_NAMES[k])
-        left += w
-    ax.set_yticks(y, [s.key for s in rows])
-    ax.invert_yaxis()
-    ax.set_title("Compute time per phase, summed over rounds")
-    ax.set_xlabel(f"time ({unit})")
-    ax.grid(axis="x", alpha=0.3)
-    if ax.has_data():
-        ax.legend(fontsize=8, loc="lower right")
-    return fig
-
-
 def plot_cost(stats, base_idx, scale, ylab):
     fig, ax = _figure(8, 5)
     ax = ax[0, 0]
-    for s in stats:
+    for i, s in enumerate(stats):
         r = s.arm.rounds
         if r is None:
             continue
         ok = np.isfinite(r["accuracy"])
         if ok.any():
             ax.plot(*_gapped(r["round"][ok], s.cum_cost[ok], r["accuracy"][ok] * scale), label=_legend_label(s),
-                    **_line_kw(s, base_idx))
+                    **_line_kw(s, base_idx, i))
     for s in stats:
         if s.arm.baseline and np.isfinite(s.final_accuracy):
             ax.axhline(s.final_accuracy * scale, color="grey", lw=1, ls=":")
@@ -359,43 +254,6 @@ def plot_cost(stats, base_idx, scale, ylab):
 # ---------------------------------------------------------------------------------------------------------------
 # Tables and HTML
 # ---------------------------------------------------------------------------------------------------------------
-
-SUMMARY_HEAD = ("arm", "final labels", "final accuracy", "mean saving ratio (rounds)", "selector's own (diag.)",
-                "compute time", "cost (USD)")
-
-
-def summary_rows(stats: Sequence[ArmStats], scale: float = 100.0) -> list[tuple[str, ...]]:
-    """One row per arm with the columns of SUMMARY_HEAD, formatted (accuracy times `scale`: 100 for fractions)."""
-    rows = []
-    for s in stats:
-        if s.arm.rounds is None:
-            rows.append((s.key, "-", "-", "-", "-", "-", "-"))
-            continue
-        if not np.isfinite(s.final_accuracy):
-            acc = "n/a"
-        else:
-            acc = f"{s.final_accuracy * scale:.2f}" + ("%" if scale == 100.0 else "")
-        if s.arm.baseline:
-            ratio = "baseline"
-        elif s.saving is None or not np.isfinite(s.saving.mean):
-            ratio = "n/a"
-        else:  # interpolated rounds only; extrapolated ones are counted beside it, never averaged
-            ratio = f"{s.saving.mean * 100:+.1f}% ({s.saving.n_used} interp."
-            ratio += f", {s.saving.n_extrapolated} extrap.)" if s.saving.n_extrapolated else ")"
-        own = s.arm.rounds["model_accuracy"][-1] if "model_accuracy" in s.arm.rounds else np.nan
-        kind = str(s.arm.rounds["model_eval"][-1]) if "model_eval" in s.arm.rounds else ""
-        diag = f"{kind} {own * scale:.2f}" if np.isfinite(own) and kind not in ("", "none") else "-"
-        rows.append((s.key, str(s.final_labels), acc, ratio, diag, fmt_time(float(s.seconds.sum())),
-                     f"{s.total_cost:.2f}"))
-    return rows
-
-
-def _text_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
-                                   for i, (c, w) in enumerate(zip(cells, widths)))
-    return "\n".join([line(head), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
-
 
 def _notes(runs: Sequence[Run]) -> list[str]:
     out = []
@@ -569,7 +427,7 @@ def write_report(run_dirs: str | Path | Iterable[str | Path], out_dir: str | Pat
                  "asvp": "ASVP decisions", "time": "Time per phase", "cost": "Cost vs accuracy"}[name]
         parts.append(f"<h2>{e(title)}</h2><figure><img alt='{e(title)}' src='data:image/png;base64,"
                      f"{base64.b64encode(png).decode('ascii')}'><figcaption>{e(caption)}</figcaption></figure>")
-    parts.append("<h2>Time model (algorithms.md §3.8)</h2><p>Per-round averages of the measured phase times over "
+    parts.append("<h2>Time model (docs/report.md)</h2><p>Per-round averages of the measured phase times over "
                  "the rounds where each phase ran (all arms of the run pooled), and the modelled totals "
                  "T_s = N_al·(T_tr+T_f) (+ N_pre·T_pre + (N_pre−1)·T_tr,full for ASVP). n/a: the phase never ran "
                  "in this run.</p>")

@@ -47,6 +47,7 @@ class Arm:
     meta: dict
     rounds: dict[str, np.ndarray] | None
     notes: list[str] = field(default_factory=list)
+    config: dict = field(default_factory=dict)  # the run's config.yaml (seeds of one config are grouped)
 
     @property
     def name(self) -> str:
@@ -265,7 +266,8 @@ def load_run(run_dir: str | Path, label: str | None = None) -> Run:
             arm_notes.append("arm.json is missing; the directory name is used and the arm is not a baseline")
         meta.setdefault("name", dir_name)
         rounds = _read_rounds(store, rel + "rounds.parquet", arm_notes)
-        run.arms.append(Arm(run_label=run.label, dir_name=dir_name, meta=meta, rounds=rounds, notes=arm_notes))
+        run.arms.append(Arm(run_label=run.label, dir_name=dir_name, meta=meta, rounds=rounds, notes=arm_notes,
+                            config=config))
     if not run.arms:
         notes.append("the run has no arms yet (arms/ is missing or empty): nothing to report")
     bases = [a for a in run.arms if a.baseline]
