@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from raal import faults, progress
+from raal import console, faults, progress
 from raal.config import LoraConfig, ModelConfig, TrainConfig
 from raal.data.transforms import IMAGE_COLUMNS, ImageTransform
 from raal.proxy import cosine_multiplier, epoch_batches
@@ -520,6 +520,7 @@ class _Job:
 
 
 def _worker_loop(config: dict) -> None:
+    console.worker_setup()  # Ray Train's own logging set-up (dictConfig) removed the worker hook's handlers
     _Job(config).run()
 
 
