@@ -186,3 +186,16 @@ class Tracker:
     def finish(self, status: str = "FINISHED") -> None:
         for run_id in [*self.arm_ids.values(), self.parent_id]:
             self.client.set_terminated(run_id, status=status)
+
+
+def tune_callbacks(base_cfg, sweep_root: str, sweep_name: str) -> list:
+    """Ray Tune's own MLflow integration for a sweep: each trial one MLflow run (its params and the metrics it
+    reports every round) in the experiment `raal-tune-<sweep>`; none with track=none."""
+    if base_cfg.track.kind == "none":
+        return []
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # see Tracker._open
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    uri = base_cfg.track.mlflow_uri or tracking_uri(base_cfg, sweep_root)
+    return [MLflowLoggerCallback(tracking_uri=uri, experiment_name=f"raal-tune-{sweep_name}",
+                                 tags={"raal.sweep": sweep_name}, save_artifact=False)]

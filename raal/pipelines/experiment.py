@@ -229,7 +229,7 @@ class DriverActor:
     def __init__(self, cfg: RunConfig):
         from raal.raylocal import quiet_ray_data
 
-        quiet_ray_data()  # raal's own passes show one tqdm bar each (items/s, ETA); Ray Data's bars would repeat it
+        quiet_ray_data()  # raal's progress line (raal/progress.py) shows the passes; Ray Data's bars would repeat it
         self.exp = Experiment(cfg)
 
     def prepare(self) -> dict:
