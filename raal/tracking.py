@@ -108,13 +108,14 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         from raal.config import to_dict
+        from raal.store import redact_uri
 
         uri = tracking_uri(cfg, run_dir)
         client = MlflowClient(tracking_uri=uri)
         name = cfg.track.experiment or f"raal-{cfg.name}"
         exp = client.get_experiment_by_name(name)
         exp_id = exp.experiment_id if exp is not None else client.create_experiment(name)
-        key = os.path.abspath(run_dir) if "://" not in run_dir else run_dir
+        key = os.path.abspath(run_dir) if "://" not in run_dir else redact_uri(run_dir)  # never a credential
         found = client.search_runs([exp_id], filter_string=f"tags.`{TAG_RUN}` = '{key}'", max_results=1000)
         parents = [r for r in found if TAG_ARM not in r.data.tags]
         if parents:
@@ -123,7 +124,7 @@ class Tracker:
         else:
             parent_id = client.create_run(exp_id, run_name=Path(key).name or cfg.name,
                                           tags={TAG_RUN: key, "raal.config": cfg.name}).info.run_id
-            params = _flat(to_dict(cfg))
+            params = {**_flat(to_dict(cfg)), "run_dir": key}
             from mlflow.entities import Param
 
             items = [Param(k, v[:6000]) for k, v in sorted(params.items())]

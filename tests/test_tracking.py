@@ -65,3 +65,13 @@ def test_track_none_turns_it_off(tmp_path):
     cfg = load_config("demo", ["track=none", f"run_dir={tmp_path}"])
     assert Tracker.open(cfg, str(tmp_path), ["a"], None) is None
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_credentials_of_a_run_store_uri_never_reach_mlflow(tmp_path):
+    run_dir = f"file://{tmp_path}/run?secret_key=TOPSECRET&session_token=TOK"
+    cfg = load_config("demo", [f"run_dir={run_dir}"])
+    t = Tracker.open(cfg, run_dir, ["a"], None)
+    t.log_history({"a": rows(1, 0.5)})
+    assert t.uri == (tmp_path / "run" / "mlruns").as_uri()
+    stored = "".join(p.read_text(errors="replace") for p in (tmp_path / "run" / "mlruns").rglob("*") if p.is_file())
+    assert "TOPSECRET" not in stored and "TOK" not in stored and "REDACTED" in stored
