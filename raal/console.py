@@ -26,14 +26,25 @@ QUIET_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cl
 _TAG = "_raal_handler"
 
 
+def local_dir(run_dir: str) -> Path | None:
+    """The run dir as a local path (a plain path or a `file://` URI), else None; creates nothing."""
+    import pyarrow.fs as pafs
+
+    from raal.store import _resolve
+
+    fs, root = _resolve(run_dir)
+    return Path(root) if isinstance(fs, pafs.LocalFileSystem) else None
+
+
 def log_file_for(run_dir: str) -> Path:
     """raal.log in the run dir when the store is local (also `file://`); else in ./runs/ beside local runs."""
-    from raal.store import RunStore
-
-    local = RunStore(run_dir).local_path()
+    local = local_dir(run_dir)
     if local is not None:
         return local / LOG_NAME
-    return Path("runs").resolve() / f"{Path(run_dir.rstrip('/')).name or 'run'}.{LOG_NAME}"
+    from urllib.parse import urlsplit
+
+    name = Path(urlsplit(run_dir).path.rstrip("/")).name or "run"  # the path only: a URI's query may hold secrets
+    return Path("runs").resolve() / f"{name}.{LOG_NAME}"
 
 
 def _install(path: Path, level: str, verbose: bool) -> None:

@@ -34,9 +34,9 @@ def tracking_uri(cfg, run_dir: str) -> str:
     """track.mlflow_uri, else a file store in the (local) run dir, else ./mlruns."""
     if cfg.track.mlflow_uri:
         return cfg.track.mlflow_uri
-    from raal.store import RunStore
+    from raal.console import local_dir
 
-    local = RunStore(run_dir).local_path()
+    local = local_dir(run_dir)
     return (local / "mlruns" if local is not None else Path("mlruns").resolve()).as_uri()
 
 
