@@ -202,14 +202,15 @@ def run(cfg: RunConfig) -> int:
             ray.shutdown()
     if waiting:
         return 0
-    if cfg.report and "://" not in run_dir:
+    local = console.local_dir(run_dir)  # a path or file://: the report reads through RunStore, writes locally
+    if cfg.report and local is not None:
         try:
             from raal.report import write_report
 
             print()
-            write_report([run_dir], os.path.join(run_dir, "report"), echo=True)
+            write_report([run_dir], local / "report", echo=True)
             if tracker is not None:
-                tracker.log_report(os.path.join(run_dir, "report"))
+                tracker.log_report(local / "report")
         except ImportError:
             pass
     if tracker is not None:
