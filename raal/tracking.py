@@ -103,7 +103,7 @@ class Tracker:
     @classmethod
     def _open(cls, cfg, run_dir: str, arms: list[str], baseline: str | None) -> "Tracker":
         # MLflow 3.x keeps its file store (the no-server default here) behind this switch; the SQL store it
-        # recommends needs SQLAlchemy, which mlflow-skinny leaves out (README: "Experiment tracking")
+        # recommends needs SQLAlchemy, which mlflow-skinny leaves out (README: "Console, logs and experiment tracking")
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         from mlflow.tracking import MlflowClient
 
@@ -124,9 +124,10 @@ class Tracker:
         else:
             parent_id = client.create_run(exp_id, run_name=Path(key).name or cfg.name,
                                           tags={TAG_RUN: key, "raal.config": cfg.name}).info.run_id
-            params = {**_flat(to_dict(cfg)), "run_dir": key}
+        if not client.get_run(parent_id).data.params:  # also when a kill came between the run and its params
             from mlflow.entities import Param
 
+            params = {**_flat(to_dict(cfg)), "run_dir": key}
             items = [Param(k, v[:6000]) for k, v in sorted(params.items())]
             for i in range(0, len(items), 100):
                 client.log_batch(parent_id, params=items[i:i + 100])
