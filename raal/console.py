@@ -180,16 +180,25 @@ def _columns() -> int:
 
 
 def wait(ref, board, display: Display, poll_s: float = 0.5):
-    """ray.get(ref), showing the board's progress meanwhile."""
+    """ray.get(ref), showing the board's progress meanwhile. The board is asked without blocking: on a loaded
+    machine its first answer may take seconds (a new worker process), which must neither delay the round nor
+    turn the progress off."""
     import ray
+    from ray.exceptions import RayActorError
 
+    asked = None
     while True:
         ready, _ = ray.wait([ref], timeout=poll_s)
         if ready:
             display.clear()
             return ray.get(ref)
-        if board is not None:
+        if board is None:
+            continue
+        if asked is None:
+            asked = board.get.remote()
+        if ray.wait([asked], timeout=0)[0]:
             try:
-                display.show(progress_text(ray.get(board.get.remote(), timeout=5)))
-            except Exception:  # noqa: BLE001 - progress is a courtesy
+                display.show(progress_text(ray.get(asked)))
+            except RayActorError:  # the board is gone: the run goes on without a progress line
                 board = None
+            asked = None
