@@ -1,10 +1,11 @@
 """What a run shows on the console, and where everything else goes.
 
 By default the console carries raal's own lines only (the header, one live progress line, one line per round,
-the summary). Every log record, raal's and Ray's, of the CLI and of every Ray worker process goes to `raal.log`
-in the run dir: the CLI sets up its own logging, and `worker_setup` is Ray's documented per-worker hook
-(`runtime_env={"worker_process_setup_hook": ...}`). Ray's forwarding of worker stdout/stderr to the console
-(`log_to_driver`) is off unless verbose; those streams stay in Ray's session log directory, whose path the run
+the summary). raal's log records, and those of Ray's Python loggers that reach the root or `ray` logger, from
+the CLI and from every Ray worker process, go to `raal.log` in the run dir: the CLI sets up its own logging, and
+`worker_setup` is Ray's documented per-worker hook (`runtime_env={"worker_process_setup_hook": ...}`). Ray's
+forwarding of worker stdout/stderr to the console (`log_to_driver`) is off unless verbose; those streams, and the
+logs Ray Data and Ray Train keep in files of their own, stay in Ray's session log directory, whose path the run
 prints. `-v/--verbose` (or `log.verbose=true`) turns the forwarding back on and shows every log line.
 """
 from __future__ import annotations
