@@ -25,6 +25,7 @@ ENV_FILE, ENV_LEVEL = "RAAL_LOG_FILE", "RAAL_LOG_LEVEL"
 QUIET_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",
                  "ray.data._internal.progress")
 _TAG = "_raal_handler"
+STALE_S = 5.0  # a finished phase stays on the progress line this long
 
 
 def local_dir(run_dir: str) -> Path | None:
@@ -120,9 +121,9 @@ def fmt_seconds(s: float) -> str:
 def progress_text(snapshot: dict, now: float | None = None) -> str | None:
     """'round 2 · asvp_margin · embedding 120/200 img, 9.1 img/s, ETA 9s' from a board snapshot."""
     p = snapshot.get("phase")
-    if not p:
-        return None
     now = time.time() if now is None else now
+    if not p or (p["total"] and p["done"] >= p["total"] and now - p.get("at", now) > STALE_S):
+        return None  # nothing yet, or a finished phase while the next one reports nothing
     ctx = snapshot.get("context") or {}
     where = " · ".join(str(x) for x in (f"round {ctx['round']}" if "round" in ctx else None, ctx.get("arm")) if x)
     elapsed = max(now - p["started"], 1e-9)

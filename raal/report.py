@@ -1,6 +1,6 @@
 """The run report: one self-contained HTML file (plots embedded) plus PNGs and a plain-text summary.
 
-    python -m raal.report RUN_DIR [RUN_DIR ...] [--out DIR]
+    python -m raal.report RUN_DIR|URI [RUN_DIR|URI ...] [--out DIR]
 
 A run directory holds `config.yaml` and `arms/<arm>/{arm.json, rounds.parquet}`. Every arm of every given run is
 compared; saving ratios are taken against the random-baseline arm of the same run. Problems in a run (missing
@@ -12,22 +12,19 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import io
-import json
 import logging
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from raal import metrics
-from raal.report_plots import (BASELINE_STYLES, PHASE_COLORS, PHASE_NAMES, _figure, _gapped, _legend_label,  # noqa: F401
-                               _line_kw, _png, fmt_time, plot_accuracy, plot_time)
+from raal.report_load import Arm, NotARunError, Run, _run_name, load_run  # noqa: F401 - NotARunError: the API
+from raal.report_plots import (PHASE_NAMES, _figure, _gapped, _legend_label, _line_kw, _png, fmt_time,
+                               plot_accuracy, plot_time)
 from raal.report_tables import SUMMARY_HEAD, _text_table, summary_rows
-from raal.report_load import (OPTIONAL_COLUMNS, REQUIRED_COLUMNS, ROUND_COLUMNS, Arm, NotARunError,  # noqa: F401
-                              Run, _ranges, _run_name, load_run)
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,9 @@ def test_progress_text_has_rate_and_eta():
     snap["phase"].update(done=0, total=None, unit="", phase="selection")
     assert console.progress_text(snap, now=103.0) == "  round 2 · asvp_margin · selection 0, 3s"
     assert console.progress_text({"phase": None}) is None
+    done = {"phase": {"phase": "embedding", "done": 200, "total": 200, "unit": "img", "started": 100.0, "at": 120.0}}
+    assert "200/200" in console.progress_text(done, now=121.0)
+    assert console.progress_text(done, now=130.0) is None  # finished long ago: not shown again
 
 
 def test_on_a_pipe_the_live_line_is_printed_at_most_once_per_interval():
