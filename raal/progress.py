@@ -27,7 +27,7 @@ _started: dict[str, float] = {}
 
 
 class ProgressBoard:
-    """The latest report of each process's current phase, plus the context (round, arm) set by the driver."""
+    """The latest report from any process (one progress line), plus the context (round, arm) set by the driver."""
 
     def __init__(self):
         self.phase: dict | None = None
