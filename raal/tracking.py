@@ -24,6 +24,11 @@ from raal import metrics
 
 log = logging.getLogger(__name__)
 
+# MLflow 3.x keeps its file store (the no-server default here) behind this switch; the SQL store it recommends
+# needs SQLAlchemy, which mlflow-skinny leaves out (README: "Console, logs and experiment tracking"). Set on import,
+# so that a restored Tune sweep, whose MLflow callback comes back from Tune's saved state, finds it set too.
+os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+
 #: rounds-table columns logged as metrics as they are (phase times in seconds)
 ROUND_METRICS = ("n_labeled", "n_new", "accuracy", "model_accuracy", "probe_accuracy", "ped_steps", "logme_ped",
                  "score_diff", "trigger_signal", "features_version", "t_round", *metrics.PHASES)
@@ -102,9 +107,6 @@ class Tracker:
 
     @classmethod
     def _open(cls, cfg, run_dir: str, arms: list[str], baseline: str | None) -> "Tracker":
-        # MLflow 3.x keeps its file store (the no-server default here) behind this switch; the SQL store it
-        # recommends needs SQLAlchemy, which mlflow-skinny leaves out (README: "Console, logs and experiment tracking")
-        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         from mlflow.tracking import MlflowClient
 
         from raal.config import to_dict
@@ -195,7 +197,6 @@ def tune_callbacks(base_cfg, sweep_root: str, sweep_name: str) -> list:
     reports every round) in the experiment `raal-tune-<sweep>`; none with track=none."""
     if base_cfg.track.kind == "none":
         return []
-    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # see Tracker._open
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
     uri = base_cfg.track.mlflow_uri or tracking_uri(base_cfg, sweep_root)
