@@ -238,6 +238,21 @@ class RayConfig:
 
 
 @dataclass
+class TrackConfig:
+    """Experiment tracking (raal/tracking.py). `track=none` on the command line is short for track.kind=none."""
+    kind: str = "mlflow"  # mlflow | none
+    mlflow_uri: str = ""  # "" = a local file store in the run dir (<run_dir>/mlruns)
+    experiment: str = ""  # MLflow experiment name ("" = the config's name)
+
+
+@dataclass
+class LogConfig:
+    """The console shows raal's own lines; everything goes to <run_dir>/raal.log (raal/console.py)."""
+    level: str = "INFO"  # raal.log's level: DEBUG | INFO | WARNING | ERROR
+    verbose: bool = False  # also show every log line (raal's and Ray's) on the console; same as -v
+
+
+@dataclass
 class RunConfig:
     name: str = "demo"
     run_dir: str = ""  # local path or pyarrow.fs URI ("" = runs/<name>)
@@ -255,6 +270,8 @@ class RunConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     oracle: OracleConfig = field(default_factory=OracleConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 MAIN_KEYS = (
@@ -318,6 +335,8 @@ def parse_overrides(overrides: list[str], schema: DictConfig | None = None) -> D
     for item in overrides:
         key, _, text = item.partition("=")
         key = key.strip()
+        if key in ("track", "log"):  # `track=none`, `log=DEBUG`: the section's main key
+            key = {"track": "track.kind", "log": "log.level"}[key]
         if not key or not _:
             raise ConfigError(f"{item!r}: overrides must look like key=value (e.g. al.seed=1)")
         try:
@@ -418,6 +437,9 @@ def validate(cfg: RunConfig) -> None:
     _check(d.source in DATA_SOURCES, "data.source", f"allowed: {', '.join(DATA_SOURCES)}", d.source)
     _check(d.source not in ("image_folder", "parquet") or bool(d.root), "data.root",
            f"data.source={d.source} needs data.root (a folder or manifest path)", d.root)
+    _check(cfg.track.kind in ("mlflow", "none"), "track.kind", "allowed: mlflow, none", cfg.track.kind)
+    _check(cfg.log.level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log.level",
+           "allowed: DEBUG, INFO, WARNING, ERROR", cfg.log.level)
     _check(d.image_size >= 16, "data.image_size", "must be >= 16", d.image_size)
     _check(d.pool_size >= 0, "data.pool_size", "must be >= 0 (0 = all)", d.pool_size)
     _check(d.test_size >= 0, "data.test_size", "must be >= 0", d.test_size)

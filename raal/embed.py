@@ -151,6 +151,12 @@ def weights_fingerprint(model_cfg: ModelConfig, state_dict_path: str | None) -> 
     return wid, int(model.feature_dim), c
 
 
+#: Ray Data restarts its map actors forever by default, but an actor restart cannot re-read constructor arguments
+#: that went to the object store (Ray logs an error at creation for that). A lost pass is resumed by raal from its
+#: committed shards instead (features.py), so the map actors are not restarted.
+NO_ACTOR_RESTARTS = {"max_restarts": 0}
+
+
 def embed_images(images: ImageSet, *, model_cfg: ModelConfig, transform: ImageTransform, store: FeatureStore,
                  version: int, split: str, embed_cfg: EmbedConfig | None = None, state_dict_path: str | None = None,
                  with_logits: bool = True, progress: bool = True,
@@ -224,7 +230,7 @@ def embed_images(images: ImageSet, *, model_cfg: ModelConfig, transform: ImageTr
             _Embedder, fn_constructor_kwargs=dict(spec, device=plan.device, torch_threads=plan.torch_threads),
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.actors, initial_size=plan.actors),
             num_cpus=plan.num_cpus, num_gpus=plan.num_gpus or None, batch_size=embed_cfg.batch_size,
-            batch_format="numpy")
+            batch_format="numpy", **NO_ACTOR_RESTARTS)
         results = ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
     bar = PassProgress(n, f"embed v{version}/{split}", "img", enabled=progress)
     window = [math.inf, -math.inf]

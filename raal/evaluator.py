@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from raal import progress
 from raal.recipe import default_freeze, fit_probe, forward_in_chunks, split_trunk, train_suffix
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ class PrefixCache:
             for a in range(0, len(images), chunk):
                 x = torch.from_numpy(transform(images.take(np.arange(a, min(len(images), a + chunk)))))
                 parts.append(prefix(x))
+                progress.report("evaluator cache", min(len(images), a + chunk), len(images), "img")
         acts = torch.cat(parts).contiguous()
         raw = acts.numpy().tobytes()
         data_path, meta_path = self._paths()

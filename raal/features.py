@@ -36,6 +36,7 @@ import numpy as np
 
 from raal import faults
 from raal.errors import StoreError
+from raal.progress import PassProgress  # noqa: F401 - re-exported for embed/scoring
 from raal.store import RunStore, atomic_local_file
 
 log = logging.getLogger(__name__)
@@ -506,50 +507,6 @@ class ShardAssembler:
             missing = sorted(self.todo)
             raise StoreError(f"{self.target.rel}: the pass ended with shards {missing[:10]} incomplete "
                              f"({sum(int((~b['filled']).sum()) for b in self.pending.values())} rows never arrived)")
-
-
-class PassProgress:
-    """A tqdm bar (items/s, ETA) plus a log line every `log_every_s`, for long passes watched through logs."""
-
-    def __init__(self, total: int, desc: str, unit: str = "img", enabled: bool = True, log_every_s: float = 30.0):
-        from tqdm.auto import tqdm
-
-        self.total, self.desc, self.unit = total, desc, unit
-        self.bar = tqdm(total=total, desc=desc, unit=unit, disable=not enabled, smoothing=0.1, dynamic_ncols=True)
-        self.t0 = self.last = time.perf_counter()
-        self.count = 0
-        self.first: tuple[float, int] | None = None  # (time, rows) of the first output: start-up ends there
-        self.log_every_s = log_every_s
-
-    def update(self, n: int) -> None:
-        self.count += n
-        self.bar.update(n)
-        now = time.perf_counter()
-        if self.first is None:
-            self.first = (now, n)
-            log.info("%s: first %d %s after %.1fs (start-up)", self.desc, n, self.unit, now - self.t0)
-        if now - self.last >= self.log_every_s:
-            self.last = now
-            rate = self.count / max(now - self.t0, 1e-9)
-            eta = (self.total - self.count) / rate if rate > 0 else float("inf")
-            log.info("%s: %d/%d %s (%.1f%%), %.1f %s/s, ETA %.0fs", self.desc, self.count, self.total, self.unit,
-                     100.0 * self.count / max(self.total, 1), rate, self.unit, eta)
-
-    def close(self) -> dict:
-        self.bar.close()
-        end = time.perf_counter()
-        elapsed = end - self.t0
-        rate = self.count / elapsed if elapsed > 0 else 0.0
-        out = {"items": self.count, "seconds": round(elapsed, 3), "items_per_s": round(rate, 2)}
-        if self.first is not None:
-            t, n = self.first
-            out["first_output_s"] = round(t - self.t0, 3)
-            out["items_per_s_after_first"] = round((self.count - n) / (end - t), 2) if end > t and self.count > n \
-                else out["items_per_s"]
-        log.info("%s: %d %s in %.1fs (%.1f %s/s; %.1f %s/s after a start-up of %.1fs)", self.desc, self.count,
-                 self.unit, elapsed, rate, self.unit, out.get("items_per_s_after_first", rate), self.unit,
-                 out.get("first_output_s", 0.0))
-        return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

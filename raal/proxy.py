@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from raal import faults
+from raal import faults, progress
 from raal.config import ProxyConfig
 
 COSINE_FRACTION = 7.0 / 16.0  # the schedule ends at cos(7π/16) = 0.195× the base lr, not at 0
@@ -178,6 +178,7 @@ def train_proxy(features, labels, num_classes: int, cfg: ProxyConfig | None = No
             loss_sum += loss.detach() * len(idx)
             step += 1
         losses.append(float(loss_sum) / n)
+        progress.report("proxy", len(losses), cfg.epochs, "epoch")
         faults.reach("proxy_train")
     model.eval()
     model.history = TrainHistory(steps=step, device=str(device), lr_first=lr_first, lr_last=lr_last,

@@ -1,6 +1,6 @@
 """The run report: one self-contained HTML file (plots embedded) plus PNGs and a plain-text summary.
 
-    python -m raal.report RUN_DIR [RUN_DIR ...] [--out DIR]
+    python -m raal.report RUN_DIR|URI [RUN_DIR|URI ...] [--out DIR]
 
 A run directory holds `config.yaml` and `arms/<arm>/{arm.json, rounds.parquet}`. Every arm of every given run is
 compared; saving ratios are taken against the random-baseline arm of the same run. Problems in a run (missing
@@ -12,268 +12,21 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import io
-import json
 import logging
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from raal import metrics
+from raal.report_load import Arm, NotARunError, Run, _run_name, load_run  # noqa: F401 - NotARunError: the API
+from raal.report_plots import (PHASE_NAMES, _figure, _gapped, _legend_label, _line_kw, _png, fmt_time,
+                               plot_accuracy, plot_time)
+from raal.report_tables import SUMMARY_HEAD, _text_table, summary_rows
 
 log = logging.getLogger(__name__)
-
-# column -> (kind, fill for missing/null values)
-ROUND_COLUMNS: dict[str, tuple[str, object]] = {
-    "round": ("int", -1), "n_labeled": ("int", -1), "n_new": ("int", -1),
-    "accuracy": ("float", np.nan), "eval_method": ("str", ""), "random_only": ("bool", None),
-    "features_version": ("int", -1), "ped_steps": ("int", -1), "logme_ped": ("float", np.nan),
-    "score_diff": ("float", np.nan), "refreshed": ("bool", False), "train_method": ("str", ""),
-    **{p: ("float", 0.0) for p in metrics.PHASES}, "t_round": ("float", np.nan), "device": ("str", "cpu"),
-    "model_accuracy": ("float", np.nan), "model_eval": ("str", ""), "probe_accuracy": ("float", np.nan),
-    "trigger_signal": ("float", np.nan),
-}
-OPTIONAL_COLUMNS = ("random_only", "model_accuracy", "model_eval", "probe_accuracy", "trigger_signal")  # absent in older runs
-REQUIRED_COLUMNS = ("round", "n_labeled", "accuracy")
-
-PHASE_NAMES = {
-    "t_pre": "feature extraction (T_pre)", "t_tr_proxy": "proxy training (T_tr,proxy)",
-    "t_f_proxy": "proxy forward (T_f,proxy)", "t_tr_full": "full-model training (T_tr,full)",
-    "t_f_full": "full-model forward (T_f,full)", "t_select": "selection", "t_eval": "evaluation",
-    "other": "other (round time not in a phase)",
-}
-PHASE_COLORS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#bab0ac")
-BASELINE_STYLES = ("--", ":", "-.", (0, (5, 1)))
-
-
-class NotARunError(ValueError):
-    """The path given is not an experiment directory (no config.yaml and no arms/)."""
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Loading
-# ---------------------------------------------------------------------------------------------------------------
-
-@dataclass
-class Arm:
-    """One arm of a run: its arm.json, its rounds table (column -> numpy array, sorted by round) and notes."""
-
-    run_label: str
-    dir_name: str
-    meta: dict
-    rounds: dict[str, np.ndarray] | None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return str(self.meta.get("name") or self.dir_name)
-
-    @property
-    def baseline(self) -> bool:
-        return bool(self.meta.get("baseline", False))
-
-    @property
-    def pipeline(self) -> str:
-        return str(self.meta.get("pipeline", "?"))
-
-    @property
-    def n_rounds(self) -> int:
-        return 0 if self.rounds is None else len(self.rounds["round"])
-
-
-@dataclass
-class Run:
-    """An experiment directory: its config, arms, and what is wrong with it."""
-
-    path: Path
-    label: str
-    config: dict
-    arms: list[Arm]
-    notes: list[str] = field(default_factory=list)
-
-    prices: metrics.Prices = field(default_factory=metrics.Prices)
-    exclude_random_rounds: bool = True
-    threshold: float = 1.0
-
-    @property
-    def baseline(self) -> Arm | None:
-        base = [a for a in self.arms if a.baseline and a.rounds is not None]
-        return base[0] if base else None
-
-    def apply_config(self) -> None:
-        """Prices, averaging option and ASVP threshold from config.yaml, with defaults for what is absent."""
-        def section(name: str) -> dict:
-            sec = self.config.get(name)
-            return sec if isinstance(sec, dict) else {}
-
-        try:
-            self.prices = metrics.Prices.from_config(section("cost"))
-        except ValueError as exc:
-            self.notes.append(f"bad cost prices in config.yaml ({exc}); the defaults are used")
-        ex = section("metrics").get("exclude_random_rounds")
-        self.exclude_random_rounds = True if ex is None else bool(ex)
-        try:
-            th = section("asvp").get("threshold")
-            self.threshold = 1.0 if th is None else float(th)
-        except (TypeError, ValueError):
-            self.notes.append("asvp.threshold in config.yaml is not a number; 1.0 is shown")
-
-
-def _read_config(path: Path, notes: list[str]) -> dict:
-    if not path.is_file():
-        notes.append("config.yaml is missing: default prices and options are used")
-        return {}
-    try:
-        from omegaconf import OmegaConf
-
-        conf = OmegaConf.load(path)
-        try:
-            data = OmegaConf.to_container(conf, resolve=True)
-        except Exception:  # noqa: BLE001 - an unresolvable interpolation must not sink the report
-            data = OmegaConf.to_container(conf, resolve=False)
-    except Exception as exc:  # noqa: BLE001
-        notes.append(f"config.yaml could not be read ({type(exc).__name__}: {exc}); defaults are used")
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _read_rounds(path: Path, notes: list[str]) -> dict[str, np.ndarray] | None:
-    """rounds.parquet as numpy columns with nulls filled; None (and a note) when absent or unreadable."""
-    if not path.is_file():
-        notes.append("rounds.parquet is missing: no completed round recorded")
-        return None
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # noqa: BLE001
-        notes.append(f"rounds.parquet could not be read ({type(exc).__name__}: {exc})")
-        return None
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
-    if missing:
-        notes.append(f"rounds.parquet lacks the column(s) {', '.join(missing)}: arm left out")
-        return None
-    n = table.num_rows
-    cols: dict[str, np.ndarray] = {}
-    absent = []
-    for name, (kind, fill) in ROUND_COLUMNS.items():
-        if name not in table.column_names:
-            if name not in OPTIONAL_COLUMNS:
-                absent.append(name)
-            cols[name] = np.full(n, fill, dtype={"int": np.int64, "float": np.float64, "bool": object,
-                                                 "str": object}[kind])
-            continue
-        col = table[name]
-        try:
-            if kind == "float":
-                col = pc.fill_null(col.cast(pa.float64()), np.nan)
-                cols[name] = col.to_numpy().astype(np.float64)
-            elif kind == "int":
-                col = pc.fill_null(col.cast(pa.int64()), int(fill))
-                cols[name] = col.to_numpy().astype(np.int64)
-            elif kind == "bool":
-                vals = col.cast(pa.bool_()).to_pylist()
-                cols[name] = np.array([fill if v is None else bool(v) for v in vals], dtype=object)
-            else:
-                cols[name] = np.array(["" if v is None else str(v) for v in col.to_pylist()], dtype=object)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, TypeError, ValueError) as exc:
-            notes.append(f"column {name} of rounds.parquet has an unusable type ({exc}); ignored")
-            cols[name] = np.full(n, fill, dtype=object if kind in ("bool", "str") else None)
-    if absent:
-        notes.append(f"rounds.parquet lacks column(s) {', '.join(absent)}; treated as not recorded")
-    # random_only: missing -> round 0 only
-    ro = cols["random_only"]
-    cols["random_only"] = np.array([(r == 0) if v is None else bool(v) for v, r in zip(ro, cols["round"])],
-                                   dtype=bool)
-    cols["refreshed"] = np.array([bool(v) for v in cols["refreshed"]], dtype=bool)
-
-    rnd = cols["round"]
-    order = np.argsort(rnd, kind="stable")
-    cols = {k: v[order] for k, v in cols.items()}
-    rnd = cols["round"]
-    # duplicated round numbers (a resumed round written twice): keep the last written
-    if rnd.size and np.unique(rnd).size != rnd.size:
-        dup = sorted({int(r) for r in rnd[:-1][np.diff(rnd) == 0]})
-        notes.append(f"round(s) {_ranges(dup)} recorded more than once; the last record is used")
-        last = np.r_[np.diff(rnd) != 0, True]
-        cols = {k: v[last] for k, v in cols.items()}
-        rnd = cols["round"]
-    if rnd.size == 0:
-        notes.append("rounds.parquet has no rows: no completed round recorded")
-        return None
-    expected = np.arange(int(rnd.max()) + 1)
-    gaps = np.setdiff1d(expected, rnd)
-    if gaps.size:
-        notes.append(f"missing round(s) {_ranges(gaps.tolist())} of 0..{int(rnd.max())}: "
-                     "the curves are broken there and those rounds count in no average")
-    if not np.isfinite(cols["accuracy"]).any():
-        notes.append("no round has a test accuracy: nothing to plot for this arm")
-    return cols
-
-
-def _ranges(values: Sequence[int]) -> str:
-    """[1,2,3,7] -> '1-3, 7'."""
-    out, vals = [], sorted(int(v) for v in values)
-    i = 0
-    while i < len(vals):
-        j = i
-        while j + 1 < len(vals) and vals[j + 1] == vals[j] + 1:
-            j += 1
-        out.append(str(vals[i]) if i == j else f"{vals[i]}-{vals[j]}")
-        i = j + 1
-    return ", ".join(out)
-
-
-def load_run(run_dir: str | Path, label: str | None = None) -> Run:
-    """Read an experiment directory; raises NotARunError if it is not one, otherwise never fails."""
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise NotARunError(f"{path} is not a directory, so it is not a raal run")
-    arms_dir = path / "arms"
-    single = (path / "rounds.parquet").is_file()
-    if not (path / "config.yaml").is_file() and not arms_dir.is_dir() and not single:
-        raise NotARunError(f"{path} is not a raal run: it has neither config.yaml nor arms/")
-    notes: list[str] = []
-    config = _read_config(path / "config.yaml", notes)
-    arm_dirs = sorted(p for p in arms_dir.iterdir() if p.is_dir()) if arms_dir.is_dir() else []
-    if not arm_dirs and single:
-        arm_dirs = [path]
-    run = Run(path=path, label=label or path.resolve().name, config=config, arms=[], notes=notes)
-    run.apply_config()
-    for d in arm_dirs:
-        arm_notes: list[str] = []
-        meta: dict = {}
-        if (d / "arm.json").is_file():
-            try:
-                meta = json.loads((d / "arm.json").read_text())
-                if not isinstance(meta, dict):
-                    raise ValueError("not a JSON object")
-            except (OSError, ValueError) as exc:
-                arm_notes.append(f"arm.json could not be read ({exc}); the directory name is used")
-                meta = {}
-        else:
-            arm_notes.append("arm.json is missing; the directory name is used and the arm is not a baseline")
-        meta.setdefault("name", d.name)
-        rounds = _read_rounds(d / "rounds.parquet", arm_notes)
-        run.arms.append(Arm(run_label=run.label, dir_name=d.name, meta=meta, rounds=rounds, notes=arm_notes))
-    if not run.arms:
-        notes.append("the run has no arms yet (arms/ is missing or empty): nothing to report")
-    bases = [a for a in run.arms if a.baseline]
-    if not bases:
-        notes.append('no random baseline arm (arm.json "baseline": true): sample saving ratios cannot be '
-                     "computed for this run")
-    elif len(bases) > 1:
-        notes.append(f"{len(bases)} baseline arms; the first ({bases[0].name}) is used")
-    elif bases[0].rounds is None or not np.isfinite(bases[0].rounds["accuracy"]).any():
-        notes.append(f"the random baseline arm {bases[0].name} has no evaluated round: sample saving ratios "
-                     "cannot be computed for this run")
-    return run
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Per-arm measures
@@ -352,66 +105,10 @@ def _collect(runs: Sequence[Run]) -> list[ArmStats]:
 # Plots (matplotlib Figure + Agg canvas: no global backend state, safe inside a Ray worker)
 # ---------------------------------------------------------------------------------------------------------------
 
-def _figure(w: float, h: float, nrows: int = 1, ncols: int = 1, **kw):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(w, h), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
-    return fig, axes
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return buf.getvalue()
-
-
 def _acc_scale(stats: Sequence[ArmStats]) -> tuple[float, str]:
     vals = [s.arm.rounds["accuracy"] for s in stats if s.arm.rounds is not None]
     top = max((float(np.nanmax(v)) for v in vals if np.isfinite(v).any()), default=1.0)
     return (100.0, "test accuracy (%)") if top <= 1.0 + 1e-9 else (1.0, "test accuracy")
-
-
-def _line_kw(s: ArmStats, base_idx: dict[str, int]) -> dict:
-    if s.arm.baseline:
-        ls = BASELINE_STYLES[base_idx.get(s.arm.run_label, 0) % len(BASELINE_STYLES)]
-        return {"color": "black", "linestyle": ls, "linewidth": 2.0, "marker": "o", "markersize": 4}
-    return {"color": s.color, "linestyle": "-", "linewidth": 1.6, "marker": "o", "markersize": 4}
-
-
-def _gapped(rounds: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Insert a NaN point wherever round numbers jump by more than one, so a plotted line breaks at missing rounds."""
-    brk = np.flatnonzero(np.diff(rounds) > 1) + 1
-    if brk.size == 0:
-        return x.astype(np.float64), y.astype(np.float64)
-    return np.insert(x.astype(np.float64), brk, np.nan), np.insert(y.astype(np.float64), brk, np.nan)
-
-
-def _legend_label(s: ArmStats) -> str:
-    return f"{s.key} (random baseline)" if s.arm.baseline else s.key
-
-
-def plot_accuracy(stats, base_idx, scale, ylab):
-    fig, ax = _figure(8, 5)
-    ax = ax[0, 0]
-    for s in stats:
-        r = s.arm.rounds
-        if r is None or not np.isfinite(r["accuracy"]).any():
-            continue
-        ok = np.isfinite(r["accuracy"])
-        ax.plot(*_gapped(r["round"][ok], r["n_labeled"][ok], r["accuracy"][ok] * scale), label=_legend_label(s),
-                **_line_kw(s, base_idx))
-    ax.set_title("Learning curves: test accuracy vs number of labels")
-    ax.set_xlabel("labeled samples (count)")
-    ax.set_ylabel(ylab)
-    ax.grid(alpha=0.3)
-    if ax.has_data():
-        ax.legend(fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no evaluated round in any arm", ha="center", va="center", transform=ax.transAxes)
-    return fig
 
 
 def plot_saving(stats):
@@ -528,59 +225,17 @@ def plot_asvp(stats, scale, ylab, threshold):
     return fig
 
 
-def _time_unit(seconds: float) -> tuple[float, str]:
-    if seconds >= 2 * 3600:
-        return 3600.0, "h"
-    if seconds >= 120:
-        return 60.0, "min"
-    return 1.0, "s"
-
-
-def fmt_time(seconds: float) -> str:
-    if not np.isfinite(seconds):
-        return "n/a"
-    div, unit = _time_unit(seconds)
-    return f"{seconds / div:.3g} {unit}"
-
-
-def plot_time(stats):
-    rows = [s for s in stats if s.phases]
-    if not rows:
-        return None
-    keys = list(metrics.PHASES) + ["other"]
-    totals = np.array([[s.phases.get(k, 0.0) for k in keys] for s in rows])
-    div, unit = _time_unit(float(totals.sum(axis=1).max(initial=0.0)))
-    fig, ax = _figure(9, 1.6 + 0.45 * len(rows))
-    ax = ax[0, 0]
-    y = np.arange(len(rows))
-    left = np.zeros(len(rows))
-    for j, k in enumerate(keys):
-        w = totals[:, j] / div
-        if not np.any(w > 0):
-            continue
-        ax.barh(y, w, left=left, color=PHASE_COLORS[j % len(PHASE_COLORS)], label=PHASE_NAMES[k])
-        left += w
-    ax.set_yticks(y, [s.key for s in rows])
-    ax.invert_yaxis()
-    ax.set_title("Compute time per phase, summed over rounds")
-    ax.set_xlabel(f"time ({unit})")
-    ax.grid(axis="x", alpha=0.3)
-    if ax.has_data():
-        ax.legend(fontsize=8, loc="lower right")
-    return fig
-
-
 def plot_cost(stats, base_idx, scale, ylab):
     fig, ax = _figure(8, 5)
     ax = ax[0, 0]
-    for s in stats:
+    for i, s in enumerate(stats):
         r = s.arm.rounds
         if r is None:
             continue
         ok = np.isfinite(r["accuracy"])
         if ok.any():
             ax.plot(*_gapped(r["round"][ok], s.cum_cost[ok], r["accuracy"][ok] * scale), label=_legend_label(s),
-                    **_line_kw(s, base_idx))
+                    **_line_kw(s, base_idx, i))
     for s in stats:
         if s.arm.baseline and np.isfinite(s.final_accuracy):
             ax.axhline(s.final_accuracy * scale, color="grey", lw=1, ls=":")
@@ -596,43 +251,6 @@ def plot_cost(stats, base_idx, scale, ylab):
 # ---------------------------------------------------------------------------------------------------------------
 # Tables and HTML
 # ---------------------------------------------------------------------------------------------------------------
-
-SUMMARY_HEAD = ("arm", "final labels", "final accuracy", "mean saving ratio (rounds)", "selector's own (diag.)",
-                "compute time", "cost (USD)")
-
-
-def summary_rows(stats: Sequence[ArmStats], scale: float = 100.0) -> list[tuple[str, ...]]:
-    """One row per arm with the columns of SUMMARY_HEAD, formatted (accuracy times `scale`: 100 for fractions)."""
-    rows = []
-    for s in stats:
-        if s.arm.rounds is None:
-            rows.append((s.key, "-", "-", "-", "-", "-", "-"))
-            continue
-        if not np.isfinite(s.final_accuracy):
-            acc = "n/a"
-        else:
-            acc = f"{s.final_accuracy * scale:.2f}" + ("%" if scale == 100.0 else "")
-        if s.arm.baseline:
-            ratio = "baseline"
-        elif s.saving is None or not np.isfinite(s.saving.mean):
-            ratio = "n/a"
-        else:  # interpolated rounds only; extrapolated ones are counted beside it, never averaged
-            ratio = f"{s.saving.mean * 100:+.1f}% ({s.saving.n_used} interp."
-            ratio += f", {s.saving.n_extrapolated} extrap.)" if s.saving.n_extrapolated else ")"
-        own = s.arm.rounds["model_accuracy"][-1] if "model_accuracy" in s.arm.rounds else np.nan
-        kind = str(s.arm.rounds["model_eval"][-1]) if "model_eval" in s.arm.rounds else ""
-        diag = f"{kind} {own * scale:.2f}" if np.isfinite(own) and kind not in ("", "none") else "-"
-        rows.append((s.key, str(s.final_labels), acc, ratio, diag, fmt_time(float(s.seconds.sum())),
-                     f"{s.total_cost:.2f}"))
-    return rows
-
-
-def _text_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
-                                   for i, (c, w) in enumerate(zip(cells, widths)))
-    return "\n".join([line(head), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
-
 
 def _notes(runs: Sequence[Run]) -> list[str]:
     out = []
@@ -713,7 +331,7 @@ figcaption{font-size:.9em;color:#555}code{background:#f3f3f3;padding:0 .2em}
 def _build(run_dirs: Sequence[str | Path]) -> tuple[list[Run], list[ArmStats]]:
     runs, seen = [], {}
     for d in run_dirs:
-        name = Path(d).resolve().name
+        name = _run_name(d)
         seen[name] = seen.get(name, 0) + 1
         label = name if seen[name] == 1 else f"{name}#{seen[name]}"
         runs.append(load_run(d, label=label))
@@ -767,7 +385,7 @@ def write_report(run_dirs: str | Path | Iterable[str | Path], out_dir: str | Pat
     e = html.escape
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>raal report</title><style>{CSS}</style>"
              "</head><body><h1>raal active-learning report</h1>"]
-    parts.append("<p>Runs: " + ", ".join(f"<code>{e(r.label)}</code> ({e(str(r.path.resolve()))})" for r in runs)
+    parts.append("<p>Runs: " + ", ".join(f"<code>{e(r.label)}</code> ({e(r.path)})" for r in runs)
                  + "</p>")
     if notes:
         parts.append("<div class='notes'><strong>Problems found in the runs</strong><ul>"
@@ -806,7 +424,7 @@ def write_report(run_dirs: str | Path | Iterable[str | Path], out_dir: str | Pat
                  "asvp": "ASVP decisions", "time": "Time per phase", "cost": "Cost vs accuracy"}[name]
         parts.append(f"<h2>{e(title)}</h2><figure><img alt='{e(title)}' src='data:image/png;base64,"
                      f"{base64.b64encode(png).decode('ascii')}'><figcaption>{e(caption)}</figcaption></figure>")
-    parts.append("<h2>Time model (algorithms.md §3.8)</h2><p>Per-round averages of the measured phase times over "
+    parts.append("<h2>Time model (docs/report.md)</h2><p>Per-round averages of the measured phase times over "
                  "the rounds where each phase ran (all arms of the run pooled), and the modelled totals "
                  "T_s = N_al·(T_tr+T_f) (+ N_pre·T_pre + (N_pre−1)·T_tr,full for ASVP). n/a: the phase never ran "
                  "in this run.</p>")
@@ -842,7 +460,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="output folder (default: RUN_DIR/report for one run, ./raal_report for several)")
     args = parser.parse_args(argv)
-    out = args.out or (Path(args.run_dirs[0]) / "report" if len(args.run_dirs) == 1 else Path("raal_report"))
+    first = args.run_dirs[0]
+    local = None if "://" in first and not first.startswith("file://") else first.removeprefix("file://")
+    out = args.out or (Path(local) / "report" if len(args.run_dirs) == 1 and local else Path("raal_report"))
     try:
         write_report(args.run_dirs, out, echo=True)
     except NotARunError as exc:

@@ -48,6 +48,8 @@ def parse_args(argv: list[str]) -> tuple[str | None, list[str]]:
     for arg in argv:
         if arg.startswith("conf="):
             name = arg.split("=", 1)[1]
+        elif arg in ("-v", "--verbose"):
+            overrides.append("log.verbose=true")
         elif arg.startswith("-"):
             raise ConfigError(f"{arg}: unknown option; use --help, conf=NAME or key=value")
         else:
@@ -106,9 +108,6 @@ def main(argv: list[str] | None = None) -> int:
         if before is not None and not before[0]:
             _remove_if_empty(run_dir)  # the lease was refused: leave no run dir it created
         return cli_errors.report(err, run_dir)
-    logging.basicConfig(level=os.environ.get("RAAL_LOG", "INFO"), format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    logging.getLogger("faiss").setLevel(logging.WARNING)
     code = 1
     try:
         code = run(cfg)
@@ -185,12 +184,17 @@ def print_waiting(status: dict, run_dir: str) -> None:
 def run(cfg: RunConfig) -> int:
     import ray
 
+    from raal import console
     from raal.pipelines.experiment import default_run_dir, format_header, format_row, start_driver
+    from raal.progress import start_board
     from raal.raylocal import init_local_ray
     from raal.store import redact_uri
+    from raal.tracking import Tracker
 
     run_dir = default_run_dir(cfg)
     shown = redact_uri(run_dir)  # what is printed: never the credentials a URI may carry
+    log_file = console.log_file_for(run_dir)
+    ray_kw = console.setup(log_file, os.environ.get("RAAL_LOG", cfg.log.level), cfg.log.verbose)
     started_here = not ray.is_initialized()
     private = started_here and not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
     lifeline = None
@@ -198,16 +202,24 @@ def run(cfg: RunConfig) -> int:
         from raal import lifeline as lifeline_mod
 
         lifeline = lifeline_mod.start()
+    out = console.Display()
     t0 = time.perf_counter()
+    tracker = None
     try:
-        init_local_ray(cfg.ray.num_cpus or None, address=cfg.ray.address or None)
+        init_local_ray(cfg.ray.num_cpus or None, address=cfg.ray.address or None, logging_kwargs=ray_kw)
+        print(f"raal: logs: {log_file} (Ray's own: {console.ray_log_dir() or 'see the cluster'}); -v shows them here",
+              flush=True)
+        board = start_board()
         driver = start_driver(cfg)
-        info = ray.get(driver.prepare.remote())
+        info = console.wait(driver.prepare.remote(), board, out)
         names = info["arms"]
-        print(f"raal: run_dir={shown}  pool={info['pool']}  test={info['test']}  arms={', '.join(names)}"
-              f"{'  (resumed at round ' + str(info['completed_rounds']) + ')' if info['resumed'] else ''}")
+        out.print(f"raal: run_dir={shown}  pool={info['pool']}  test={info['test']}  arms={', '.join(names)}"
+                  f"{'  (resumed at round ' + str(info['completed_rounds']) + ')' if info['resumed'] else ''}")
         for msg in info.get("undecodable", []):
-            print(f"raal: skipped (data.skip_undecodable=true): {msg}")
+            out.print(f"raal: skipped (data.skip_undecodable=true): {msg}")
+        tracker = Tracker.open(cfg, run_dir, names, info.get("baseline"))
+        if tracker is not None:
+            tracker.log_history(ray.get(driver.history.remote()))
         print(f"raal: pre-computed features (v0) in {info['t_pre']:.1f} s")
         if info.get("evaluator"):
             print(f"raal: accuracy = the one evaluator for every arm: {info['evaluator']} (the selectors' own "
@@ -219,14 +231,18 @@ def run(cfg: RunConfig) -> int:
                 if ray.get(driver.extend_baseline.remote()):  # the random curve must pass every arm's best
                     continue
                 break
-            rows = ray.get(driver.run_round.remote(r))
+            rows = console.wait(driver.run_round.remote(r), board, out)
             waiting = ray.get(driver.waiting.remote())
             if waiting:
                 print_waiting(waiting, shown)
                 break
-            print(format_row(r, rows, names), flush=True)
+            if tracker is not None:
+                tracker.log_history(ray.get(driver.history.remote()))
+            out.print(format_row(r, rows, names))
             r += 1
-        finals = {} if waiting else ray.get(driver.finalize.remote())
+        finals = {} if waiting else console.wait(driver.finalize.remote(), board, out)
+        if tracker is not None:
+            tracker.log_summary(finals)
         for name, res in finals.items():
             print(f"raal: final model of {name}: {res['method']} on {res['n_labeled']} labels -> "
                   f"test accuracy {res['accuracy']:.4f}")
@@ -238,14 +254,20 @@ def run(cfg: RunConfig) -> int:
             lifeline.done()
     if waiting:
         return 0
-    if cfg.report and "://" not in run_dir:
+    local = console.local_dir(run_dir)  # a path or file://: the report reads through RunStore, writes locally
+    if cfg.report and local is not None:
         try:
             from raal.report import write_report
 
             print()
-            write_report([run_dir], os.path.join(run_dir, "report"), echo=True)
+            write_report([run_dir], local / "report", echo=True)
+            if tracker is not None:
+                tracker.log_report(local / "report")
         except ImportError:
             pass
+    if tracker is not None:
+        tracker.finish()
+        print(f"raal: MLflow: mlflow ui --backend-store-uri {tracker.uri}")
     print(f"raal: done in {time.perf_counter() - t0:.0f} s")
     return 0
 

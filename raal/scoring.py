@@ -15,6 +15,7 @@ from dataclasses import asdict
 
 import numpy as np
 
+from raal.embed import NO_ACTOR_RESTARTS
 from raal.features import DTYPE, FeatureSet, FeatureStore, PassProgress, ScoreSet, ShardAssembler, sha256
 from raal.proxy import PREDICT_OUTPUTS, ProxyMLP, load_proxy, predict, proxy_state_dict
 
@@ -156,10 +157,11 @@ def _score_with_actors(state, features: FeatureSet, store, key, want, batch_size
                                    "batch_size": batch_size, "device": plan.device,
                                    "torch_threads": plan.torch_threads},
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.actors, initial_size=plan.actors),
-            num_cpus=plan.num_cpus, num_gpus=plan.num_gpus or None, batch_size=1, batch_format="numpy")
+            num_cpus=plan.num_cpus, num_gpus=plan.num_gpus or None, batch_size=1, batch_format="numpy",
+            **NO_ACTOR_RESTARTS)
         log.info("score_pool: %d rows (%d shards) on %d %s actor(s) into %s", len(assembler.positions), len(todo),
                  plan.actors, plan.device, target.rel)
-        bar = PassProgress(len(assembler.positions), f"score {key}", "rows", enabled=progress)
+        bar = PassProgress(len(assembler.positions), f"score {key}", "rows", enabled=progress, phase="selection")
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
                 bar.update(assembler.add(batch["id"], batch))

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from raal import faults
+from raal import console, faults, progress
 from raal.config import LoraConfig, ModelConfig, TrainConfig
 from raal.data.transforms import IMAGE_COLUMNS, ImageTransform
 from raal.proxy import cosine_multiplier, epoch_batches
@@ -513,14 +513,15 @@ class _Job:
                 if self.rank == 0 and not done and self.epoch >= 2:
                     faults.reach("finetune")  # two checkpoints are on disk: one can be removed
                 entry["epoch_time"] = round(train_time + ckpt_time, 4)
-                if self.rank == 0:
-                    print(f"[raal.train] {self.method} epoch {self.epoch}/{self.total_epochs} stage={stage.name} "
-                          f"loss={stats['loss']:.4f} train_acc={stats['train_acc']:.3f} lr={stats['lr']} "
-                          f"time={train_time:.2f}s" + (f" test_acc={self.accuracy:.4f}" if done else ""),
-                          flush=True)
+                if self.rank == 0:  # a log record (raal.log), not a print: Ray Train echoes prints as records too
+                    progress.report("fine-tune", self.epoch, self.total_epochs, "epoch")
+                    log.info("%s epoch %d/%d stage=%s loss=%.4f train_acc=%.3f lr=%s time=%.2fs%s", self.method,
+                             self.epoch, self.total_epochs, stage.name, stats["loss"], stats["train_acc"], stats["lr"],
+                             train_time, f" test_acc={self.accuracy:.4f}" if done else "")
 
 
 def _worker_loop(config: dict) -> None:
+    console.worker_setup()  # Ray Train's own logging set-up (dictConfig) removed the worker hook's handlers
     _Job(config).run()
 
 

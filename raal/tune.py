@@ -39,6 +39,7 @@ import numpy as np
 
 from raal.config import RunConfig, conf_dir, diff_keys, load_config, parse_schedule, to_dict, to_yaml, validate
 from raal.errors import ConfigError, StoreError
+from raal.tracking import tune_callbacks
 
 log = logging.getLogger("raal.tune")
 
@@ -534,7 +535,8 @@ def run_sweep(plan: Plan):
                                         trial_name_creator=name_of, trial_dirname_creator=name_of),
             run_config=tune.RunConfig(name="tune", storage_path=plan.root, verbose=plan.spec.verbose,
                                       failure_config=tune.FailureConfig(max_failures=plan.spec.max_failures),
-                                      callbacks=[_printer(plan)]))
+                                      callbacks=[_printer(plan), *tune_callbacks(plan.base, plan.root,
+                                                                                 plan.spec.name)]))
     grid = tuner.fit()
     status = {}
     for res in grid:

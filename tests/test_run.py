@@ -20,7 +20,7 @@ SMALL = ["conf=demo",
 
 
 def run_cli(args, run_dir, **kw):
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", TQDM_DISABLE="1", RAAL_LOG="WARNING")
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
     return subprocess.run([sys.executable, "-m", "raal.run", *args, f"run_dir={run_dir}"], capture_output=True,
                           text=True, env=env, **kw)
 
@@ -42,11 +42,11 @@ def uninterrupted(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run") / "a"
     proc = run_cli(SMALL, run_dir, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir, proc.stdout
+    return run_dir, proc.stdout, proc.stderr
 
 
 def test_end_to_end_small_run(uninterrupted):
-    run_dir, out = uninterrupted
+    run_dir, out, _ = uninterrupted
     lines = [ln for ln in out.splitlines() if ln.strip()[:1].isdigit()]
     assert len(lines) == 5, out  # one line per round, rounds 0..4
     assert "svpp_margin" in out and "svpp_random" in out
@@ -75,7 +75,7 @@ def test_end_to_end_small_run(uninterrupted):
 def test_labels_match_the_hidden_truth_only_for_queried_ids(uninterrupted):
     from raal.data.sources import animal_mnist_arrays
 
-    run_dir, _ = uninterrupted
+    run_dir, _, _ = uninterrupted
     _, truth = animal_mnist_arrays()
     for arm, rows in labeled_sets(run_dir).items():
         ids = np.array([i for i, _, _ in rows])
@@ -83,9 +83,9 @@ def test_labels_match_the_hidden_truth_only_for_queried_ids(uninterrupted):
 
 
 def test_resume_after_sigkill_gives_the_same_labeled_set(uninterrupted, tmp_path):
-    ref_dir, _ = uninterrupted
+    ref_dir, _, _ = uninterrupted
     run_dir = tmp_path / "killed"
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", TQDM_DISABLE="1", RAAL_LOG="WARNING")
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
     proc = subprocess.Popen([sys.executable, "-m", "raal.run", *SMALL, f"run_dir={run_dir}"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     rounds_file = run_dir / "arms" / "svpp_margin" / "rounds.parquet"
@@ -107,10 +107,42 @@ def test_resume_after_sigkill_gives_the_same_labeled_set(uninterrupted, tmp_path
     for arm in ("svpp_margin", "svpp_random"):
         rounds = arm_table(run_dir, arm, "rounds.parquet")
         assert [r["round"] for r in rounds] == [0, 1, 2, 3, 4]
+    assert_tracked_once(run_dir, ["svpp_margin", "svpp_random"], 5)
+
+
+def assert_tracked_once(run_dir, arms, n_rounds):
+    """The run's MLflow store holds one run per arm with each round's metrics exactly once."""
+    from raal.config import load_config
+    from raal.tracking import Tracker
+
+    t = Tracker.open(load_config("demo", [f"run_dir={run_dir}"]), str(run_dir), arms, None)
+    for arm in arms:
+        for key in ("n_labeled", "accuracy", "t_round", "cost_usd"):
+            steps = [m.step for m in t.client.get_metric_history(t.arm_ids[arm], key)]
+            assert sorted(steps) == list(range(n_rounds)), (arm, key, steps)
+
+
+NOISE = ("(DriverActor", "pid=", "core_worker", "PlacementGroupCleaner", "Dataset ", "Progress bars", " INFO ",
+         " WARNING ", "Traceback", "RayDeprecationWarning", "Started a local Ray instance")
+
+
+def test_the_console_shows_raal_lines_only_and_raal_log_the_detail(uninterrupted):
+    run_dir, out, err = uninterrupted
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    assert len(lines) <= 40, out
+    for marker in NOISE:
+        assert marker not in out and marker not in err, (marker, out, err)
+    assert err.strip() == "", err
+    log = (run_dir / "raal.log").read_text()
+    assert str(run_dir / "raal.log") in out and "/logs" in out  # both log places are said
+    assert "raal.embed: features v0/pool: embedding" in log  # written by a Ray worker process …
+    assert "raal.proxy" in log or "raal.pipelines" in log or "raal.features" in log
+    assert len({ln.split()[2] for ln in log.splitlines() if ln[:2] == "20"}) >= 2  # … and by the CLI: two pids
+    assert_tracked_once(run_dir, ["svpp_margin", "svpp_random"], 5)
 
 
 def test_resume_with_a_different_config_is_refused(uninterrupted):
-    run_dir, _ = uninterrupted
+    run_dir, _, _ = uninterrupted
     before = (run_dir / "arms" / "svpp_margin" / "rounds.parquet").read_bytes()
     proc = run_cli(SMALL[:-1] + ["al.seed=5", "proxy.lr=0.1"], run_dir, timeout=120)
     assert proc.returncode == 2

@@ -234,6 +234,15 @@ def test_two_trial_sweep_resumes_after_kill_and_writes_its_table(tmp_path):
     assert (out / "results.md").read_text().count("| TERMINATED |") == 2
     best = (out / "best.json").read_text()
     assert f'"trial": {table[0]["trial"]}' in best
+    # Ray Tune's MLflow callback: every trial is a run of one experiment in the sweep's file store
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=(out / "mlruns").as_uri())
+    [exp] = [e for e in client.search_experiments() if e.name.startswith("raal-tune-")]
+    runs = client.search_runs([exp.experiment_id])
+    assert {"trial_000", "trial_001"} <= {r.info.run_name for r in runs}
+    assert all("saving_ratio" in r.data.metrics for r in runs if r.info.run_name == "trial_001")
     # each trial read the baseline's features instead of embedding the pool again
     for t in ("trial_000", "trial_001"):
         manifest = out / "trials" / t / "features" / "v0" / "pool" / "manifest.json"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from raal import faults, strategies
+from raal import faults, progress, strategies
 from raal.config import RunConfig, parse_schedule
 from raal.data.sources import Dataset
 from raal.data.transforms import ImageTransform
@@ -67,6 +67,7 @@ class PhaseTimer:
 
     @contextmanager
     def phase(self, key: str):
+        progress.report(progress.PHASE_LABELS.get(key, key), 0)  # the console's "what now" (finer reports follow)
         t0 = time.perf_counter()
         try:
             yield
@@ -160,6 +161,7 @@ class Pipeline:
         if r != self.state.completed_rounds:
             raise RuntimeError(f"{self.arm.name}: round {r} asked before round {self.state.completed_rounds}")
         t0 = time.perf_counter()
+        progress.set_context(round=r, arm=self.arm.name)
         timer = PhaseTimer()
         ids = self.state.saved_query(r)
         if ids is None:

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 OPERATIONAL_KEYS = ("run_dir", "report", "ray.", "data.check_images", "embed.num_actors", "embed.batch_size",
                     "embed.device", "proxy.device", "proxy.score_batch_size", "train.num_workers", "train.use_gpu",
                     "train.cpus_per_worker", "train.eval_batch_size", "oracle.allow_partial", "oracle.image_url",
-                    "oracle.document_root", "oracle.backend_url", "oracle.annotations")
+                    "oracle.document_root", "oracle.backend_url", "oracle.annotations", "track.", "log.")
 
 
 def default_run_dir(cfg: RunConfig) -> str:
@@ -171,6 +171,7 @@ class Experiment:
                     f"first {ev.freeze_blocks} (frozen, cached), {ev.recipe.steps} steps"),
                 "arms": [a.arm.name for a in self.arms], "resumed": self.resumed,
                 "undecodable": [b["error"] for b in self.undecodable],
+                "baseline": next((a.arm.name for a in self.arms if a.arm.baseline), None),
                 "completed_rounds": self.completed_rounds()}
 
     def completed_rounds(self) -> int:
@@ -246,7 +247,7 @@ class DriverActor:
     def __init__(self, cfg: RunConfig):
         from raal.raylocal import quiet_ray_data
 
-        quiet_ray_data()  # raal's own passes show one tqdm bar each (items/s, ETA); Ray Data's bars would repeat it
+        quiet_ray_data()  # raal's progress line (raal/progress.py) shows the passes; Ray Data's bars would repeat it
         self.exp = Experiment(cfg)
 
     def prepare(self) -> dict:
