@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from raal import metrics
+from raal.report_stop import mark_stop, stop_cell
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,11 @@ ROUND_COLUMNS: dict[str, tuple[str, object]] = {
     "score_diff": ("float", np.nan), "refreshed": ("bool", False), "train_method": ("str", ""),
     **{p: ("float", 0.0) for p in metrics.PHASES}, "t_round": ("float", np.nan), "device": ("str", "cpu"),
     "model_accuracy": ("float", np.nan), "model_eval": ("str", ""), "probe_accuracy": ("float", np.nan),
-    "trigger_signal": ("float", np.nan),
+    "trigger_signal": ("float", np.nan), "kappa": ("float", np.nan), "gain_per_100": ("float", np.nan),
+    "stop_advice": ("str", ""), "stop_reason": ("str", ""),
 }
-OPTIONAL_COLUMNS = ("random_only", "model_accuracy", "model_eval", "probe_accuracy", "trigger_signal")  # absent in older runs
+OPTIONAL_COLUMNS = ("random_only", "model_accuracy", "model_eval", "probe_accuracy", "trigger_signal", "kappa",
+                    "gain_per_100", "stop_advice", "stop_reason")  # absent in older runs
 REQUIRED_COLUMNS = ("round", "n_labeled", "accuracy")
 
 PHASE_NAMES = {
@@ -403,6 +406,7 @@ def plot_accuracy(stats, base_idx, scale, ylab):
         ok = np.isfinite(r["accuracy"])
         ax.plot(*_gapped(r["round"][ok], r["n_labeled"][ok], r["accuracy"][ok] * scale), label=_legend_label(s),
                 **_line_kw(s, base_idx))
+        mark_stop(ax, r, scale, s.color)
     ax.set_title("Learning curves: test accuracy vs number of labels")
     ax.set_xlabel("labeled samples (count)")
     ax.set_ylabel(ylab)
@@ -598,7 +602,7 @@ def plot_cost(stats, base_idx, scale, ylab):
 # ---------------------------------------------------------------------------------------------------------------
 
 SUMMARY_HEAD = ("arm", "final labels", "final accuracy", "mean saving ratio (rounds)", "selector's own (diag.)",
-                "compute time", "cost (USD)")
+                "compute time", "cost (USD)", "stop advised at")
 
 
 def summary_rows(stats: Sequence[ArmStats], scale: float = 100.0) -> list[tuple[str, ...]]:
@@ -606,7 +610,7 @@ def summary_rows(stats: Sequence[ArmStats], scale: float = 100.0) -> list[tuple[
     rows = []
     for s in stats:
         if s.arm.rounds is None:
-            rows.append((s.key, "-", "-", "-", "-", "-", "-"))
+            rows.append((s.key, "-", "-", "-", "-", "-", "-", "-"))
             continue
         if not np.isfinite(s.final_accuracy):
             acc = "n/a"
@@ -623,7 +627,7 @@ def summary_rows(stats: Sequence[ArmStats], scale: float = 100.0) -> list[tuple[
         kind = str(s.arm.rounds["model_eval"][-1]) if "model_eval" in s.arm.rounds else ""
         diag = f"{kind} {own * scale:.2f}" if np.isfinite(own) and kind not in ("", "none") else "-"
         rows.append((s.key, str(s.final_labels), acc, ratio, diag, fmt_time(float(s.seconds.sum())),
-                     f"{s.total_cost:.2f}"))
+                     f"{s.total_cost:.2f}", stop_cell(s.arm.rounds)))
     return rows
 
 

@@ -145,6 +145,9 @@ class Experiment:
                                                  transform=self.ctx.transform,
                                                  freeze_blocks=self.cfg.eval.freeze_blocks,
                                                  recipe=Recipe.from_config(self.cfg.eval))
+        from raal.pipelines.state import ArmState
+
+        self.update_stop(ArmState.open(self.store.child("arms", self.specs[0].name)).rounds)  # before the arms size
         self.arms = [self._classes[s.pipeline](self.ctx, s) for s in self.specs]
         self.store.write_json("status.json", {"state": "running", "round": self.completed_rounds()})
         ev = self.ctx.evaluator
@@ -154,6 +157,13 @@ class Experiment:
                     f"first {ev.freeze_blocks} (frozen, cached), {ev.recipe.steps} steps"),
                 "arms": [a.arm.name for a in self.arms], "resumed": self.resumed,
                 "completed_rounds": self.completed_rounds()}
+
+    def update_stop(self, main_rounds: list[dict]) -> None:
+        """al.stop=advice: every arm's schedule ends after the first round whose advice for the main arm was
+        "stop" (derived from the committed rounds, so a resumed run ends at the same round)."""
+        if self.cfg.al.stop != "advice":
+            return
+        self.ctx.stop_after = next((int(r["round"]) for r in main_rounds if r.get("stop_advice") == "stop"), None)
 
     def completed_rounds(self) -> int:
         return min((a.state.completed_rounds for a in self.arms), default=0)
@@ -175,6 +185,7 @@ class Experiment:
             self.store.write_json("status.json", self.waiting)
             return rows
         self.waiting = None
+        self.update_stop(self.arms[0].state.rounds)
         done = r + 1 == self.num_rounds
         self.store.write_json("status.json", {"state": "done" if done else "running", "round": r + 1})
         return rows
