@@ -17,11 +17,14 @@ from raal.strategies.confidence import LeastConfidence
 from raal.strategies.coreset import CoreSet
 from raal.strategies.entropy import Entropy
 from raal.strategies.featdist import FeatDist
+from raal.strategies.kmeans_centroid import KMeansCentroid
 from raal.strategies.margin import Margin
 from raal.strategies.random_sampling import RandomSampling
+from raal.strategies.typiclust import TypiClust
 
 _REGISTRY: dict[str, type[Strategy]] = {cls.name: cls for cls in (
-    RandomSampling, Margin, LeastConfidence, Entropy, CoreSet, Badge, ActiveFT, ActiveFTAL, FeatDist)}
+    RandomSampling, Margin, LeastConfidence, Entropy, CoreSet, Badge, ActiveFT, ActiveFTAL, FeatDist, KMeansCentroid,
+    TypiClust)}
 _DEFAULTS: dict[str, Strategy] = {}
 
 __all__ = ["Strategy", "get", "names"]
