@@ -37,7 +37,7 @@ def test_registry():
     names = strategies.names()
     assert names == sorted(names)
     assert set(names) == {"random", "margin", "confidence", "entropy", "coreset", "badge", "activeft",
-                          "activeft_al", "featdist", "kmeans_centroid", "typiclust"}
+                          "activeft_al", "featdist", "kmeans_centroid", "typiclust", "probcover"}
     assert strategies.get("badge").requires == frozenset({"probs", "embeddings"})
     assert strategies.get("random").requires == frozenset()
     for n in names:

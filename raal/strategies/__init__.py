@@ -19,12 +19,13 @@ from raal.strategies.entropy import Entropy
 from raal.strategies.featdist import FeatDist
 from raal.strategies.kmeans_centroid import KMeansCentroid
 from raal.strategies.margin import Margin
+from raal.strategies.probcover import ProbCover
 from raal.strategies.random_sampling import RandomSampling
 from raal.strategies.typiclust import TypiClust
 
 _REGISTRY: dict[str, type[Strategy]] = {cls.name: cls for cls in (
     RandomSampling, Margin, LeastConfidence, Entropy, CoreSet, Badge, ActiveFT, ActiveFTAL, FeatDist, KMeansCentroid,
-    TypiClust)}
+    TypiClust, ProbCover)}
 _DEFAULTS: dict[str, Strategy] = {}
 
 __all__ = ["Strategy", "get", "names"]

@@ -1,0 +1,117 @@
+"""Cold-start and diversity strategies on hand-made data where the right picks are known in closed form."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from raal import strategies
+from raal.strategies.probcover import impure_distance, purity_delta
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _blobs(sizes, seed=0, spread=1.0, dim=2):
+    """Gaussian clusters around centres 100 apart (so any k-means run with k = len(sizes) separates them)."""
+    rng = np.random.default_rng(seed)
+    parts, labels = [], []
+    for c, n in enumerate(sizes):
+        centre = np.zeros(dim, np.float32)
+        centre[c % dim] = 100.0 * (1 + c // dim)
+        parts.append(centre + spread * rng.standard_normal((n, dim)).astype(np.float32))
+        labels.append(np.full(n, c))
+    return np.concatenate(parts), np.concatenate(labels)
+
+
+def _most_typical(x, members, k_nn=20):
+    """Brute force: the member with the smallest mean Euclidean distance to its K = min(k_nn, n // 2) nearest."""
+    k = min(k_nn, len(members) // 2)
+    d = np.sqrt(((x[members][:, None, :] - x[members][None, :, :]) ** 2).sum(-1))
+    np.fill_diagonal(d, np.inf)
+    return members[int(np.argmin(np.sort(d, axis=1)[:, :k].mean(axis=1)))]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_typiclust_one_per_cluster_most_typical_largest_first(seed):
+    x, y = _blobs([30, 20, 10], seed=seed)
+    out = strategies.get("typiclust").select(3, labeled_mask=np.zeros(len(x), bool), embeddings=x, seed=seed)
+    assert y[out].tolist() == [0, 1, 2]
+    assert out.tolist() == [_most_typical(x, np.flatnonzero(y == c)) for c in range(3)]
+
+
+def test_typiclust_skips_labeled_clusters_and_recomputes_typicality_after_each_pick():
+    x, y = _blobs([30, 20, 12], seed=1)
+    mask = np.zeros(len(x), bool)
+    mask[0] = True  # one labeled item in the largest cluster: it comes last
+    s = strategies.get("typiclust", max_clusters=3)
+    out = s.select(6, labeled_mask=mask, embeddings=x, seed=0)
+    assert y[out].tolist() == [1, 2, 0, 1, 2, 0]
+    for c in range(3):
+        free = np.flatnonzero((y == c) & ~mask)
+        first = _most_typical(x, free)
+        second = _most_typical(x, free[free != first])
+        assert out[y[out] == c].tolist() == [first, second]
+
+
+def _stars():
+    """A: centre + 8 points on a unit circle (45° apart); B: centre + 5 (72° apart); C: 3 points 1 apart, far away.
+    With δ = 1.1 the ball of A's centre holds 9 items, B's 6, C's middle 3; no other ball is as large."""
+    a = np.array([[0, 0]] + [[math.cos(t), math.sin(t)] for t in np.arange(8) * math.pi / 4])
+    b = np.array([[0, 0]] + [[math.cos(t), math.sin(t)] for t in np.arange(5) * 2 * math.pi / 5]) + [50, 0]
+    c = np.array([[-1, 0], [0, 0], [1, 0]]) + [0, 50]
+    return np.concatenate([a, b, c]).astype(np.float32), np.array([0] * 9 + [1] * 6 + [2] * 3)
+
+
+def test_probcover_greedy_coverage_closed_form():
+    x, y = _stars()
+    s = strategies.get("probcover", delta=1.1, normalize=False)
+    out = s.select(3, labeled_mask=np.zeros(18, bool), embeddings=x, seed=0)
+    assert out.tolist() == [0, 9, 16]  # the densest point first, then the next densest ball
+    assert s.last["covered"] == 9 + 6 + 3
+    out = s.select(2, labeled_mask=np.zeros(18, bool), embeddings=x, seed=0)
+    assert s.last["covered"] == 9 + 6
+    mask = np.zeros(18, bool)
+    mask[9] = True  # B's centre labeled: its ball is covered from the start
+    out = s.select(2, labeled_mask=mask, embeddings=x, seed=0)
+    assert out.tolist() == [0, 16] and s.last["covered"] == 18
+
+
+def test_probcover_once_all_is_covered_the_rest_is_random_unlabeled():
+    x, _ = _stars()
+    s = strategies.get("probcover", delta=1.1, normalize=False)
+    out = s.select(10, labeled_mask=np.zeros(18, bool), embeddings=x, seed=4)
+    assert out[:3].tolist() == [0, 9, 16] and len(set(out.tolist())) == 10
+
+
+def test_probcover_purity_rule_matches_brute_force():
+    x, y = _blobs([40, 25, 15], seed=3, spread=20.0)  # overlapping enough that purity bites
+    n = len(x)
+    d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+    pseudo = y  # any labelling: the rule is about the labels it is given
+    brute = np.where(pseudo[:, None] != pseudo[None, :], d, np.inf).min(axis=1)
+    got, _ = impure_distance(x, pseudo, normalize=False, k=4, quantile_rank=n - math.ceil(0.95 * n))
+    delta = purity_delta(got, 0.95)
+    assert delta == pytest.approx(purity_delta(brute, 0.95), rel=1e-5)
+    pure = (brute >= delta).mean()  # open balls of radius delta are pure for >= 95% of the items...
+    assert pure >= 0.95
+    assert (brute >= delta * (1 + 1e-4)).mean() < 0.95  # ...and any larger delta breaks that
+
+
+def test_probcover_with_purity_covers_separated_clusters_in_one_pick_each():
+    x, y = _blobs([30, 20, 10], seed=2)
+    s = strategies.get("probcover", num_classes=3, normalize=False)
+    out = s.select(3, labeled_mask=np.zeros(len(x), bool), embeddings=x, seed=0)
+    assert sorted(y[out].tolist()) == [0, 1, 2] and s.last["covered"] == len(x)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_kmeans_centroid_picks_the_item_nearest_each_cluster_centre(seed):
+    x, y = _blobs([30, 20, 10], seed=seed, dim=3)
+    out = strategies.get("kmeans_centroid").select(3, labeled_mask=np.zeros(len(x), bool), embeddings=x, seed=seed)
+    assert y[out].tolist() == [0, 1, 2]  # largest cluster first
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    for c, pick in zip(range(3), out):
+        members = np.flatnonzero(y == c)
+        centre = u[members].mean(axis=0)
+        assert pick == members[np.argmin(((u[members] - centre) ** 2).sum(1))]
