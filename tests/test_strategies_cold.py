@@ -115,3 +115,52 @@ def test_kmeans_centroid_picks_the_item_nearest_each_cluster_centre(seed):
         members = np.flatnonzero(y == c)
         centre = u[members].mean(axis=0)
         assert pick == members[np.argmin(((u[members] - centre) ** 2).sum(1))]
+
+
+def _halves(n_fragile, n_safe, seed=0):
+    """Features of 400 dims; the proxy compares the sums of the two halves. A fragile item's halves hold 1.0 and
+    1.01 (dropout flips its prediction about half the time); a safe item's second half is 0 (never flips: that needs
+    all 200 first-half entries dropped, p = 0.75^200)."""
+    rng = np.random.default_rng(seed)
+    fragile = np.concatenate([np.ones((n_fragile, 200)), np.full((n_fragile, 200), 1.01)], axis=1)
+    safe = np.concatenate([rng.uniform(0.5, 2.0, (n_safe, 1)) * np.ones((n_safe, 200)), np.zeros((n_safe, 200))],
+                          axis=1)
+    x = np.concatenate([fragile, safe]).astype(np.float32)
+
+    def proxy(h):
+        z = np.stack([h[:, :200].sum(1), h[:, 200:].sum(1)], axis=1) / 100.0
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+    return x, proxy
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_dropquery_picks_only_items_whose_prediction_flips(seed):
+    x, proxy = _halves(60, 140, seed)
+    s = strategies.get("dropquery")
+    out = s.select(5, labeled_mask=np.zeros(200, bool), embeddings=x, proxy=proxy, seed=seed)
+    assert (out < 60).all()
+    # each fragile item is a candidate with p = P(>= 2 of 3 flips) ~ 0.5: 60 of them give 30 +- 4; measured 24-38
+    # over seeds 0-19
+    assert 15 <= s.last["candidates"] <= 45
+
+
+def test_dropquery_fallback_when_candidates_are_fewer_than_the_budget():
+    x, proxy = _halves(3, 57)
+    s = strategies.get("dropquery")
+    out = s.select(10, labeled_mask=np.zeros(60, bool), embeddings=x, proxy=proxy, seed=0)
+    assert s.last["candidates"] <= 3
+    assert sorted(out[:3].tolist()) == [0, 1, 2]  # flips first, and fragile items are the least confident
+    top = proxy(x).max(1)
+    assert out[3:].tolist() == (3 + np.argsort(top[3:], kind="stable")[:7]).tolist()
+
+
+def test_dropquery_proxy_errors():
+    x, proxy = _halves(3, 17)
+    s = strategies.get("dropquery")
+    with pytest.raises(ValueError, match="requires proxy"):
+        s.select(2, labeled_mask=np.zeros(20, bool), embeddings=x)
+    with pytest.raises(ValueError, match="callable"):
+        s.select(2, labeled_mask=np.zeros(20, bool), embeddings=x, proxy=np.ones((20, 2)))
+    with pytest.raises(ValueError, match="proxy must map"):
+        s.select(2, labeled_mask=np.zeros(20, bool), embeddings=x, proxy=lambda h: h[:, 0])

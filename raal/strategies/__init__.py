@@ -15,6 +15,7 @@ from raal.strategies.badge import Badge
 from raal.strategies.base import Strategy
 from raal.strategies.confidence import LeastConfidence
 from raal.strategies.coreset import CoreSet
+from raal.strategies.dropquery import DropQuery
 from raal.strategies.entropy import Entropy
 from raal.strategies.featdist import FeatDist
 from raal.strategies.kmeans_centroid import KMeansCentroid
@@ -25,7 +26,7 @@ from raal.strategies.typiclust import TypiClust
 
 _REGISTRY: dict[str, type[Strategy]] = {cls.name: cls for cls in (
     RandomSampling, Margin, LeastConfidence, Entropy, CoreSet, Badge, ActiveFT, ActiveFTAL, FeatDist, KMeansCentroid,
-    TypiClust, ProbCover)}
+    TypiClust, ProbCover, DropQuery)}
 _DEFAULTS: dict[str, Strategy] = {}
 
 __all__ = ["Strategy", "get", "names"]
