@@ -164,3 +164,41 @@ def test_dropquery_proxy_errors():
         s.select(2, labeled_mask=np.zeros(20, bool), embeddings=x, proxy=np.ones((20, 2)))
     with pytest.raises(ValueError, match="proxy must map"):
         s.select(2, labeled_mask=np.zeros(20, bool), embeddings=x, proxy=lambda h: h[:, 0])
+
+
+def _skewed_probs(n=600, c=6, seed=0):
+    """Softmax outputs whose argmax is heavily skewed: class 0 predicted ~6x more often than class 5."""
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, c)) + np.linspace(1.5, 0, c)
+    e = np.exp(2 * z)
+    return (e / e.sum(1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ["margin", "confidence", "entropy"])
+@pytest.mark.parametrize("seed", range(3))
+def test_balanced_never_lets_a_predicted_class_fall_more_than_one_pick_behind(name, seed):
+    p = _skewed_probs(seed=seed)
+    mask = np.zeros(len(p), bool)
+    mask[::7] = True
+    pred = p.argmax(1)
+    left = np.bincount(pred[~mask], minlength=p.shape[1])
+    out = strategies.get(name, balanced=True).select(300, labeled_mask=mask, probs=p, seed=0)
+    assert len(set(out.tolist())) == 300 and not mask[out].any()
+    counts = np.zeros(p.shape[1], int)
+    for i in out:
+        counts[pred[i]] += 1
+        open_ = counts < left  # classes that still have unlabeled items
+        if open_.any():
+            assert counts.max() - counts[open_].min() <= 1
+    plain = strategies.get(name).select(300, labeled_mask=mask, probs=p, seed=0)
+    assert np.ptp(np.bincount(pred[plain], minlength=p.shape[1])) > 1  # unbalanced without the option
+    # within each class the order is the plain strategy's ranking
+    ranked = strategies.get(name).select(int((~mask).sum()), labeled_mask=mask, probs=p, seed=0)
+    for c in range(p.shape[1]):
+        mine = [i for i in out if pred[i] == c]
+        assert mine == [i for i in ranked if pred[i] == c][:len(mine)]
+
+
+def test_balanced_is_refused_where_there_is_no_score():
+    with pytest.raises(ValueError, match="bad option"):
+        strategies.get("coreset", balanced=True)
