@@ -80,6 +80,8 @@ class ALConfig:
     # passes every AL arm's best, so saving ratios are read off a measured curve, not an extrapolated one:
     # -1 = up to 3x the AL budget (at most the pool), 0 = never, N = up to N labels.
     baseline_cap: int = -1
+    # Score strategies (margin, confidence, entropy) pick round-robin over the predicted classes (docs/strategies.md)
+    balanced: bool = False
 
 
 @dataclass
@@ -405,6 +407,9 @@ def validate(cfg: RunConfig) -> None:
     _check(a.pipeline in PIPELINES, "al.pipeline", f"allowed: {', '.join(PIPELINES)}", a.pipeline)
     known = strategies.names()
     _check(a.strategy in known, "al.strategy", f"allowed: {', '.join(known)}", a.strategy)
+    _check(not a.balanced or strategies.accepts(a.strategy, "balanced"), "al.balanced",
+           f"only strategies that rank by a score accept it ({', '.join(strategies.accepting('balanced'))})",
+           f"{a.balanced} with al.strategy={a.strategy}")
     for arm in a.compare:
         parts = str(arm).split("/")
         _check(len(parts) == 2 and parts[0] in PIPELINES and parts[1] in known, "al.compare",

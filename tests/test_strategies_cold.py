@@ -202,3 +202,15 @@ def test_balanced_never_lets_a_predicted_class_fall_more_than_one_pick_behind(na
 def test_balanced_is_refused_where_there_is_no_score():
     with pytest.raises(ValueError, match="bad option"):
         strategies.get("coreset", balanced=True)
+
+
+def test_run_settings_reach_the_strategies_that_take_them():
+    from raal.config import ConfigError, load_config
+
+    assert strategies.for_run("probcover", num_classes=7, balanced=True).num_classes == 7
+    assert strategies.for_run("margin", num_classes=7, balanced=True).balanced
+    assert strategies.for_run("coreset", num_classes=7, balanced=True) is strategies.get("coreset")
+    assert strategies.accepting("balanced") == ["confidence", "entropy", "margin"]
+    assert load_config(overrides=["al.strategy=entropy", "al.balanced=true"]).al.balanced
+    with pytest.raises(ConfigError, match="al.balanced.*confidence, entropy, margin"):
+        load_config(overrides=["al.strategy=typiclust", "al.balanced=true"])

@@ -90,7 +90,7 @@ class Pipeline:
         self.arm = arm
         self.store = ctx.store.child("arms", arm.name)
         self.state = ArmState.open(self.store)
-        self.strategy = strategies.get(arm.strategy)
+        self.strategy = strategies.for_run(arm.strategy, num_classes=ctx.num_classes, balanced=ctx.cfg.al.balanced)
         self.pool_ids = ctx.data.pool.ids
         self.extra_rounds = max(0, self.state.completed_rounds - len(ctx.sizes())) if arm.baseline else 0
         if not self.store.exists("arm.json"):
