@@ -14,6 +14,7 @@ import glob
 import heapq
 import logging
 import os
+import time
 from collections.abc import Iterator
 
 import faiss
@@ -401,14 +402,14 @@ def kmeanspp_seeds(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarra
 
 def kmeans(x: np.ndarray, k: int, *, rows: np.ndarray | None = None, normalize: bool = False, niter: int = 20,
            seed: int = 0, max_points_per_centroid: int = 256, use_gpu: bool | None = None,
-           chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
+           chunk_bytes: int = CHUNK_BYTES, stats: dict | None = None) -> np.ndarray:
     """k-means centroids (k x D float32) of (a row subset of) `x`: Lloyd's steps by `faiss.Kmeans` (squared L2).
 
     Seeded by k-means++ on a sample of 64 k rows when k <= 1024 (as scikit-learn, which the papers used; random
     seeds split well-separated clusters badly), else by faiss's seeded random rows. Trained on at most
     `max_points_per_centroid` x k rows (a seeded uniform sample); the caller assigns all rows afterwards
     (`min_sq_dist_to(..., return_index=True)`). Rows are read in chunks; a float32 array or memmap used whole is
-    not copied.
+    not copied. `stats`, when given, receives the seeding time and faiss's per-iteration times (for benchmarks).
     """
     n = len(x) if rows is None else len(rows)
     k = int(k)
@@ -421,6 +422,7 @@ def kmeans(x: np.ndarray, k: int, *, rows: np.ndarray | None = None, normalize: 
         rows = pos if rows is None else np.asarray(rows)[pos]
     train = _gather(x, rows, normalize, chunk_bytes)
     init = None
+    t0 = time.perf_counter()
     if k <= KMEANSPP_MAX_K:
         s = min(m, KMEANSPP_ROWS_PER_CENTROID * k)
         pick = np.sort(rng.choice(m, s, replace=False)) if s < m else None
@@ -429,7 +431,12 @@ def kmeans(x: np.ndarray, k: int, *, rows: np.ndarray | None = None, normalize: 
     km = faiss.Kmeans(x.shape[1], k, niter=int(niter), seed=int(seed % 2147483647),
                       max_points_per_centroid=int(max_points_per_centroid), gpu=_use_gpu(use_gpu), verbose=False)
     km.cp.min_points_per_centroid = 1  # small pools are legitimate here: no warning per call
+    t1 = time.perf_counter()
     km.train(train, init_centroids=init)
+    if stats is not None:
+        done = np.array([km.iteration_stats[i]["time"] for i in range(len(km.iteration_stats))])  # cumulative s
+        stats.update(seed_s=t1 - t0, iteration_s=np.diff(done, prepend=0.0).tolist(),
+                     train_s=time.perf_counter() - t1, rows=len(train))
     return np.ascontiguousarray(km.centroids, dtype=np.float32)
 
 
