@@ -37,19 +37,39 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from strategies import MemSampler, generate, machine  # noqa: E402  (bench/strategies.py)
+from strategies import MemSampler, machine  # noqa: E402  (bench/strategies.py)
 
 RESULTS = ROOT / "bench" / "results"
 NITER = 20  # raal's default Lloyd steps
 PARTS = {
     "quick": dict(n=20_000, d=256, c=100, budget=1_000, labeled=200, memmap=False, kmeans_iters=NITER,
                   probcover_n=20_000, probcover_queries=None, picks=200, strategies=None),
+    # on 2 cores shared with ~10 other processes a k-means step at k = 10,000 over 100k x 2048 (2e12 multiply-adds)
+    # takes ~10 min: kmeans_centroid and dropquery run budget 2,000 here, and the notes scale k-means linearly in k
     "100k": dict(n=100_000, d=2048, c=1000, budget=10_000, labeled=1_000, memmap=False, kmeans_iters=1,
-                 probcover_n=20_000, probcover_queries=2_000, picks=100, strategies=None),
+                 probcover_n=10_000, probcover_queries=1_000, picks=100, strategies=None, proxy_classes=100,
+                 budgets={"kmeans_centroid": 2_000, "dropquery": 2_000}),
     "1.28M": dict(n=1_280_000, d=2048, c=1000, budget=10_000, labeled=1_000, memmap=True, kmeans_iters=1,
-                  typ_clusters=10, picks=20, strategies=["typiclust"]),
+                  typ_clusters=10, picks=20, probcover_queries=200, strategies=["typiclust", "probcover"]),
 }
 COLD = ["kmeans_centroid", "typiclust", "dropquery", "probcover"]
+
+
+def generate(path: Path, n: int, d: int, c: int, *, n_labeled: int, seed: int = 0) -> None:
+    """bench/strategies.py's pool model (Gaussian class centres, noise 0.7, float32 on disk), features only."""
+    path.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((c, d), dtype=np.float32)
+    y = rng.integers(0, c, n)
+    feats = np.lib.format.open_memmap(path / "features.npy", mode="w+", dtype=np.float32, shape=(n, d))
+    for s in range(0, n, 16384):
+        e = min(n, s + 16384)
+        feats[s:e] = centres[y[s:e]] + np.float32(0.7) * rng.standard_normal((e - s, d), dtype=np.float32)
+    feats.flush()
+    del feats
+    mask = np.zeros(n, dtype=bool)
+    mask[rng.choice(n, n_labeled, replace=False)] = True
+    np.save(path / "labeled.npy", mask)
 
 
 # -- straightforward baselines ------------------------------------------------------------------------------------
@@ -104,8 +124,8 @@ def probcover_greedy_numpy(src, dst, labeled, picks):
 
 # -- workers ------------------------------------------------------------------------------------------------------
 def _proxy(c, d):
-    rng = np.random.default_rng(0)
-    centres = rng.standard_normal((c, d), dtype=np.float32)  # bench/strategies.generate draws these first
+    """A linear head over the first c of the pool's classes (generate draws the class centres first)."""
+    centres = np.random.default_rng(0).standard_normal((c, d), dtype=np.float32)
     w = 0.05 * centres + np.random.default_rng(1).standard_normal((c, d), dtype=np.float32)
     return lambda h: np.asarray(h, np.float32) @ w.T
 
@@ -119,7 +139,7 @@ def _instrument_kmeans(calls: list, iters: int):
     import raal.strategies.typiclust as tc
 
     def timed(*a, **kw):
-        st = {"k": a[1]}
+        st = {"k": a[1], "niter": iters}
         kw["niter"] = iters
         out = raal.index.kmeans(*a, stats=st, **kw)
         calls.append(st)
@@ -153,9 +173,9 @@ def worker(spec: dict) -> dict:
                        wall_s=(time.perf_counter() - t0) * len(feats) / q, extrapolated=True)
         elif impl == "raal":
             _instrument_kmeans(calls, spec["kmeans_iters"])
-            opts = {"num_classes": spec["c"]} if name == "probcover" else {}
+            opts = {"num_classes": spec["c"], "delta": spec.get("delta")} if name == "probcover" else {}
             s = strategies.get(name, **opts)
-            kw = {"proxy": _proxy(spec["c"], feats.shape[1])} if name == "dropquery" else {}
+            kw = {"proxy": _proxy(spec["proxy_c"], feats.shape[1])} if name == "dropquery" else {}
             out = s.select(budget, labeled_mask=mask, embeddings=feats, seed=0, **kw)
             assert len(np.unique(out)) == budget
             res["wall_s"] = res["measured_s"] = time.perf_counter() - t0
@@ -164,7 +184,7 @@ def worker(spec: dict) -> dict:
             res.update(_baseline(name, feats, mask, budget, spec))
     if calls:
         res["kmeans"] = calls
-        missing = sum((NITER - len(c["iteration_s"])) * float(np.mean(c["iteration_s"])) for c in calls)
+        missing = sum((NITER - c["niter"]) * float(np.mean(c["iteration_s"])) for c in calls)
         res["wall_s"] = res.get("wall_s_parts", res["measured_s"]) + missing
         res["extrapolated"] = res.get("extrapolated") or missing > 0
     res["cpu_s"] = time.process_time() - c0
@@ -225,7 +245,7 @@ def _baseline(name, feats, mask, budget, spec):
             out.update(per_pick_s=per_pick, picks_timed=p, cluster_size=len(members))
         return dict(out, measured_s=time.perf_counter() - t0, wall_s=total, extrapolated=True)
     if name == "dropquery":
-        proxy = _proxy(spec["c"], feats.shape[1])
+        proxy = _proxy(spec["proxy_c"], feats.shape[1])
         x = np.asarray(feats[unl], dtype=np.float32)
         y = proxy(x).argmax(1)
         flips = np.zeros(len(unl), int)
@@ -278,30 +298,40 @@ def run_part(name: str, cfg: dict, workdir: Path, keep: bool = False) -> dict:
         generate(data, cfg["n"], cfg["d"], cfg["c"], n_labeled=cfg["labeled"])
         print(f"[{name}] generated {cfg['n']} x {cfg['d']} in {time.perf_counter() - t:.0f}s", flush=True)
     base = {"data": str(data), "memmap": cfg["memmap"], "budget": cfg["budget"], "c": cfg["c"],
-            "kmeans_iters": cfg["kmeans_iters"], "picks": cfg["picks"]}
+            "kmeans_iters": cfg["kmeans_iters"], "picks": cfg["picks"], "proxy_c": cfg.get("proxy_classes", cfg["c"])}
     rows = {}
     try:
         for s in cfg["strategies"] or COLD:
             r = rows[s] = {}
-            if name == "1.28M":
-                r["raal"] = run_worker(dict(base, strategy=s, impl="raal", part="typicality",
-                                            typ_clusters=cfg["typ_clusters"]))
+            if cfg.get("typ_clusters"):  # 1.28M: typicality in part; for coverage only its N² k-NN pass, in part
+                r["raal"] = (run_worker(dict(base, strategy=s, impl="raal", part="typicality",
+                                             typ_clusters=cfg["typ_clusters"])) if s == "typiclust" else
+                             run_worker(dict(base, strategy=s, impl="raal", part="knn",
+                                             queries=cfg["probcover_queries"])))
                 continue
             if s == "probcover":
                 if cfg.get("probcover_queries"):
                     r["knn_pass"] = run_worker(dict(base, strategy=s, impl="raal", part="knn",
                                                     queries=cfg["probcover_queries"]))
                 sub = dict(base, n_sub=cfg["probcover_n"] if cfg["probcover_n"] < cfg["n"] else None)
-                r["raal"] = run_worker(dict(sub, strategy=s, impl="raal"))
-                r["numpy"] = run_worker(dict(sub, strategy=s, impl="numpy", delta=r["raal"]["last"]["delta"]))
+                r["purity"] = run_worker(dict(sub, strategy=s, impl="raal"))  # δ by the purity rule
+                delta = r["purity"]["last"]["delta"]  # then graph + greedy for that δ, raal vs the reference way
+                r["raal"] = run_worker(dict(sub, strategy=s, impl="raal", delta=delta))
+                r["numpy"] = run_worker(dict(sub, strategy=s, impl="numpy", delta=delta))
             else:
-                r["raal"] = run_worker(dict(base, strategy=s, impl="raal"))
-                r["numpy"] = run_worker(dict(base, strategy=s, impl="numpy"))
+                b = dict(base, budget=cfg.get("budgets", {}).get(s, cfg["budget"]))
+                r["raal"] = run_worker(dict(b, strategy=s, impl="raal"))
+                r["numpy"] = run_worker(dict(b, strategy=s, impl="numpy"))
             r["speedup"] = r["numpy"]["wall_s"] / r["raal"]["wall_s"]
+            r["part_budget"] = cfg["budget"]
     finally:
         if not keep:
             shutil.rmtree(data, ignore_errors=True)
     return {"config": cfg, "rows": rows}
+
+
+def body_budget(r: dict) -> int:
+    return r.get("part_budget", 0)
 
 
 def _s(r):
@@ -311,15 +341,18 @@ def _s(r):
 def _notes(s: str, r: dict) -> str:
     raal, nb = r["raal"], r.get("numpy", {})
     out = []
+    if s in ("kmeans_centroid", "dropquery") and raal.get("budget", 0) < body_budget(r):
+        x = body_budget(r) / raal["budget"]
+        out.append(f"budget {raal['budget']:,}: k-means cost grows linearly with k (x{x:.0f} at the part's budget)")
     if raal.get("kmeans"):
-        ks = ", ".join(f"k={c['k']}: {len(c['iteration_s'])} of {NITER} steps timed "
+        ks = ", ".join(f"k={c['k']}: {c['niter']} of {NITER} steps timed "
                        f"({np.mean(c['iteration_s']):.1f} s/step), seeding {c['seed_s']:.1f} s" for c in raal["kmeans"])
         out.append(f"k-means {ks}")
     last = raal.get("last") or {}
     if "candidates" in last:
         out.append(f"{last['candidates']} dropout candidates")
     if "delta" in last:
-        out.append(f"δ = {last['delta']:.3f} (purity rule), {last['edges']:,} edges, {last['covered']:,} of "
+        out.append(f"δ = {last['delta']:.3f}, {last['edges']:,} edges, {last['covered']:,} of "
                    f"{last['n']:,} covered")
     if "t_typicality" in raal:
         out.append(f"k-means {raal['t_kmeans']:.0f} s, assignment {raal['t_assign']:.0f} s, typicality "
@@ -328,10 +361,17 @@ def _notes(s: str, r: dict) -> str:
         out.append(f"baseline: {nb['picks_timed']} picks timed ({nb['per_pick_s'] * 1e3:.1f} ms/pick)")
     if "t_step" in nb:
         out.append(f"baseline Lloyd step {nb['t_step']:.1f} s")
+    if "queries" in raal:
+        out.append(f"only the all-pairs 32-NN pass (N² D) that builds the δ-ball graph, {raal['queries']:,} query "
+                   f"rows timed ({raal['measured_s']:.0f} s) and scaled to N")
+    if "purity" in r:
+        p = r["purity"]
+        out.append(f"with δ chosen by the purity rule (k-means pseudo-labels, 32-NN pass): {_s(p)} s, "
+                   f"{p['mem']['extra_mb']:.0f} MB extra; the columns compare graph + greedy for that δ")
     if "knn_pass" in r:
         k = r["knn_pass"]
-        out.append(f"all-pairs k-NN pass at N = {k['n']:,}: {k['wall_s']:.0f}* s ({k['queries']:,} queries timed, "
-                   f"{k['mem']['extra_mb']:.0f} MB extra)")
+        out.append(f"the all-pairs 32-NN pass (N² D) at N = {k['n']:,}: {k['wall_s']:.0f}* s ({k['queries']:,} "
+                   f"queries timed, {k['mem']['extra_mb']:.0f} MB extra)")
     return "; ".join(out)
 
 

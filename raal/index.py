@@ -377,7 +377,7 @@ def _gather(x: np.ndarray, rows: np.ndarray | None, normalize: bool, chunk_bytes
 
 
 KMEANSPP_MAX_K = 1024  # k-means++ seeding up to this k (it is k sequential passes); faiss's random rows above
-KMEANSPP_ROWS_PER_CENTROID = 64  # the seeding runs on a sample of this many rows per centroid
+KMEANSPP_ROWS_PER_CENTROID = 32  # the seeding runs on a sample of this many rows per centroid
 
 
 def kmeanspp_seeds(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -405,7 +405,7 @@ def kmeans(x: np.ndarray, k: int, *, rows: np.ndarray | None = None, normalize: 
            chunk_bytes: int = CHUNK_BYTES, stats: dict | None = None) -> np.ndarray:
     """k-means centroids (k x D float32) of (a row subset of) `x`: Lloyd's steps by `faiss.Kmeans` (squared L2).
 
-    Seeded by k-means++ on a sample of 64 k rows when k <= 1024 (as scikit-learn, which the papers used; random
+    Seeded by k-means++ on a sample of 32 k rows when k <= 1024 (as scikit-learn, which the papers used; random
     seeds split well-separated clusters badly), else by faiss's seeded random rows. Trained on at most
     `max_points_per_centroid` x k rows (a seeded uniform sample); the caller assigns all rows afterwards
     (`min_sq_dist_to(..., return_index=True)`). Rows are read in chunks; a float32 array or memmap used whole is

@@ -19,7 +19,7 @@ class Pool:
     n: int                 # pool size N
     unlabeled: np.ndarray  # sorted int64 positions of the unlabeled items
     labeled: np.ndarray    # the bool mask as given (not copied)
-    proxy: object = None   # callable: rows of the embeddings -> class scores (strategies that require "proxy")
+    proxy: object = None   # callable: embedding rows -> class scores (for strategies that require "proxy")
 
 
 class Strategy:
