@@ -86,6 +86,8 @@ class ALConfig:
     # one of INITIAL_STRATEGIES. ActiveFT arms choose their own.
     initial_strategy: str = "random"
     stop: str = "schedule"  # schedule: run every round | advice: end when the main arm's stop_advice says stop
+    # Score strategies (margin, confidence, entropy) pick round-robin over the predicted classes (docs/strategies.md)
+    balanced: bool = False
 
 
 @dataclass
@@ -426,6 +428,9 @@ def validate(cfg: RunConfig) -> None:
     _check(a.pipeline in PIPELINES, "al.pipeline", f"allowed: {', '.join(PIPELINES)}", a.pipeline)
     known = strategies.names()
     _check(a.strategy in known, "al.strategy", f"allowed: {', '.join(known)}", a.strategy)
+    _check(not a.balanced or strategies.accepts(a.strategy, "balanced"), "al.balanced",
+           f"only strategies that rank by a score accept it ({', '.join(strategies.accepting('balanced'))})",
+           f"{a.balanced} with al.strategy={a.strategy}")
     for arm in a.compare:
         parts = str(arm).split("/")
         _check(len(parts) == 2 and parts[0] in PIPELINES and parts[1] in known, "al.compare",

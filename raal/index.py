@@ -14,6 +14,7 @@ import glob
 import heapq
 import logging
 import os
+import time
 from collections.abc import Iterator
 
 import faiss
@@ -375,15 +376,40 @@ def _gather(x: np.ndarray, rows: np.ndarray | None, normalize: bool, chunk_bytes
     return out
 
 
+KMEANSPP_MAX_K = 1024  # k-means++ seeding up to this k (it is k sequential passes); faiss's random rows above
+KMEANSPP_ROWS_PER_CENTROID = 32  # the seeding runs on a sample of this many rows per centroid
+
+
+def kmeanspp_seeds(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007) on the rows of the in-memory float32 block `x`: the first row
+    uniformly, each next one with probability proportional to its squared distance to the nearest seed so far."""
+    sq = np.einsum("ij,ij->i", x, x)
+    seeds = [int(rng.integers(len(x)))]
+    with blas_threads(1):
+        mind = np.maximum(sq - 2.0 * (x @ x[seeds[0]]) + sq[seeds[0]], 0)
+        for _ in range(k - 1):
+            total = float(mind.sum(dtype=np.float64))
+            if total <= 0:  # fewer distinct rows than k: any row not taken yet
+                j = int(np.setdiff1d(np.arange(len(x)), seeds)[0])
+            else:
+                j = int(np.searchsorted(np.cumsum(mind, dtype=np.float64), rng.random() * total, side="right"))
+                j = min(j, len(x) - 1)
+            seeds.append(j)
+            np.minimum(mind, np.maximum(sq - 2.0 * (x @ x[j]) + sq[j], 0), out=mind)
+            mind[j] = 0
+    return x[np.asarray(seeds)]
+
+
 def kmeans(x: np.ndarray, k: int, *, rows: np.ndarray | None = None, normalize: bool = False, niter: int = 20,
            seed: int = 0, max_points_per_centroid: int = 256, use_gpu: bool | None = None,
-           chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
-    """k-means centroids (k x D float32) of (a row subset of) `x` with `faiss.Kmeans` (Lloyd, squared L2).
+           chunk_bytes: int = CHUNK_BYTES, stats: dict | None = None) -> np.ndarray:
+    """k-means centroids (k x D float32) of (a row subset of) `x`: Lloyd's steps by `faiss.Kmeans` (squared L2).
 
-    faiss's rules: seeded random rows as the initial centroids, empty clusters split from large ones. Trained on at
-    most `max_points_per_centroid` x k rows (a seeded uniform sample); the caller assigns all rows afterwards
-    (`min_sq_dist_to(..., return_index=True)`). The training rows are read in chunks; a float32 array or memmap
-    used whole is not copied.
+    Seeded by k-means++ on a sample of 32 k rows when k <= 1024 (as scikit-learn, which the papers used; random
+    seeds split well-separated clusters badly), else by faiss's seeded random rows. Trained on at most
+    `max_points_per_centroid` x k rows (a seeded uniform sample); the caller assigns all rows afterwards
+    (`min_sq_dist_to(..., return_index=True)`). Rows are read in chunks; a float32 array or memmap used whole is
+    not copied. `stats`, when given, receives the seeding time and faiss's per-iteration times (for benchmarks).
     """
     n = len(x) if rows is None else len(rows)
     k = int(k)
@@ -395,10 +421,22 @@ def kmeans(x: np.ndarray, k: int, *, rows: np.ndarray | None = None, normalize: 
         pos = np.sort(rng.choice(n, m, replace=False))
         rows = pos if rows is None else np.asarray(rows)[pos]
     train = _gather(x, rows, normalize, chunk_bytes)
+    init = None
+    t0 = time.perf_counter()
+    if k <= KMEANSPP_MAX_K:
+        s = min(m, KMEANSPP_ROWS_PER_CENTROID * k)
+        pick = np.sort(rng.choice(m, s, replace=False)) if s < m else None
+        init = kmeanspp_seeds(_gather(train, pick, False, chunk_bytes) if pick is not None else
+                              np.ascontiguousarray(train), k, rng)
     km = faiss.Kmeans(x.shape[1], k, niter=int(niter), seed=int(seed % 2147483647),
                       max_points_per_centroid=int(max_points_per_centroid), gpu=_use_gpu(use_gpu), verbose=False)
     km.cp.min_points_per_centroid = 1  # small pools are legitimate here: no warning per call
-    km.train(train)
+    t1 = time.perf_counter()
+    km.train(train, init_centroids=init)
+    if stats is not None:
+        done = np.array([km.iteration_stats[i]["time"] for i in range(len(km.iteration_stats))])  # cumulative s
+        stats.update(seed_s=t1 - t0, iteration_s=np.diff(done, prepend=0.0).tolist(),
+                     train_s=time.perf_counter() - t1, rows=len(train))
     return np.ascontiguousarray(km.centroids, dtype=np.float32)
 
 
@@ -420,7 +458,7 @@ def range_search(queries: np.ndarray, base: np.ndarray, radius_sq: float, *, que
         for s, e in iter_slices(nq, qrows):
             lims, _, ids = index.range_search(read_rows(queries, s, e, query_rows, normalize=normalize),
                                               float(radius_sq))
-            src.append(np.repeat(np.arange(s, e, dtype=np.int32), np.diff(lims)))
+            src.append(np.repeat(np.arange(s, e, dtype=np.int32), np.diff(lims.astype(np.int64))))
             dst.append((ids + bs).astype(np.int32))
         del index
     src = np.concatenate(src) if src else np.zeros(0, np.int32)

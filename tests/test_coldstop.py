@@ -14,6 +14,12 @@ TINY = ["eval.every_round=proxy", "al.baseline_cap=0", "data.pool_size=200", "da
         "data.image_size=32", "al.initial=20", "al.schedule=[20]*3", "embed.batch_size=50", "report=false"]
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One folder for this module's runs: the second run reuses the first one's v0 features (one embedding pass)."""
+    return tmp_path_factory.mktemp("coldstop")
+
+
 def drive(cfg) -> dict:
     """Run rounds as raal.run does: the number of rounds is asked again after every round (advice may end it)."""
     import ray
@@ -29,8 +35,8 @@ def drive(cfg) -> dict:
     return history
 
 
-def test_typiclust_start_is_shared_and_advice_ends_the_run(ray_local, tmp_path):
-    run = tmp_path / "cs"
+def test_typiclust_start_is_shared_and_advice_ends_the_run(ray_local, shared):
+    run = shared / "cs"
     cfg = load_config("demo", TINY + [
         "al.pipeline=svpp", "al.strategy=margin", "al.compare=[asvp/entropy]", "al.initial_strategy=typiclust",
         "al.stop=advice", "stopping.min_gain=1000",  # any measurable gain counts as a plateau: stop after round 1
@@ -54,7 +60,11 @@ def test_typiclust_start_is_shared_and_advice_ends_the_run(ray_local, tmp_path):
     assert name.startswith("typiclust_20_") and len(shared) == 20 and len(ids) == 20
 
 
-def test_schedule_mode_records_advice_but_runs_every_round(ray_local, tmp_path):
+def test_schedule_mode_records_advice_but_runs_every_round(ray_local, shared, tmp_path):
+    import shutil
+
+    if (shared / "cs" / "features").is_dir():  # same data and backbone: skip the embedding pass
+        shutil.copytree(shared / "cs" / "features", tmp_path / "s" / "features")
     cfg = load_config("demo", TINY + ["al.pipeline=svpp", "al.strategy=margin", "al.compare=[]",
                                       "al.baseline=false", "stopping.min_gain=1000", f"run_dir={tmp_path / 's'}"])
     rows = drive(cfg)["svpp_margin"]

@@ -85,3 +85,37 @@ def test_defaults_keep_the_old_behaviour():
     cfg = load_config("demo")
     assert cfg.al.initial_strategy == "random" and cfg.al.stop == "schedule"
     assert load_config("demo", ["al.initial_strategy=activeft", "al.stop=advice"]).al.stop == "advice"
+
+
+def test_report_shows_where_the_advice_fell(tmp_path):
+    """The summary's `stop advised at` column and the marker on the learning curve (read from the optional
+    stop_advice column; a run without it shows '-')."""
+    import sys
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raal.report import _collect, load_run, plot_accuracy, write_report
+    from raal.report_stop import first_stop, stop_cell
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_report import make_run
+
+    run = make_run(tmp_path, "r")
+    path = run / "arms" / "svpp_margin" / "rounds.parquet"
+    t = pq.read_table(path)
+    t = t.append_column("stop_advice", pa.array(["go"] * 5 + ["stop"] * 3))
+    t = t.append_column("stop_reason", pa.array(["go: x"] * 5 + ["plateau: +0.20 pt/100 labels < 0.5"] * 3))
+    pq.write_table(t, path)
+    arms = {a.name: a for a in load_run(run).arms}
+    assert first_stop(arms["svpp_margin"].rounds) == 5 and stop_cell(arms["svpp_margin"].rounds) == "600 (plateau)"
+    assert stop_cell(arms["asvp_margin"].rounds) == "-"  # an older run without the column
+    stats = _collect([load_run(run)])
+    html_path = write_report([run], tmp_path / "rep")
+    summary = (tmp_path / "rep" / "summary.txt").read_text()
+    assert "stop advised at" in summary and "600 (plateau)" in summary
+    assert "stop advised at" in html_path.read_text() and "plot could not be drawn" not in summary
+    fig = plot_accuracy(stats, {"r": 0}, 100.0, "accuracy (%)")
+    marked = [ln for ln in fig.axes[0].lines if ln.get_marker() == "o" and ln.get_fillstyle() == "none"]
+    assert len(marked) == 1 and list(marked[0].get_xdata()) == [600]  # one marker, where svpp_margin's advice fell

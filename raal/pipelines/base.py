@@ -92,7 +92,7 @@ class Pipeline:
         self.arm = arm
         self.store = ctx.store.child("arms", arm.name)
         self.state = ArmState.open(self.store)
-        self.strategy = strategies.get(arm.strategy)
+        self.strategy = strategies.for_run(arm.strategy, num_classes=ctx.num_classes, balanced=ctx.cfg.al.balanced)
         self.pool_ids = ctx.data.pool.ids
         self.extra_rounds = max(0, self.state.completed_rounds - len(ctx.sizes())) if arm.baseline else 0
         if not self.store.exists("arm.json"):
@@ -152,7 +152,8 @@ class Pipeline:
                     pos = np.sort(strategies.get("random").select(size, labeled_mask=mask, seed=seed))
                 else:
                     pos = initial_batch(self.ctx.store, name, size, labeled_mask=mask, seed=seed,
-                                        features=self.ctx.features.open(0, "pool").features)
+                                        features=self.ctx.features.open(0, "pool").features,
+                                        num_classes=self.ctx.num_classes)
             return self.pool_ids[pos]
         inputs = self.strategy_inputs(r, self.strategy.requires, timer)
         with timer.phase("t_select"):

@@ -15,13 +15,14 @@ from raal import strategies
 INITIAL_DIR = "initial"
 
 
-def initial_batch(store, name: str, size: int, *, labeled_mask: np.ndarray, seed: int, features) -> np.ndarray:
+def initial_batch(store, name: str, size: int, *, labeled_mask: np.ndarray, seed: int, features,
+                  num_classes: int) -> np.ndarray:
     """Pool positions of the round-0 batch of strategy `name` (random, or one that needs only embeddings),
     computed once per experiment and kept in `store` (the experiment's RunStore)."""
     rel = f"{INITIAL_DIR}/{name}_{size}_{seed}.parquet"
     if store.exists(rel):
         return store.read_table(rel).column("position").to_numpy().astype(np.int64)
-    strategy = strategies.get(name)
+    strategy = strategies.for_run(name, num_classes=num_classes)  # probcover's purity rule needs the class count
     if not strategy.requires <= {"embeddings"}:
         raise ValueError(f"al.initial_strategy={name!r} needs {sorted(strategy.requires)}; round 0 has only the "
                          "pre-computed features")

@@ -69,7 +69,7 @@ def validate_arms(specs: list[ArmSpec], classes: dict[str, type[Pipeline]]) -> N
             raise ConfigError(f"al.pipeline={spec.pipeline!r} is not available in this build; "
                               f"available: {', '.join(sorted(classes))}")
         needs = strategies.get(spec.strategy).requires
-        if spec.pipeline == "activeft" and "probs" in needs:
+        if spec.pipeline == "activeft" and needs & {"probs", "proxy"}:
             raise ConfigError(f"al.strategy={spec.strategy!r} needs model probabilities, which the single-shot "
                               "activeft pipeline never has; use activeft, coreset, featdist or random")
         if spec.pipeline == "peal" and spec.strategy not in PEAL_STRATEGIES:
