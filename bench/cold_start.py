@@ -111,8 +111,9 @@ def one_shot(b: Bench, name: str, budget: int, seed: int) -> np.ndarray:
     from raal import strategies
     from raal.pipelines.base import round_seed
 
-    pos = strategies.for_run(name, num_classes=10).select(budget, labeled_mask=np.zeros(len(b.pool_x), bool), seed=round_seed(seed, 0),
-                                      embeddings=b.pool_x)
+    strategy = strategies.for_run(name, num_classes=len(b.data.class_names))
+    pos = strategy.select(budget, labeled_mask=np.zeros(len(b.pool_x), bool), seed=round_seed(seed, 0),
+                          embeddings=b.pool_x)
     return np.sort(np.asarray(pos, dtype=np.int64))
 
 
@@ -130,7 +131,8 @@ def rounds_arm(b: Bench, start: str, seed: int, switch: bool) -> tuple[dict[int,
     for r, budget in enumerate(BUDGETS):
         size = budget - int(mask.sum())
         if r == 0 or picker != "margin":
-            got = strategies.for_run(picker, num_classes=10).select(size, labeled_mask=mask, seed=round_seed(seed, r), embeddings=b.pool_x)
+            got = strategies.for_run(picker, num_classes=len(b.data.class_names)).select(
+                size, labeled_mask=mask, seed=round_seed(seed, r), embeddings=b.pool_x)
         else:
             got = strategies.get("margin").select(size, labeled_mask=mask, probs=probs)
         mask[np.asarray(got, dtype=np.int64)] = True
