@@ -335,7 +335,8 @@ def write(res: dict) -> None:
                                                                             v["stop"] > v["plateau"] + 1)]
         lines += ["## Stopping advice replayed on the label-efficiency curves (the one evaluator)", "",
                   "`raal.stopping.replay` with the defaults (plateau: < 0.5 point per 100 labels over the last round; "
-                  "kappa absent: those runs kept no predictions) on every curve of bench/results/label_efficiency.json, "
+                  "kappa absent: those runs kept no predictions) on every curve of "
+                  "bench/results/label_efficiency.json, "
                   "against the plateau point (the first round after which every later step gains < 0.5 point per "
                   "100 labels).", "",
                   f"- curves with a plateau point and a stop: {len(ok)}, stop within 1 round: {sum(ok)}",
@@ -350,7 +351,8 @@ def write(res: dict) -> None:
     own = res.get("replay_own", {})
     if own:
         lines += ["## Stopping advice with the kappa signal: random sets 100 -> 3,100, probe-graded", "",
-                  "| seed | advised stop at | plateau point (probe) | kappa per round | reason |", "|---|---|---|---|---|"]
+                  "| seed | advised stop at | plateau point (probe) | kappa per round | reason |",
+                  "|---|---|---|---|---|"]
         for seed, v in own.items():
             at = lambda i: "-" if i is None else str(REPLAY_LABELS[i])  # noqa: E731
             kap = ", ".join("-" if not math.isfinite(k) else f"{k:.3f}" for k in v["kappa"])

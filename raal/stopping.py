@@ -81,7 +81,8 @@ def advise(n_labeled: Sequence[float], accuracy: Sequence[float], kappas: Sequen
     gain = gain_per_100(n_labeled, accuracy, rule.gain_rounds)
     recent = [float(k) for k in kappas[-rule.kappa_rounds:]] if rule.kappa_rounds else []
     kappa_txt = f"kappa {recent[-1]:.3f}" if recent and math.isfinite(recent[-1]) else "kappa n/a"
-    if rule.kappa_rounds and len(recent) == rule.kappa_rounds and all(math.isfinite(k) and k >= rule.kappa for k in recent):
+    stable = len(recent) == rule.kappa_rounds and all(math.isfinite(k) and k >= rule.kappa for k in recent)
+    if rule.kappa_rounds and stable:
         return Advice(True, f"stable: kappa >= {rule.kappa:g} for {rule.kappa_rounds} rounds", gain)
     if not math.isfinite(gain):
         return Advice(False, f"go: gain not measurable yet; {kappa_txt}", gain)
