@@ -8,8 +8,8 @@ set of each arm is graded:
   (v0) features, as `al.initial_strategy` does for round 0;
 - margin-after-random: a random start of 10, then margin rounds (10 -> 20 -> 50 -> 100 -> 200), the probe on the
   v0 features scoring the pool (the SVPp loop with a converged linear probe as its proxy);
-- typicality-then-margin: typiclust rounds until the stopping advice (`raal.stopping.advise`, its kappa signal)
-  says typicality stopped paying, margin rounds after.
+- typicality-then-margin: typiclust rounds until the stopping advice (`raal.stopping.advise` with its defaults, on
+  the probe's accuracy and kappa) says typicality's rounds stopped paying, margin rounds after.
 
 Grading: every labeled set is scored by the converged linear probe on the v0 features (`raal.recipe.fit_probe`,
 exactly the evaluator with `eval.method=lp`) and, for the budgets in --eval-budgets, also by the one evaluator
@@ -20,11 +20,14 @@ the v0 features are the trainable suffix of the *pre-trained* backbone applied t
 the backbone's features; tested in tests/test_evaluator.py), saved beside them.
 
 Stopping advice replay: `raal.stopping.advise` over the evaluator curves of bench/results/label_efficiency.json (5
-seeds, every arm), compared with the first round after which the evaluator gains < 0.5 point per 100 labels.
+seeds, every arm), compared with the first round after which the evaluator gains < 0.5 point per 100 labels; and,
+with the kappa signal, on random labeled sets grown 100 -> 3,100 here (probe-graded).
 
     OMP_NUM_THREADS=1 RAAL_EVAL_THREADS=1 nice -n 19 python bench/cold_start.py
     python bench/cold_start.py --stage features        # only the cached features
-    python bench/cold_start.py --aggregate              # rebuild the tables from the saved grades
+    python bench/cold_start.py --eval-seeds 0 1 2       # the evaluator on fewer seeds
+
+A re-run reuses the labeled sets and grades kept in bench/runs/cold_start/, so it computes only what is missing.
 """
 from __future__ import annotations
 
