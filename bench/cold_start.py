@@ -264,7 +264,9 @@ def _table(grades: dict, arms, budgets, ref: str = "random") -> list[str]:
     lines = ["| arm | " + " | ".join(f"{n} labels" for n in budgets) + " |", "|---|" + "---|" * len(budgets)]
     for arm in arms:
         if arm in grades:
-            lines.append(f"| {arm} | " + " | ".join(_ci(grades[arm].get(n, []), signed=False) for n in budgets) + " |")
+            cells = [_ci(grades[arm].get(n, []), signed=False) + (f" (n={len(grades[arm].get(n, []))})" if len(
+                grades[arm].get(n, [])) < len(SEEDS) else "") for n in budgets]
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     lines += ["", f"Paired difference to {ref} (points, mean [95 % CI] over seeds):", "",
               "| arm | " + " | ".join(f"{n}" for n in budgets) + " |", "|---|" + "---|" * len(budgets)]
     for arm in arms:
@@ -378,7 +380,17 @@ def main() -> None:
     ap.add_argument("--eval-budgets", type=int, nargs="*", default=[20, 50],
                     help="budgets also graded by the one evaluator (every arm, every seed)")
     ap.add_argument("--eval-seeds", type=int, nargs="*", default=None, help="default: --seeds")
+    ap.add_argument("--write-only", action="store_true", help="rewrite the .md from bench/results/cold_start.json")
     args = ap.parse_args()
+    if args.write_only:
+        res = json.loads((OUT / "cold_start.json").read_text())
+        for g in ("probe", "evaluator"):
+            res[g] = {arm: {int(n): v for n, v in by.items()} for arm, by in res[g].items()}
+        if (RUNS / "grades.json").exists():  # a run stopped during the evaluator pass: its measured seconds
+            res["seconds"] = {k: v for k, v in Grades(RUNS / "grades.json").data.items()
+                              if k.startswith("seconds/") and "evaluator" in k}
+        write(res)
+        return
     b = Bench()
     print(f"features: pool {b.pool_x.shape}, test {b.test_x.shape}, setup {b.t_setup:.0f} s", flush=True)
     if args.stage == "features":
@@ -401,14 +413,17 @@ def main() -> None:
     results["replay_label_efficiency"] = replay_label_efficiency()
     results["replay_own"] = {seed: replay_own(b, seed, grades) for seed in args.seeds}
     write(results)
-    for seed in args.eval_seeds if args.eval_seeds is not None else args.seeds:  # seed by seed: a partial run
-        for n in args.eval_budgets:  # still has every budget of the bar
-            for arm in arms:
-                pos = all_sets[seed][arm][n]
-                acc = grades.get(f"{arm}/{seed}/{n}/evaluator", lambda: evaluator_accuracy(b, pos, seed))
-                results["evaluator"].setdefault(arm, {}).setdefault(n, []).append(acc)
-            print(f"evaluator: budget {n} seed {seed} done", flush=True)
-            write(results)
+    # the bar's arms first, seed by seed (a partial run still has every budget of the bar), then the others
+    key = [a for a in ("random", "typiclust", "probcover") if a in arms]
+    for group in (key, [a for a in arms if a not in key]):
+        for seed in args.eval_seeds if args.eval_seeds is not None else args.seeds:
+            for n in args.eval_budgets:
+                for arm in group:
+                    pos = all_sets[seed][arm][n]
+                    acc = grades.get(f"{arm}/{seed}/{n}/evaluator", lambda: evaluator_accuracy(b, pos, seed))
+                    results["evaluator"].setdefault(arm, {}).setdefault(n, []).append(acc)
+                print(f"evaluator: {', '.join(group)} budget {n} seed {seed} done", flush=True)
+                write(results)
     results["seconds"] = {k: v for k, v in grades.data.items() if k.startswith("seconds/") and "evaluator" in k}
     write(results)
 
