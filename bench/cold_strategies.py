@@ -290,7 +290,7 @@ def run_worker(spec: dict, timeout: int = 14400) -> dict:
 
 
 # -- parts and report ---------------------------------------------------------------------------------------------
-def run_part(name: str, cfg: dict, workdir: Path, keep: bool = False) -> dict:
+def run_part(name: str, cfg: dict, workdir: Path, keep: bool = False, only: list[str] | None = None) -> dict:
     data = workdir / name
     t = time.perf_counter()
     have = keep and (data / "labeled.npy").exists()
@@ -301,7 +301,7 @@ def run_part(name: str, cfg: dict, workdir: Path, keep: bool = False) -> dict:
             "kmeans_iters": cfg["kmeans_iters"], "picks": cfg["picks"], "proxy_c": cfg.get("proxy_classes", cfg["c"])}
     rows = {}
     try:
-        for s in cfg["strategies"] or COLD:
+        for s in only or cfg["strategies"] or COLD:
             r = rows[s] = {}
             if cfg.get("typ_clusters"):  # 1.28M: typicality in part; for coverage only its N² k-NN pass, in part
                 r["raal"] = (run_worker(dict(base, strategy=s, impl="raal", part="typicality",
@@ -404,6 +404,7 @@ def main() -> None:
     ap.add_argument("--parts", default="quick", help="comma list of: quick, 100k, 1.28M")
     ap.add_argument("--workdir", default="/tmp/raal-bench-cold")
     ap.add_argument("--keep-data", action="store_true", help="keep (and reuse) the generated pools")
+    ap.add_argument("--only", help="comma list of strategies to re-run (merged into the part's rows)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -414,9 +415,14 @@ def main() -> None:
     res["machine"] = machine()
     for part in args.parts.split(","):
         t = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        body = run_part(part, PARTS[part], Path(args.workdir), keep=args.keep_data)
+        only = args.only.split(",") if args.only else None
+        body = run_part(part, PARTS[part], Path(args.workdir), keep=args.keep_data, only=only)
         body["started"] = t
-        res["parts"][part] = body
+        if only and part in res["parts"]:  # merge the re-run rows into the earlier run of the part
+            res["parts"][part]["rows"].update(body["rows"])
+            res["parts"][part].setdefault("reruns", []).append({"started": t, "only": only})
+        else:
+            res["parts"][part] = body
         tmp = out_json.with_suffix(".tmp")
         tmp.write_text(json.dumps(res, indent=1, default=float))
         os.replace(tmp, out_json)
