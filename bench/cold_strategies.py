@@ -50,7 +50,7 @@ PARTS = {
                  probcover_n=10_000, probcover_queries=1_000, picks=100, strategies=None, proxy_classes=100,
                  budgets={"kmeans_centroid": 2_000, "dropquery": 2_000}),
     "1.28M": dict(n=1_280_000, d=2048, c=1000, budget=10_000, labeled=1_000, memmap=True, kmeans_iters=1,
-                  typ_clusters=10, picks=20, probcover_queries=200, strategies=["typiclust", "probcover"]),
+                  typ_clusters=5, picks=20, probcover_queries=100, strategies=["typiclust", "probcover"]),
 }
 COLD = ["kmeans_centroid", "typiclust", "dropquery", "probcover"]
 
@@ -82,12 +82,14 @@ def lloyd_step_numpy(x, rows, centres):
     k, d = centres.shape
     csq = np.einsum("ij,ij->i", centres, centres)
     acc, cnt = np.zeros((k, d)), np.zeros(k)
+    labs = []
     for s in range(0, len(rows), _rows(d)):
         b = np.asarray(x[rows[s:s + _rows(d)]], dtype=np.float32)
         lab = np.argmin(csq[None, :] - 2 * b @ centres.T, axis=1)
         np.add.at(acc, lab, b)
         cnt += np.bincount(lab, minlength=k)
-    return (acc / np.maximum(cnt, 1)[:, None]).astype(np.float32), lab
+        labs.append(lab)
+    return (acc / np.maximum(cnt, 1)[:, None]).astype(np.float32), np.concatenate(labs)
 
 
 def typiclust_picks_numpy(x, members, picks, k_nn=20):
