@@ -347,7 +347,7 @@ def _notes(s: str, r: dict) -> str:
         x = body_budget(r) / raal["budget"]
         out.append(f"budget {raal['budget']:,}: k-means cost grows linearly with k (x{x:.0f} at the part's budget)")
     if raal.get("kmeans"):
-        ks = ", ".join(f"k={c['k']}: {c['niter']} of {NITER} steps timed "
+        ks = ", ".join(f"k={c['k']}: {c.get('niter', len(c['iteration_s']))} of {NITER} steps timed "
                        f"({np.mean(c['iteration_s']):.1f} s/step), seeding {c['seed_s']:.1f} s" for c in raal["kmeans"])
         out.append(f"k-means {ks}")
     last = raal.get("last") or {}
