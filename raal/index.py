@@ -376,6 +376,7 @@ def _gather(x: np.ndarray, rows: np.ndarray | None, normalize: bool, chunk_bytes
     return out
 
 
+BIG_COPY_BYTES = 256 << 20  # k-means training copies above this are capped at 3/4 of the input's rows
 KMEANSPP_MAX_K = 1024  # k-means++ seeding up to this k (it is k sequential passes); faiss's random rows above
 KMEANSPP_ROWS_PER_CENTROID = 32  # the seeding runs on a sample of this many rows per centroid
 
@@ -407,9 +408,11 @@ def kmeans(x: np.ndarray, k: int, *, rows: np.ndarray | None = None, normalize: 
 
     Seeded by k-means++ on a sample of 32 k rows when k <= 1024 (as scikit-learn, which the papers used; random
     seeds split well-separated clusters badly), else by faiss's seeded random rows. Trained on at most
-    `max_points_per_centroid` x k rows (a seeded uniform sample); the caller assigns all rows afterwards
-    (`min_sq_dist_to(..., return_index=True)`). Rows are read in chunks; a float32 array or memmap used whole is
-    not copied. `stats`, when given, receives the seeding time and faiss's per-iteration times (for benchmarks).
+    `max_points_per_centroid` x k rows (a seeded uniform sample), and on at most 3/4 of the input's rows when they
+    must be copied (a row subset or normalisation) and the copy would pass 256 MB, so it stays below the input's
+    size. The caller assigns all rows afterwards (`min_sq_dist_to(..., return_index=True)`). Rows are read in
+    chunks; a float32 array or memmap used whole is not copied. `stats`, when given, receives the seeding time and
+    faiss's per-iteration times (for benchmarks).
     """
     n = len(x) if rows is None else len(rows)
     k = int(k)
@@ -417,6 +420,9 @@ def kmeans(x: np.ndarray, k: int, *, rows: np.ndarray | None = None, normalize: 
         raise ValueError(f"k-means needs 1 <= k <= {n} (the rows), got k = {k}")
     rng = np.random.default_rng(seed)
     m = min(n, k * int(max_points_per_centroid))
+    copied = rows is not None or normalize or x.dtype != np.float32 or not x.flags.c_contiguous
+    if copied and m * x.shape[1] * 4 > BIG_COPY_BYTES:
+        m = min(m, max(k, (3 * len(x)) // 4))  # the training copy stays well below the input's size
     if m < n:
         pos = np.sort(rng.choice(n, m, replace=False))
         rows = pos if rows is None else np.asarray(rows)[pos]

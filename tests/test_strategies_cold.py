@@ -214,3 +214,20 @@ def test_run_settings_reach_the_strategies_that_take_them():
     assert load_config(overrides=["al.strategy=entropy", "al.balanced=true"]).al.balanced
     with pytest.raises(ConfigError, match="al.balanced.*confidence, entropy, margin"):
         load_config(overrides=["al.strategy=typiclust", "al.balanced=true"])
+
+
+def test_range_search_is_exact_across_chunks():
+    from raal.index import range_search
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 8)).astype(np.float32)
+    q = np.sort(rng.choice(300, 40, replace=False))
+    d2 = ((x[q][:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    r2 = float(np.quantile(d2, 0.05))
+    for chunk in (4 * 8 * 37, 1 << 20):  # 37-row chunks of both sides, then one chunk
+        lims, ids = range_search(x, x, r2, query_rows=q, chunk_bytes=chunk)
+        for i in range(len(q)):
+            want = np.flatnonzero(d2[i] < r2 * (1 - 1e-5))
+            got = ids[lims[i]:lims[i + 1]]
+            assert set(want) <= set(got) <= set(np.flatnonzero(d2[i] < r2 * (1 + 1e-5)))
+            assert (np.diff(got) > 0).all()  # ascending, no repeats

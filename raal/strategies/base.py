@@ -27,8 +27,9 @@ class Strategy:
 
     `select(budget, *, labeled_mask, probs=None, embeddings=None, proxy=None, seed=0)` returns `budget` distinct
     int64 pool positions, none labeled, in the strategy's pick order. `proxy` (for strategies that require it) is
-    the current model's head as a callable: a float32 block of embedding rows -> class probabilities or logits. Unknown keywords are an error (a typo must not pass
-    silently). Options (iterations, block sizes...) are constructor arguments: `raal.strategies.get(name, **options)`.
+    the current model's head as a callable: a float32 block of embedding rows -> class probabilities or logits.
+    Unknown keywords are an error (a typo must not pass silently). Options (iterations, block sizes...) are
+    constructor arguments: `raal.strategies.get(name, **options)`.
     """
 
     name: str = ""
