@@ -5,6 +5,8 @@
     flock /tmp/raal-heavy.lock python bench/strategies.py --parts 1.28M   # 10.5 GB + 5 GB memmaps under /tmp
 
 Parts accumulate in bench/results/strategies.json (a re-run replaces its own part); strategies.md is rendered from it.
+typiclust, probcover, kmeans_centroid and dropquery are benchmarked by bench/cold_strategies.py, which reuses this
+file's memory sampler and pool model (this one is long enough).
 
 Pools are generated float32 with class structure (C Gaussian class centres, noise 0.7 x the centre scale) and
 softmax outputs of a noisy classifier (the true class boosted by U(0, 8) logits); 1,000 items are labeled (1% of

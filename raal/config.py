@@ -27,6 +27,8 @@ ORACLES = ("simulated", "files")
 ANNOTATION_POLICIES = ("majority", "unanimous", "first")
 IMAGE_URL_MODES = ("path", "local-files", "backend")
 EVAL_MODES = ("evaluator", "proxy", "ft", "lpft")
+INITIAL_STRATEGIES = ("random", "typiclust", "probcover", "kmeans_centroid", "activeft")
+STOP_MODES = ("schedule", "advice")
 
 
 @dataclass
@@ -85,6 +87,12 @@ class ALConfig:
     # passes every AL arm's best, so saving ratios are read off a measured curve, not an extrapolated one:
     # -1 = up to 3x the AL budget (at most the pool), 0 = never, N = up to N labels.
     baseline_cap: int = -1
+    # round 0 of every non-baseline arm, chosen on the pre-computed v0 features (the random baseline stays random);
+    # one of INITIAL_STRATEGIES. ActiveFT arms choose their own.
+    initial_strategy: str = "random"
+    stop: str = "schedule"  # schedule: run every round | advice: end when the main arm's stop_advice says stop
+    # Score strategies (margin, confidence, entropy) pick round-robin over the predicted classes (docs/strategies.md)
+    balanced: bool = False
 
 
 @dataclass
@@ -216,6 +224,18 @@ class CostConfig:
 
 
 @dataclass
+class StoppingConfig:
+    """The stopping advice recorded every round (raal/stopping.py); `al.stop=advice` acts on it."""
+
+    min_gain: float = 0.5  # plateau: accuracy points per 100 labels below which the curve has flattened
+    gain_rounds: int = 1  # ... measured over this many rounds back
+    kappa: float = 0.99  # stable predictions: Cohen's kappa of consecutive models on a fixed pool sample ...
+    kappa_rounds: int = 3  # ... at least this for this many rounds
+    sample: int = 2000  # size of that fixed sample (at most the pool)
+    point_value: float = 0.0  # cost: what one accuracy point is worth (cost.label_price's currency); 0 = off
+
+
+@dataclass
 class MetricsConfig:
     exclude_random_rounds: bool = True
 
@@ -267,6 +287,7 @@ class RunConfig:
     asvp: ASVPConfig = field(default_factory=ASVPConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     cost: CostConfig = field(default_factory=CostConfig)
+    stopping: StoppingConfig = field(default_factory=StoppingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     oracle: OracleConfig = field(default_factory=OracleConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -430,6 +451,8 @@ def _check(cond: bool, key: str, allowed: str, value: Any) -> None:
 
 def validate(cfg: RunConfig) -> None:
     """Semantic checks the schema cannot express. Pool-size checks happen in `validate_against_pool`."""
+    import math
+
     from raal import strategies
 
     _check_ranges(cfg)  # numeric ranges of embed/proxy/train/lora, each naming its own key
@@ -456,14 +479,25 @@ def validate(cfg: RunConfig) -> None:
     _check(a.pipeline in PIPELINES, "al.pipeline", f"allowed: {', '.join(PIPELINES)}", a.pipeline)
     known = strategies.names()
     _check(a.strategy in known, "al.strategy", f"allowed: {', '.join(known)}", a.strategy)
+    _check(not a.balanced or strategies.accepts(a.strategy, "balanced"), "al.balanced",
+           f"only strategies that rank by a score accept it ({', '.join(strategies.accepting('balanced'))})",
+           f"{a.balanced} with al.strategy={a.strategy}")
     for arm in a.compare:
         parts = str(arm).split("/")
         _check(len(parts) == 2 and parts[0] in PIPELINES and parts[1] in known, "al.compare",
                f"entries look like pipeline/strategy with pipeline in {PIPELINES} and strategy in {known}", arm)
     _check(a.baseline_pipeline in ("",) + PIPELINES, "al.baseline_pipeline", f"allowed: '' or {PIPELINES}",
            a.baseline_pipeline)
-    _check(a.initial >= 1, "al.initial", "must be >= 1 (round 0's random batch trains every arm's first model)",
+    _check(a.initial >= 1, "al.initial", "must be >= 1 (round 0's batch trains every arm's first model)",
            a.initial)
+    starts = [s for s in INITIAL_STRATEGIES if s in known]  # those this build has
+    _check(a.initial_strategy in starts, "al.initial_strategy", f"allowed: {', '.join(starts)}", a.initial_strategy)
+    _check(a.stop in STOP_MODES, "al.stop", f"allowed: {', '.join(STOP_MODES)}", a.stop)
+    st = cfg.stopping
+    _check(st.kappa_rounds >= 0 and st.gain_rounds >= 1 and st.sample >= 1, "stopping",
+           "kappa_rounds >= 0, gain_rounds >= 1 and sample >= 1", (st.kappa_rounds, st.gain_rounds, st.sample))
+    _check(-1 <= st.kappa <= 1 and st.point_value >= 0 and math.isfinite(st.min_gain), "stopping",
+           "kappa in [-1, 1], point_value >= 0, min_gain finite", (st.kappa, st.point_value, st.min_gain))
     sizes = parse_schedule(a.schedule)
     for s in sizes:
         _check(s > 0, "al.schedule", "every query size must be > 0", a.schedule)

@@ -25,9 +25,11 @@ ROUND_COLUMNS: dict[str, tuple[str, object]] = {
     "score_diff": ("float", np.nan), "refreshed": ("bool", False), "train_method": ("str", ""),
     **{p: ("float", 0.0) for p in metrics.PHASES}, "t_round": ("float", np.nan), "device": ("str", "cpu"),
     "model_accuracy": ("float", np.nan), "model_eval": ("str", ""), "probe_accuracy": ("float", np.nan),
-    "trigger_signal": ("float", np.nan),
+    "trigger_signal": ("float", np.nan), "kappa": ("float", np.nan), "gain_per_100": ("float", np.nan),
+    "stop_advice": ("str", ""), "stop_reason": ("str", ""),
 }
-OPTIONAL_COLUMNS = ("random_only", "model_accuracy", "model_eval", "probe_accuracy", "trigger_signal")  # absent in older runs
+OPTIONAL_COLUMNS = ("random_only", "model_accuracy", "model_eval", "probe_accuracy", "trigger_signal", "kappa",
+                    "gain_per_100", "stop_advice", "stop_reason")  # absent in older runs
 REQUIRED_COLUMNS = ("round", "n_labeled", "accuracy")
 
 class NotARunError(ValueError):

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from raal import metrics
+from raal.report_stop import mark_stop
 
 PHASE_NAMES = {
     "t_pre": "feature extraction (T_pre)", "t_tr_proxy": "proxy training (T_tr,proxy)",
@@ -110,8 +111,10 @@ def plot_accuracy(stats, base_idx, scale, ylab):
         if r is None or not np.isfinite(r["accuracy"]).any() or id(s) in in_band:
             continue
         ok = np.isfinite(r["accuracy"])
+        kw = _line_kw(s, base_idx, i)
         ax.plot(*_gapped(r["round"][ok], r["n_labeled"][ok], r["accuracy"][ok] * scale), label=_legend_label(s),
-                **_line_kw(s, base_idx, i))
+                **kw)
+        mark_stop(ax, r, scale, kw["color"])
     for i, g in enumerate(banded):
         x, mean, lo, hi = _band(g, scale)
         first = g[0]

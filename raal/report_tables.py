@@ -6,9 +6,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from raal.report_plots import fmt_time
+from raal.report_stop import stop_cell
 
 SUMMARY_HEAD = ("arm", "final labels", "final accuracy", "final saving ratio", "mean saving ratio (rounds)",
-                "selector's own (diag.)", "compute time", "cost (USD)")
+                "selector's own (diag.)", "compute time", "cost (USD)", "stop advised at")
 #: beside a number read off the random curve outside its measured range (linear extrapolation)
 EXTRAP_MARK = " (extrap.)"
 
@@ -47,7 +48,7 @@ def summary_rows(stats: Sequence, scale: float = 100.0) -> list[tuple[str, ...]]
         kind = str(s.arm.rounds["model_eval"][-1]) if "model_eval" in s.arm.rounds else ""
         diag = f"{kind} {own * scale:.2f}" if np.isfinite(own) and kind not in ("", "none") else "-"
         rows.append((s.key, str(s.final_labels), acc, final_ratio(s), ratio, diag, fmt_time(float(s.seconds.sum())),
-                     f"{s.total_cost:.2f}"))
+                     f"{s.total_cost:.2f}", stop_cell(s.arm.rounds)))
     return rows
 
 

@@ -169,7 +169,7 @@ def test_errors_inside_the_run_then_skip_and_resume(tmp_path):
 
     proc = run_cli([f"run_dir={run_dir}"])  # resume with the stored config
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "resumed" in proc.stdout and f"skipped (data.skip_undecodable=true): cannot read the image of id" in \
+    assert "resumed" in proc.stdout and "skipped (data.skip_undecodable=true): cannot read the image of id" in \
         proc.stdout
     import json
 

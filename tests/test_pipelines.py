@@ -143,3 +143,12 @@ def test_one_evaluator_scores_every_arm_and_the_baseline_is_extended(ray_local, 
     assert max(row["accuracy"] for row in rnd) > best_other or rnd[-1]["n_labeled"] + 20 > 180
     if extended:  # it only continued while it had not passed them yet
         assert max(row["accuracy"] for row in rnd[:-1]) <= best_other
+
+
+def test_svpp_runs_the_proxy_and_cover_strategies(ray_local, tmp_path):
+    """DropQuery gets the round's proxy as a callable over the pool features; ProbCover its class count."""
+    history, _ = run_experiment(["al.pipeline=svpp", "al.strategy=dropquery", "al.compare=[svpp/probcover]",
+                                 "al.baseline=false"], tmp_path / "d")
+    for arm in ("svpp_dropquery", "svpp_probcover"):
+        assert [r["n_labeled"] for r in history[arm]] == [20, 40, 60]
+        assert all(0 <= r["accuracy"] <= 1 for r in history[arm])

@@ -27,22 +27,33 @@ def pool():
     return probs, emb, mask
 
 
+def _head(emb_dim=D, classes=C):
+    """A real linear softmax head over the embeddings: what a pipeline passes as the proxy."""
+    w = np.random.default_rng(1).standard_normal((emb_dim, classes)).astype(np.float32)
+    return lambda h: _softmax(np.asarray(h, np.float32) @ w)
+
+
 def _inputs(strategy, probs, emb):
     """Only what the strategy declares, as a pipeline passes it."""
-    given = {"probs": probs, "embeddings": emb}
+    given = {"probs": probs, "embeddings": emb, "proxy": _head()}
     return {k: given[k] for k in strategy.requires}
+
+
+def _arrays(strategy):
+    """The array inputs a strategy requires (the proxy is a callable)."""
+    return [w for w in strategy.requires if w != "proxy"]
 
 
 def test_registry():
     names = strategies.names()
     assert names == sorted(names)
     assert set(names) == {"random", "margin", "confidence", "entropy", "coreset", "badge", "activeft",
-                          "activeft_al", "featdist"}
+                          "activeft_al", "featdist", "kmeans_centroid", "typiclust", "probcover", "dropquery"}
     assert strategies.get("badge").requires == frozenset({"probs", "embeddings"})
     assert strategies.get("random").requires == frozenset()
     for n in names:
         s = strategies.get(n)
-        assert s.name == n and isinstance(s.requires, frozenset) and s.requires <= {"probs", "embeddings"}
+        assert s.name == n and isinstance(s.requires, frozenset) and s.requires <= {"probs", "embeddings", "proxy"}
     with pytest.raises(ValueError, match="known: activeft, activeft_al, badge"):
         strategies.get("kmeans")
     assert strategies.get("activeft", iterations=5).cfg.iterations == 5
@@ -133,8 +144,8 @@ class TestContract:
     def test_non_finite_inputs(self, name, pool, bad):
         probs, emb, mask = pool
         s = strategies.get(name)
-        for what in s.requires:
-            kw = {k: v.copy() for k, v in _inputs(s, probs, emb).items()}
+        for what in _arrays(s):
+            kw = {k: v if k == "proxy" else v.copy() for k, v in _inputs(s, probs, emb).items()}
             kw[what][40, 1] = bad
             with pytest.raises(ValueError, match=f"{what} contains NaN or inf \\(first at row 40\\)"):
                 s.select(BUDGET, labeled_mask=mask, **kw)
@@ -142,7 +153,7 @@ class TestContract:
     def test_empty_and_exhausted_pool(self, name, pool):
         probs, emb, mask = pool
         s = strategies.get(name)
-        empty = {k: v[:0] for k, v in _inputs(s, probs, emb).items()}
+        empty = {k: v if k == "proxy" else v[:0] for k, v in _inputs(s, probs, emb).items()}
         with pytest.raises(EmptyPoolError):
             s.select(1, labeled_mask=np.zeros(0, dtype=bool), **empty)
         with pytest.raises(PoolExhaustedError):

@@ -50,13 +50,15 @@ class Context:
     features: object = None  # raal.features.FeatureStore of the experiment (v0 lives here)
     t_pre: float = 0.0  # wall time of the v0 feature pass (pool + test)
     evaluator: object = None  # raal.evaluator.Evaluator when eval.every_round == "evaluator"
+    stop_after: int | None = None  # al.stop=advice: the round after which the main arm was advised to stop
 
     @property
     def num_classes(self) -> int:
         return self.data.pool.num_classes
 
     def sizes(self) -> list[int]:
-        return [self.cfg.al.initial] + parse_schedule(self.cfg.al.schedule)
+        sizes = [self.cfg.al.initial] + parse_schedule(self.cfg.al.schedule)
+        return sizes if self.stop_after is None else sizes[:self.stop_after + 1]
 
 
 @dataclass
@@ -92,7 +94,7 @@ class Pipeline:
         self.arm = arm
         self.store = ctx.store.child("arms", arm.name)
         self.state = ArmState.open(self.store)
-        self.strategy = strategies.get(arm.strategy)
+        self.strategy = strategies.for_run(arm.strategy, num_classes=ctx.num_classes, balanced=ctx.cfg.al.balanced)
         self.pool_ids = ctx.data.pool.ids
         self.extra_rounds = max(0, self.state.completed_rounds - len(ctx.sizes())) if arm.baseline else 0
         if not self.store.exists("arm.json"):
@@ -127,19 +129,35 @@ class Pipeline:
         base = self.ctx.sizes()
         return base + [base[-1]] * self.extra_rounds
 
+    def initial_strategy(self) -> str:
+        """Who picks round 0: the arm's own strategy (ActiveFT), `random` for the random baseline, otherwise
+        `al.initial_strategy` on the v0 features."""
+        if self.chooses_initial():
+            return self.arm.strategy
+        return "random" if self.arm.baseline else self.ctx.cfg.al.initial_strategy
+
     def random_only(self, r: int) -> bool:
-        return r == 0 or self.arm.strategy == "random"
+        return (r == 0 and self.initial_strategy() == "random") or self.arm.strategy == "random"
 
     # -- the round --------------------------------------------------------------------------------------------------
     def select(self, r: int, size: int, timer: PhaseTimer) -> np.ndarray:
-        """Round 0 is a uniformly random batch; later rounds ask the strategy with the pipeline's inputs."""
+        """Round 0 is the shared initial batch (`coldstart.initial_batch`); later rounds ask the strategy with the
+        pipeline's inputs."""
         seed = round_seed(self.ctx.cfg.al.seed, r)
         mask = self.labeled_mask()
         if r == 0 and not self.chooses_initial():
+            from raal.pipelines.coldstart import initial_batch
+
+            name = self.initial_strategy()
             with timer.phase("t_select"):
-                pos = strategies.get("random").select(size, labeled_mask=mask, seed=seed)
+                if name == "random":  # as before: one seeded draw, the same in every arm
+                    pos = np.sort(strategies.get("random").select(size, labeled_mask=mask, seed=seed))
+                else:
+                    pos = initial_batch(self.ctx.store, name, size, labeled_mask=mask, seed=seed,
+                                        features=self.ctx.features.open(0, "pool").features,
+                                        num_classes=self.ctx.num_classes)
             self.query_info = {"score": pick_priority(len(pos))}
-            return self.pool_ids[np.sort(pos)]
+            return self.pool_ids[pos]
         inputs = self.strategy_inputs(r, self.strategy.requires, timer)
         with timer.phase("t_select"):
             faults.reach("select")
@@ -182,6 +200,8 @@ class Pipeline:
                "random_only": self.random_only(r)}
         row.update(self.after_labels(r, timer))
         row.update(self.evaluate_labeled(timer, row))
+        with timer.phase("t_eval"):  # judging the round: counted with its evaluation
+            row.update(self.stop_advice(r, row))
         if r == 0 and self.uses_precomputed_features:
             timer.times["t_pre"] = timer.times.get("t_pre", 0.0) + self.ctx.t_pre
         row.update(timer.times)
@@ -227,6 +247,21 @@ class Pipeline:
                            seed=eval_seed(self.ctx.cfg.al.seed, n))
         return {**out, "accuracy": res["accuracy"], "probe_accuracy": res["probe_accuracy"],
                 "eval_method": f"evaluator:{ev.recipe.method}"}
+
+    def stop_advice(self, r: int, row: dict) -> dict:
+        """The round's stopping signals and advice (`raal.pipelines.advice`); the kappa model is the converged
+        probe on the v0 features, whatever the pipeline."""
+        from raal.pipelines.advice import probe_predictions, round_advice, stop_sample
+        from raal.stopping import StopRule
+
+        cfg = self.ctx.cfg
+        sample = stop_sample(len(self.pool_ids), cfg.stopping.sample, cfg.al.seed)
+        pred = probe_predictions(self.ctx.features.open(0, "pool").features, self.positions(self.state.labeled_ids),
+                                 self.state.labels, sample, self.ctx.num_classes)
+        sizes = self.sizes()
+        return round_advice(self.store, r, self.state.rounds, row, predictions=pred,
+                            next_size=sizes[r + 1] if r + 1 < len(sizes) else sizes[-1],
+                            rule=StopRule.from_config(cfg.stopping, cfg.cost.label_price))
 
     # -- policy hooks -----------------------------------------------------------------------------------------------
     def strategy_inputs(self, r: int, requires: frozenset, timer: PhaseTimer) -> dict:

@@ -70,7 +70,7 @@ def validate_arms(specs: list[ArmSpec], classes: dict[str, type[Pipeline]]) -> N
             raise ConfigError(f"al.pipeline={spec.pipeline!r} is not available in this build; "
                               f"available: {', '.join(sorted(classes))}")
         needs = strategies.get(spec.strategy).requires
-        if spec.pipeline == "activeft" and "probs" in needs:
+        if spec.pipeline == "activeft" and needs & {"probs", "proxy"}:
             raise ConfigError(f"al.strategy={spec.strategy!r} needs model probabilities, which the single-shot "
                               "activeft pipeline never has; use activeft, coreset, featdist or random")
         if spec.pipeline == "peal" and spec.strategy not in PEAL_STRATEGIES:
@@ -162,6 +162,9 @@ class Experiment:
                                                  transform=self.ctx.transform,
                                                  freeze_blocks=self.cfg.eval.freeze_blocks,
                                                  recipe=Recipe.from_config(self.cfg.eval))
+        from raal.pipelines.state import ArmState
+
+        self.update_stop(ArmState.open(self.store.child("arms", self.specs[0].name)).rounds)  # before the arms size
         self.arms = [self._classes[s.pipeline](self.ctx, s) for s in self.specs]
         self.store.write_json("status.json", {"state": "running", "round": self.completed_rounds()})
         ev = self.ctx.evaluator
@@ -173,6 +176,13 @@ class Experiment:
                 "undecodable": [b["error"] for b in self.undecodable],
                 "baseline": next((a.arm.name for a in self.arms if a.arm.baseline), None),
                 "completed_rounds": self.completed_rounds()}
+
+    def update_stop(self, main_rounds: list[dict]) -> None:
+        """al.stop=advice: every arm's schedule ends after the first round whose advice for the main arm was
+        "stop" (derived from the committed rounds, so a resumed run ends at the same round)."""
+        if self.cfg.al.stop != "advice":
+            return
+        self.ctx.stop_after = next((int(r["round"]) for r in main_rounds if r.get("stop_advice") == "stop"), None)
 
     def completed_rounds(self) -> int:
         return min((a.state.completed_rounds for a in self.arms), default=0)
@@ -194,6 +204,7 @@ class Experiment:
             self.store.write_json("status.json", self.waiting)
             return rows
         self.waiting = None
+        self.update_stop(self.arms[0].state.rounds)
         done = r + 1 == self.num_rounds
         self.store.write_json("status.json", {"state": "done" if done else "running", "round": r + 1})
         return rows

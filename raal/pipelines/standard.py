@@ -24,6 +24,11 @@ def head_probs(features, head: dict[str, torch.Tensor], chunk: int = 65536) -> n
     return out
 
 
+def head_proxy(head: dict[str, torch.Tensor]):
+    """The linear head as the `proxy` input of a strategy: embedding rows -> class probabilities."""
+    return lambda block: head_probs(block, head)
+
+
 class StandardPipeline(Pipeline):
     name = "standard"
     uses_precomputed_features = False  # it re-embeds the pool with its own fine-tuned model each round
@@ -50,8 +55,8 @@ class StandardPipeline(Pipeline):
         if not requires:
             return {}
         if r == 0:  # nothing trained yet: embedding-based choosers use the pre-trained features
-            if "probs" in requires:
-                raise ValueError(f"strategy {self.arm.strategy!r} needs probabilities, which round 0 cannot give")
+            if "probs" in requires or "proxy" in requires:
+                raise ValueError(f"strategy {self.arm.strategy!r} needs a trained model, which round 0 cannot give")
             return {"embeddings": self.ctx.features.open(0, "pool").features}
         if self.partial():  # the last round's suffix re-embeds the whole pool from the cached activations
             from raal.evaluator import load_state
@@ -60,7 +65,8 @@ class StandardPipeline(Pipeline):
             suffix, head = ev.load_fitted(load_state(self.store, self.checkpoint(r - 1) + ".partial.pt"))
             with timer.phase("t_f_full"):
                 feats, probs = ev.probs(suffix, head)
-            return {k: v for k, v in {"embeddings": feats, "probs": probs}.items() if k in requires}
+            out = {"embeddings": feats, "probs": probs, "proxy": head_proxy(head.state_dict())}
+            return {k: v for k, v in out.items() if k in requires}
         from raal.embed import embed_images
         from raal.features import FeatureStore
 
@@ -73,8 +79,11 @@ class StandardPipeline(Pipeline):
                              state_dict_path=str(self.store.local_copy(ckpt + ".pt")))
             feats = fs.open(r, "pool").features
             out = {"embeddings": feats}
-            if "probs" in requires:
-                out["probs"] = head_probs(feats, load_head(self.store, ckpt))
+            if "probs" in requires or "proxy" in requires:
+                head = load_head(self.store, ckpt)
+                out["proxy"] = head_proxy(head)
+                if "probs" in requires:
+                    out["probs"] = head_probs(feats, head)
         return {k: v for k, v in out.items() if k in requires}
 
     def after_labels(self, r: int, timer: PhaseTimer) -> dict:

@@ -26,14 +26,16 @@ ROUND_COLUMNS: dict[str, pa.DataType] = {
     "train_method": pa.string(), "t_pre": pa.float64(), "t_tr_proxy": pa.float64(), "t_f_proxy": pa.float64(),
     "t_tr_full": pa.float64(), "t_f_full": pa.float64(), "t_select": pa.float64(), "t_eval": pa.float64(),
     "t_round": pa.float64(), "device": pa.string(), "model_accuracy": pa.float64(), "model_eval": pa.string(),
-    "probe_accuracy": pa.float64(), "trigger_signal": pa.float64(),
+    "probe_accuracy": pa.float64(), "trigger_signal": pa.float64(), "kappa": pa.float64(),
+    "gain_per_100": pa.float64(), "stop_advice": pa.string(), "stop_reason": pa.string(),
 }
 ROUND_DEFAULTS = {"accuracy": math.nan, "eval_method": "none", "random_only": False, "features_version": 0,
                   "ped_steps": -1, "logme_ped": math.nan, "score_diff": math.nan, "refreshed": False,
                   "train_method": "", "t_pre": 0.0, "t_tr_proxy": 0.0, "t_f_proxy": 0.0, "t_tr_full": 0.0,
                   "t_f_full": 0.0, "t_select": 0.0, "t_eval": 0.0, "t_round": 0.0, "device": "cpu",
                   "model_accuracy": math.nan, "model_eval": "none", "probe_accuracy": math.nan,
-                  "trigger_signal": math.nan}
+                  "trigger_signal": math.nan, "kappa": math.nan, "gain_per_100": math.nan, "stop_advice": "",
+                  "stop_reason": ""}
 LABEL_SCHEMA = pa.schema([("id", pa.int64()), ("label", pa.int64()), ("round", pa.int64()), ("source", pa.string())])
 QUERY_SCHEMA = pa.schema([("id", pa.int64()), ("score", pa.float64()), ("prediction", pa.int64())])
 

@@ -88,13 +88,17 @@ class SVPpPipeline(Pipeline):
         if not requires:
             return {}
         if r == 0:  # nothing labeled yet: only embedding-based choosers (ActiveFT) can run, on the features
-            if "probs" in requires:
-                raise ValueError(f"strategy {self.arm.strategy!r} needs probabilities, which round 0 cannot give")
+            if "probs" in requires or "proxy" in requires:
+                raise ValueError(f"strategy {self.arm.strategy!r} needs a trained model, which round 0 cannot give")
             return {"embeddings": pool.features}
         proxy = self.proxy_after(r - 1, timer)
+        batch = self.ctx.cfg.proxy.score_batch_size
+        if "proxy" in requires:  # the strategy runs the proxy itself, on the features it reads (DropQuery)
+            return {"embeddings": pool.features,
+                    "proxy": lambda h: predict(proxy, h, batch_size=batch, want=("logits",))["logits"]}
         want = tuple(k for k in ("probs", "embeddings") if k in requires)
         with timer.phase("t_f_proxy"):
-            out = predict(proxy, pool.features, batch_size=self.ctx.cfg.proxy.score_batch_size, want=want)
+            out = predict(proxy, pool.features, batch_size=batch, want=want)
         return {k: out[k] for k in want}
 
     def evaluate_proxy(self, proxy, timer: PhaseTimer, version: int | None = None) -> float:

@@ -9,22 +9,29 @@ test in tests/test_strategies.py.
 """
 from __future__ import annotations
 
+import inspect
+
 from raal.strategies.activeft import ActiveFT
 from raal.strategies.activeft_al import ActiveFTAL
 from raal.strategies.badge import Badge
 from raal.strategies.base import Strategy
 from raal.strategies.confidence import LeastConfidence
 from raal.strategies.coreset import CoreSet
+from raal.strategies.dropquery import DropQuery
 from raal.strategies.entropy import Entropy
 from raal.strategies.featdist import FeatDist
+from raal.strategies.kmeans_centroid import KMeansCentroid
 from raal.strategies.margin import Margin
+from raal.strategies.probcover import ProbCover
 from raal.strategies.random_sampling import RandomSampling
+from raal.strategies.typiclust import TypiClust
 
 _REGISTRY: dict[str, type[Strategy]] = {cls.name: cls for cls in (
-    RandomSampling, Margin, LeastConfidence, Entropy, CoreSet, Badge, ActiveFT, ActiveFTAL, FeatDist)}
+    RandomSampling, Margin, LeastConfidence, Entropy, CoreSet, Badge, ActiveFT, ActiveFTAL, FeatDist, KMeansCentroid,
+    TypiClust, ProbCover, DropQuery)}
 _DEFAULTS: dict[str, Strategy] = {}
 
-__all__ = ["Strategy", "get", "names"]
+__all__ = ["Strategy", "accepting", "accepts", "for_run", "get", "names"]
 
 
 def names() -> list[str]:
@@ -44,3 +51,19 @@ def get(name: str, **options) -> Strategy:
     if name not in _DEFAULTS:
         _DEFAULTS[name] = _REGISTRY[name]()
     return _DEFAULTS[name]
+
+
+def accepts(name: str, option: str) -> bool:
+    """Whether strategy `name` takes the constructor option `option`."""
+    return name in _REGISTRY and option in inspect.signature(_REGISTRY[name].__init__).parameters
+
+
+def accepting(option: str) -> list[str]:
+    """Sorted names of the strategies that take `option`."""
+    return [n for n in names() if accepts(n, option)]
+
+
+def for_run(name: str, **settings) -> Strategy:
+    """The strategy `name` configured from the run-wide settings it takes (e.g. num_classes for probcover, balanced
+    for the score strategies); settings it does not take are ignored, False/None ones are left at the default."""
+    return get(name, **{k: v for k, v in settings.items() if accepts(name, k) and v not in (None, False)})

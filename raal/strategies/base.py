@@ -19,22 +19,26 @@ class Pool:
     n: int                 # pool size N
     unlabeled: np.ndarray  # sorted int64 positions of the unlabeled items
     labeled: np.ndarray    # the bool mask as given (not copied)
+    proxy: object = None   # callable: embedding rows -> class scores (for strategies that require "proxy")
 
 
 class Strategy:
     """A selection strategy. Subclasses set `name` and `requires` and implement `_select`.
 
-    `select(budget, *, labeled_mask, probs=None, embeddings=None, seed=0)` returns `budget` distinct int64 pool
-    positions, none labeled, in the strategy's pick order. Unknown keywords are an error (a typo must not pass
-    silently). Options (iterations, block sizes...) are constructor arguments: `raal.strategies.get(name, **options)`.
+    `select(budget, *, labeled_mask, probs=None, embeddings=None, proxy=None, seed=0)` returns `budget` distinct
+    int64 pool positions, none labeled, in the strategy's pick order. `proxy` (for strategies that require it) is
+    the current model's head as a callable: a float32 block of embedding rows -> class probabilities or logits.
+    Unknown keywords are an error (a typo must not pass silently). Options (iterations, block sizes...) are
+    constructor arguments: `raal.strategies.get(name, **options)`.
     """
 
     name: str = ""
     requires: frozenset = frozenset()
     min_classes: int = 1  # probs columns the strategy needs
 
-    def select(self, budget, *, labeled_mask, probs=None, embeddings=None, seed=0) -> np.ndarray:
-        pool = check_inputs(self, budget, labeled_mask=labeled_mask, probs=probs, embeddings=embeddings, seed=seed)
+    def select(self, budget, *, labeled_mask, probs=None, embeddings=None, proxy=None, seed=0) -> np.ndarray:
+        pool = check_inputs(self, budget, labeled_mask=labeled_mask, probs=probs, embeddings=embeddings, seed=seed,
+                            proxy=proxy)
         out = np.asarray(self._select(int(budget), pool, probs=probs, embeddings=embeddings, seed=int(seed)),
                          dtype=np.int64)
         _check_output(self.name, out, int(budget), pool)
@@ -92,7 +96,7 @@ def _check_values(strategy: str, what: str, arr: np.ndarray) -> None:
                                  f"row {s + r} sums to {sums[r]:.6g}")
 
 
-def check_inputs(strategy: Strategy, budget, *, labeled_mask, probs, embeddings, seed) -> Pool:
+def check_inputs(strategy: Strategy, budget, *, labeled_mask, probs, embeddings, seed, proxy=None) -> Pool:
     """The checks every strategy runs, cheapest first; the only full pass over the data (finiteness) comes last.
 
     Raises ValueError naming the problem, EmptyPoolError for N = 0 and PoolExhaustedError when all is labeled.
@@ -116,6 +120,11 @@ def check_inputs(strategy: Strategy, budget, *, labeled_mask, probs, embeddings,
                 raise ValueError(f"strategy {name!r} requires {what}, got None")
             continue
         _check_array(name, what, given[what], n)
+    if proxy is None and "proxy" in strategy.requires:
+        raise ValueError(f"strategy {name!r} requires proxy, got None")
+    if proxy is not None and not callable(proxy):
+        raise ValueError(f"strategy {name!r}: proxy must be callable (embedding rows -> class scores), "
+                         f"got {type(proxy).__name__}")
     if "probs" in strategy.requires and probs.shape[1] < strategy.min_classes:
         raise ValueError(f"strategy {name!r}: probs needs at least {strategy.min_classes} classes, "
                          f"got {probs.shape[1]}")
@@ -133,7 +142,7 @@ def check_inputs(strategy: Strategy, budget, *, labeled_mask, probs, embeddings,
     for what in INPUTS:
         if what in strategy.requires:
             _check_values(name, what, given[what])
-    return Pool(n=n, unlabeled=unlabeled.astype(np.int64, copy=False), labeled=labeled_mask)
+    return Pool(n=n, unlabeled=unlabeled.astype(np.int64, copy=False), labeled=labeled_mask, proxy=proxy)
 
 
 def _check_output(name: str, out: np.ndarray, budget: int, pool: Pool) -> None:

@@ -3,18 +3,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from raal.strategies.base import Pool, Strategy, row_scores, top_by_score
+from raal.strategies.scored import ScoreStrategy
 
 
 def max_prob(block: np.ndarray) -> np.ndarray:
     return block.max(axis=1).astype(np.float64)
 
 
-class LeastConfidence(Strategy):
-    """Ascending max_c p_c over the unlabeled items; ties go to the lower index."""
+class LeastConfidence(ScoreStrategy):
+    """Ascending max_c p_c over the unlabeled items; ties go to the lower index (`balanced`: see ScoreStrategy)."""
 
     name = "confidence"
-    requires = frozenset({"probs"})
-
-    def _select(self, budget: int, pool: Pool, *, probs, embeddings, seed: int) -> np.ndarray:
-        return top_by_score(row_scores(probs, pool.unlabeled, max_prob), pool.unlabeled, budget, largest=False)
+    item_score = staticmethod(max_prob)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from raal.strategies.base import Pool, Strategy, row_scores, top_by_score
+from raal.strategies.scored import ScoreStrategy
 
 P_MIN = 1e-12  # p is clamped here inside the log, so 0 * ln 0 counts as 0 instead of NaN (ASVP's code has no clamp)
 
@@ -15,11 +15,10 @@ def entropies(block: np.ndarray) -> np.ndarray:
     return -np.einsum("ij,ij->i", p, logp)
 
 
-class Entropy(Strategy):
-    """Descending -sum_c p_c ln max(p_c, 1e-12) over the unlabeled items; ties go to the lower index."""
+class Entropy(ScoreStrategy):
+    """Descending -sum_c p_c ln max(p_c, 1e-12) over the unlabeled items; ties go to the lower index
+    (`balanced`: see ScoreStrategy)."""
 
     name = "entropy"
-    requires = frozenset({"probs"})
-
-    def _select(self, budget: int, pool: Pool, *, probs, embeddings, seed: int) -> np.ndarray:
-        return top_by_score(row_scores(probs, pool.unlabeled, entropies), pool.unlabeled, budget, largest=True)
+    item_score = staticmethod(entropies)
+    largest = True

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from raal.strategies.base import Pool, Strategy, row_scores, top_by_score
+from raal.strategies.scored import ScoreStrategy
 
 
 def margins(block: np.ndarray) -> np.ndarray:
@@ -13,12 +13,9 @@ def margins(block: np.ndarray) -> np.ndarray:
     return np.abs(top2[:, 1] - top2[:, 0])
 
 
-class Margin(Strategy):
-    """Ascending p(1) - p(2) over the unlabeled items; ties go to the lower index."""
+class Margin(ScoreStrategy):
+    """Ascending p(1) - p(2) over the unlabeled items; ties go to the lower index (`balanced`: see ScoreStrategy)."""
 
     name = "margin"
-    requires = frozenset({"probs"})
     min_classes = 2
-
-    def _select(self, budget: int, pool: Pool, *, probs, embeddings, seed: int) -> np.ndarray:
-        return top_by_score(row_scores(probs, pool.unlabeled, margins), pool.unlabeled, budget, largest=False)
+    item_score = staticmethod(margins)
