@@ -204,10 +204,10 @@ def embed_images(images: ImageSet, *, model_cfg: ModelConfig, transform: ImageTr
     assembler = ShardAssembler(target, todo, on_shard)
     sub = _subset(images, assembler.positions)
     n = len(sub)
-    warm = embed_cfg.warm and sub.parquet is None
-    if warm:
-        from raal import embed_pool
+    from raal import embed_pool
 
+    warm = embed_cfg.warm and sub.parquet is None and embed_pool.single_node()
+    if warm:
         pool = embed_pool.pool_for(embed_cfg.device, embed_cfg.num_actors, plan_actors)
         plan = pool.plan
     else:

@@ -105,6 +105,15 @@ class WarmPool:
 _POOL: WarmPool | None = None
 
 
+def single_node() -> bool:
+    """Whether the warm pool applies: its actors reserve no CPU between passes, which suits one machine whose cores
+    go to the round's other work; on a cluster of several nodes Ray Data's actor pool places the embedders where
+    CPUs are free (and makes the autoscaler add nodes), so passes there keep that path."""
+    import ray
+
+    return sum(1 for n in ray.nodes() if n.get("Alive")) <= 1
+
+
 def pool_for(device: str, num_actors: int, plan_fn) -> WarmPool:
     """The live pool when it fits the request (same device unless "auto", same actor count unless 0), else a new
     one from `plan_fn(device, num_actors)` (the old one is released first, so its GPUs count as free)."""
