@@ -26,6 +26,7 @@ with the kappa signal, on random labeled sets grown 100 -> 3,100 here (probe-gra
     OMP_NUM_THREADS=1 RAAL_EVAL_THREADS=1 nice -n 19 python bench/cold_start.py
     python bench/cold_start.py --stage features        # only the cached features
     python bench/cold_start.py --eval-seeds 0 1 2       # the evaluator on fewer seeds
+    python bench/cold_start.py --rerun probcover        # recompute one arm; the others only from the cache
 
 A re-run reuses the labeled sets and grades kept in bench/runs/cold_start/, so it computes only what is missing.
 """
@@ -217,6 +218,24 @@ def labeled_sets(b: Bench, seed: int, arms: tuple[str, ...]) -> tuple[dict, dict
     return sets, traces
 
 
+def forget(arm: str, grades: Grades, seeds) -> None:
+    """Drop a one-shot arm's cached labeled sets and grades (atomic rewrites), so the next pass recomputes them."""
+    import pickle
+
+    for seed in seeds:
+        path = RUNS / f"sets_seed{seed}.pkl"
+        if path.exists():
+            sets, traces = pickle.loads(path.read_bytes())
+            sets.pop(arm, None)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(pickle.dumps((sets, traces)))
+            tmp.replace(path)
+    grades.data = {k: v for k, v in grades.data.items() if not k.removeprefix("seconds/").startswith(arm + "/")}
+    tmp = grades.path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(grades.data))
+    tmp.replace(grades.path)
+
+
 # -- the stopping advice replayed ---------------------------------------------------------------------------------
 REPLAY_LABELS = [100, 200, 400, 700, 1100, 1500, 1900, 2300, 2700, 3100]  # label_efficiency's random arm
 
@@ -381,6 +400,9 @@ def main() -> None:
                     help="budgets also graded by the one evaluator (every arm, every seed)")
     ap.add_argument("--eval-seeds", type=int, nargs="*", default=None, help="default: --seeds")
     ap.add_argument("--write-only", action="store_true", help="rewrite the .md from bench/results/cold_start.json")
+    ap.add_argument("--rerun", choices=ONE_SHOT, default=None,
+                    help="drop this arm's cached sets and grades and compute them again; other arms' missing "
+                         "evaluator grades are left missing")
     args = ap.parse_args()
     if args.write_only:
         res = json.loads((OUT / "cold_start.json").read_text())
@@ -398,6 +420,8 @@ def main() -> None:
     known = set(strategies.names())
     arms = tuple(a for a in ARMS if a not in ONE_SHOT or a in known)
     grades = Grades(RUNS / "grades.json")
+    if args.rerun:
+        forget(args.rerun, grades, args.seeds)
     results = {"arms": list(arms), "missing": [a for a in ARMS if a not in arms], "seeds": args.seeds,
                "budgets": BUDGETS, "probe": {}, "evaluator": {}, "traces": {}, "seconds": {}}
     all_sets = {}
@@ -420,6 +444,8 @@ def main() -> None:
             for n in args.eval_budgets:
                 for arm in group:
                     pos = all_sets[seed][arm][n]
+                    if args.rerun and arm != args.rerun and f"{arm}/{seed}/{n}/evaluator" not in grades.data:
+                        continue
                     acc = grades.get(f"{arm}/{seed}/{n}/evaluator", lambda: evaluator_accuracy(b, pos, seed))
                     results["evaluator"].setdefault(arm, {}).setdefault(n, []).append(acc)
                 print(f"evaluator: {', '.join(group)} budget {n} seed {seed} done", flush=True)

@@ -231,3 +231,34 @@ def test_range_search_is_exact_across_chunks():
             got = ids[lims[i]:lims[i + 1]]
             assert set(want) <= set(got) <= set(np.flatnonzero(d2[i] < r2 * (1 + 1e-5)))
             assert (np.diff(got) > 0).all()  # ascending, no repeats
+
+
+def _reference_cover(x, delta, budget):
+    """The reference code's greedy, densely: rows L2-normalised, edges x -> y iff ||x - y|| < delta, each pick the
+    item with the most edges into uncovered items, whose targets are then covered."""
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    adj = np.sqrt(np.maximum(((u[:, None, :] - u[None, :, :]) ** 2).sum(-1), 0)) < delta
+    covered, picks = np.zeros(len(x), bool), []
+    for _ in range(budget):
+        j = int(np.argmax((adj & ~covered[None, :]).sum(1)))
+        picks.append(j)
+        covered |= adj[j]
+    return picks, adj
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_probcover_matches_the_reference_greedy_on_normalised_rows_whatever_their_scale(seed):
+    """Three overlapping directions, each row scaled by a random factor in [0.5, 20]: ProbCover's default must work
+    on directions only (the reference normalises its features; without it δ would measure the scales), and its
+    purity-rule graph (k-NN lists, range search past 32 neighbours) must give the reference greedy's picks."""
+    rng = np.random.default_rng(seed)
+    dirs = rng.standard_normal((3, 6))
+    x = np.concatenate([d + 0.35 * rng.standard_normal((n, 6)) for d, n in zip(dirs, (150, 100, 60))])
+    x = x.astype(np.float32)
+    scaled = (x * rng.uniform(0.5, 20, (len(x), 1))).astype(np.float32)
+    s = strategies.get("probcover", num_classes=3)
+    out = s.select(12, labeled_mask=np.zeros(len(x), bool), embeddings=scaled, seed=seed)
+    picks, adj = _reference_cover(x, s.last["delta"], 12)
+    assert adj.sum(1).max() > 32  # some balls outgrow the 32-NN lists: the range-search branch is used
+    assert out.tolist() == picks
+    assert s.select(12, labeled_mask=np.zeros(len(x), bool), embeddings=x, seed=seed).tolist() == picks
