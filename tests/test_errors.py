@@ -249,7 +249,7 @@ def test_label_import_of_a_bad_file_exits_2_every_time(tmp_path):
         codes.append(proc.returncode)
         lines.add(proc.stderr.strip())
     assert codes == [2] * 20, codes
-    assert lines == {"raal label: error: bad.json: JSON nested too deeply for a Label Studio export"}
+    assert lines == {"raal label: error: bad.json: not valid JSON (nested too deeply)"}
 
 
 # -- kill the CLI, stop the run -------------------------------------------------------------------------------------
