@@ -61,7 +61,8 @@ def build_app(run_args: list[str], serve_args: dict[str, str]):
         def __init__(self, run_args: list[str], serve_args: dict[str, str]):
             from raal.live import LiveRun, studio_from
             from raal.raylocal import quiet_ray_data
-            from raal.run import preflight, resolve_config
+            from raal.preflight import preflight
+            from raal.run import resolve_config
 
             logging.basicConfig(level=os.environ.get("RAAL_LOG", "INFO"))
             quiet_ray_data()
@@ -142,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_args, serve_args = split_args(argv)
         from raal.live import studio_from
-        from raal.run import preflight, resolve_config
+        from raal.preflight import preflight
+        from raal.run import resolve_config
 
         cfg = resolve_config(run_args)
         if cfg.oracle.kind != "files":
