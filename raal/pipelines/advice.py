@@ -43,7 +43,7 @@ def _save(store, rel: str, pred: np.ndarray) -> None:
 
 
 def _load(store, rel: str) -> np.ndarray | None:
-    return np.load(io.BytesIO(store.read_bytes(rel))) if store.exists(rel) else None
+    return np.load(io.BytesIO(store.read_bytes(rel)), allow_pickle=False) if store.exists(rel) else None
 
 
 def round_advice(store, r: int, history: list[dict], row: dict, *, predictions: np.ndarray, next_size: int,
