@@ -12,10 +12,11 @@ Faults: every epoch's checkpoint goes atomically through the job's RunStore into
 starts a new one and re-submits the job, which resumes from the newest intact checkpoint, at most
 `train.max_failures` times (what `FailureConfig` gives the Ray Train path).
 
-Lifetime: the actor is owned by the driver process and dies with it (a killed run takes it along, and the CLI's
-lifeline tags it like any process of the run's Ray); `release()` kills it at the end of a run. Between jobs it
-reserves no CPU (its torch threads are set per job from the CPUs free at submission); with `use_gpu` it holds one GPU,
-handed back by `release()` before an embedding pass needs it.
+Lifetime: the actor is owned by the driver process and dies with it (the CLI kills the driver actor at the end of
+a run, a killed run takes it along, and the CLI's lifeline tags it like any process of the run's Ray); `release()`
+kills it at once. It reserves no CPU (its torch threads are set per job from the CPUs free at submission). With
+`use_gpu` it holds one GPU during a job and is released after it, because the warm embedding actors ask for whole
+GPUs; a GPU job still skips Ray Train's controller and worker group, not the actor's start.
 """
 from __future__ import annotations
 
@@ -151,7 +152,10 @@ def run_job(config: dict, train: dict, test: dict, store, max_failures: int, res
         actor = _actor(bool(config["train_cfg"].use_gpu))
         t0 = time.perf_counter()
         try:
-            return ray.get(actor.run.remote(cfg, *refs, store)), deaths
+            out = ray.get(actor.run.remote(cfg, *refs, store))
+            if config["train_cfg"].use_gpu:
+                release()  # the embedding actors ask for whole GPUs: holding one between jobs would starve them
+            return out, deaths
         except RayActorError:
             release()
             deaths += 1
