@@ -138,13 +138,32 @@ def release() -> None:
             ray.kill(handle)
 
 
+def _as_arrays(batch: dict) -> dict:
+    """Every column as a numpy array, as a Ray Data batch would arrive at a Ray Train worker (a list of same-shape
+    images stacked, any other list an object array: bytes and paths stay whole)."""
+    import numpy as np
+
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, np.ndarray):
+            out[k] = v
+        elif v and isinstance(v[0], np.ndarray) and len({x.shape for x in v}) == 1:
+            out[k] = np.stack(v)
+        else:
+            arr = np.empty(len(v), dtype=object)
+            for i, x in enumerate(v):  # element by element: arrays of several shapes stay whole too
+                arr[i] = x
+            out[k] = arr
+    return out
+
+
 def run_job(config: dict, train: dict, test: dict, store, max_failures: int, resume_state) -> tuple[dict, int]:
     """Run one job on the warm actor; returns (final state, actor deaths survived). `resume_state(store)` gives the
     newest checkpoint before each try (None for a fresh start)."""
     import ray
     from ray.exceptions import RayActorError
 
-    refs = ray.put(train), ray.put(test)
+    refs = ray.put(_as_arrays(train)), ray.put(_as_arrays(test))
     deaths = 0
     while True:
         state = resume_state(store)
