@@ -269,7 +269,9 @@ def test_warm_actor_and_ray_train_give_the_same_job_to_the_bit(ray_local, data, 
     assert ([{k: v for k, v in e.items() if k not in strip} for e in warm.log]
             == [{k: v for k, v in e.items() if k not in strip} for e in ray_train.log])
     # a finished job found in its folder is not trained again, on either path
-    assert finetune(labeled(data, 96), data.test, train_cfg=tc, name="rt", **job).path == "stored"
+    stored = finetune(labeled(data, 96), data.test, train_cfg=tc, name="rt", **job)
+    assert stored.path == "stored" and stored.path_reason.endswith("(trained on the ray_train path)")
+    assert digest(stored) == digest(ray_train) and stored.accuracy == ray_train.accuracy
 
 
 def test_bad_images_inside_the_warm_actor_are_one_line_exit_2(ray_local, data, tmp_path, capsys):
