@@ -53,7 +53,6 @@ def arm_specs(cfg: RunConfig) -> list[ArmSpec]:
 def validate_arms(specs: list[ArmSpec], classes: dict[str, type[Pipeline]] | None = None) -> None:
     """Each arm's pipeline must exist and supply what its strategy requires (`Pipeline.mismatch`)."""
     from raal import strategies
-    from raal.pipelines import registry
 
     classes = registry.classes() if classes is None else classes
     for spec in specs:
