@@ -15,12 +15,13 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from raal.errors import ConfigError
+from raal.pipelines import registry as pipeline_registry
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
 DATA_SOURCES = ("animal_mnist", "digits", "image_folder", "parquet")
-PIPELINES = ("standard", "svpp", "asvp", "activeft", "peal")
+PIPELINES = pipeline_registry.NAMES
 TRAIN_METHODS = ("ft", "lpft")
 DEVICES = ("auto", "cpu", "cuda")
 ORACLES = ("simulated", "files")

@@ -1,4 +1,4 @@
-"""ASVP: SVPp plus a trigger that fine-tunes and refreshes the pre-computed features (decisions.md §1).
+"""ASVP: SVPp plus a trigger that fine-tunes and refreshes the pre-computed features.
 
 After each round's labels (rounds >= 1): PED on the current features of the labeled set; if it needs at most
 `asvp.ped_max_steps_for_skip` steps (default -1: never), skip and do not refresh. Otherwise compute LogME-PED (the
@@ -68,7 +68,7 @@ def decide(history: list[dict], ped_steps: int, score_fn: Callable[[], float], c
            signal_fn: Callable[[], float] | None = None) -> Decision:
     """The refresh rule, a pure function of the committed rounds and this round's numbers.
 
-    rule "delta" (legacy, decisions.md §1): fire when |LogME-PED - previous| < `threshold`.
+    rule "delta" (legacy): fire when |LogME-PED - previous| < `threshold`.
     rule "gain" (docs/asvp_trigger.md): `signal_fn()` is the accuracy gain of LogME's linear probe from a quarter
     to a half of the labeled set (see `gain_signal`); fire when it is below `gain_threshold` in this round and in
     the `gain_rounds - 1` previous scored rounds since the last refresh. A NaN signal (too few labels) never fires.
@@ -185,23 +185,17 @@ class ASVPPipeline(SVPpPipeline):
 
     def refresh(self, r: int, timer: PhaseTimer) -> int:
         """Fine-tune on the labeled set (FT), re-embed pool and test into the next version; resumable."""
-        from raal.embed import embed_images
-        from raal.pipelines.finetune import finetune_labeled
-
         new = self.feature_version() + 1
         if self.ctx.cfg.train.freeze_blocks != 0:
             return self.refresh_partial(r, new, timer)
         ckpt = f"checkpoints/backbone_v{new}"
         with timer.phase("t_tr_full"):
-            finetune_labeled(self, method="ft", name=f"refresh_v{new}", seed=round_seed(self.ctx.cfg.al.seed, r, 2),
-                             save_as=ckpt)
+            self.finetune(method="ft", name=f"refresh_v{new}", seed=round_seed(self.ctx.cfg.al.seed, r, 2),
+                          save_as=ckpt)
         fs = self.feature_store(new)
         with timer.phase("t_pre"):
-            for split, images in (("pool", self.ctx.data.pool), ("test", self.ctx.data.test)):
-                if not fs.has(new, split):
-                    embed_images(images, model_cfg=self.ctx.cfg.model, transform=self.ctx.transform, store=fs,
-                                 version=new, split=split, embed_cfg=self.ctx.cfg.embed,
-                                 state_dict_path=str(self.store.local_copy(ckpt + ".pt")))
+            for split in ("pool", "test"):
+                self.ctx.embed(fs, new, split, weights=(self.store, ckpt + ".pt"))
         return new
 
     def refresh_partial(self, r: int, new: int, timer: PhaseTimer) -> int:

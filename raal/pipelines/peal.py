@@ -2,17 +2,16 @@
 
 The same loop as standard AL, with the LoRA job (rank 16, alpha 16, Adam 1e-3, class-balanced sampler) instead of
 full fine-tuning; the merged weights re-embed the pool each round, so `featdist` (k-center on L2-normalised
-embeddings) and `entropy` see LoRA-updated features (algorithms.md §9, decisions.md §6).
+embeddings) and `entropy` see LoRA-updated features.
 """
 from __future__ import annotations
 
 from raal.pipelines.standard import StandardPipeline
 
-PEAL_STRATEGIES = ("entropy", "featdist", "random")
-
 
 class PEALPipeline(StandardPipeline):
     name = "peal"
+    only_strategies = frozenset({"entropy", "featdist", "random"})  # the strategies PEAL is defined with
 
     def method(self) -> str:
         return "LoRA"

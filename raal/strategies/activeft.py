@@ -1,5 +1,5 @@
 """ActiveFT (Xie et al., CVPR 2023), single shot: move B centroids to match the pool's feature distribution, then
-map each to its nearest unused item (algorithms.md §5.2, decisions.md §5).
+map each to its nearest unused item.
 
 The loss is the reference code's, not the paper's formula. With f_i the L2-normalised features, theta_j = c_j/|c_j|,
 s_i = max_j f_i.theta_j / tau (argmax a_i) and S_j = sum_k exp(sg(theta_k).theta_j / tau) (k = j included):
@@ -409,6 +409,7 @@ class ActiveFT(Strategy):
 
     name = "activeft"
     requires = frozenset({"embeddings"})
+    chooses_first_batch = True
 
     def __init__(self, iterations: int = 300, batch: int = 100_000, lr: float = 1e-3, tau: float = 0.07,
                  balance: float = 1.0):
