@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from raal import metrics
-from raal.errors import StoreError
+from raal.errors import RaalError, StoreError
 from raal.store import RunStore, _resolve, redact_uri
 
 # column -> (kind, fill for missing/null values)
@@ -32,7 +32,7 @@ OPTIONAL_COLUMNS = ("random_only", "model_accuracy", "model_eval", "probe_accura
                     "gain_per_100", "stop_advice", "stop_reason")  # absent in older runs
 REQUIRED_COLUMNS = ("round", "n_labeled", "accuracy")
 
-class NotARunError(ValueError):
+class NotARunError(RaalError, ValueError):
     """The path given is not an experiment directory (no config.yaml and no arms/)."""
 
 
