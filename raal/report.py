@@ -22,8 +22,17 @@ import numpy as np
 
 from raal import metrics
 from raal.report_load import Arm, NotARunError, Run, _run_name, load_run  # noqa: F401 - NotARunError: the API
-from raal.report_plots import (PHASE_NAMES, _figure, _gapped, _legend_label, _line_kw, _png, fmt_time,
-                               plot_accuracy, plot_time)
+from raal.report_plots import (
+    PHASE_NAMES,
+    _figure,
+    _gapped,
+    _legend_label,
+    _line_kw,
+    _png,
+    fmt_time,
+    plot_accuracy,
+    plot_time,
+)
 from raal.report_tables import SUMMARY_HEAD, _text_table, summary_rows
 
 log = logging.getLogger(__name__)

@@ -60,8 +60,8 @@ def build_app(run_args: list[str], serve_args: dict[str, str]):
     class Backend:
         def __init__(self, run_args: list[str], serve_args: dict[str, str]):
             from raal.live import LiveRun, studio_from
-            from raal.raylocal import quiet_ray_data
             from raal.preflight import preflight
+            from raal.raylocal import quiet_ray_data
             from raal.run import resolve_config
 
             logging.basicConfig(level=os.environ.get("RAAL_LOG", "INFO"))
