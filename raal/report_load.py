@@ -10,6 +10,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from raal.errors import RaalError, StoreError
 from raal.store import RunStore, _resolve, redact_uri
 
 # column -> (kind, fill for missing/null values)
-ROUND_COLUMNS: dict[str, tuple[str, object]] = {
+ROUND_COLUMNS: dict[str, tuple[str, Any]] = {
     "round": ("int", -1), "n_labeled": ("int", -1), "n_new": ("int", -1),
     "accuracy": ("float", np.nan), "eval_method": ("str", ""), "random_only": ("bool", None),
     "features_version": ("int", -1), "ped_steps": ("int", -1), "logme_ped": ("float", np.nan),

@@ -132,7 +132,7 @@ def build_app(run_args: list[str], serve_args: dict[str, str]):
             except LabelImportError as err:
                 raise HTTPException(404, str(err)) from None
 
-    return Backend.bind(run_args, serve_args)
+    return Backend.bind(run_args, serve_args)  # type: ignore[attr-defined]  # mypy skips class decorators
 
 
 def main(argv: list[str] | None = None) -> int:

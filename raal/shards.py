@@ -32,6 +32,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -69,8 +70,8 @@ class ShardedSet:
         self.store = store
         self.rel = rel.strip("/")
         self.cache_root = Path(cache_root) if cache_root else default_cache_dir()
-        self.plan: dict | None = None
-        self.ids: np.ndarray | None = None
+        self.plan: dict[str, Any] = {}  # set by begin()
+        self.ids: np.ndarray = np.empty(0, np.int64)
         self.records: dict[int, dict] = {}
 
     def __repr__(self) -> str:
@@ -123,7 +124,7 @@ class ShardedSet:
             if not _NAME.match(name) or name == "ids" or int(dim) < 1:
                 raise ValueError(f"{self.rel}: bad array {name!r} of dim {dim}")
         n = int(ids.size)
-        plan = {"format": FORMAT, "rows": n, "shard_rows": int(shard_rows),
+        plan: dict[str, Any] = {"format": FORMAT, "rows": n, "shard_rows": int(shard_rows),
                 "num_shards": -(-n // int(shard_rows)), "arrays": {k: int(v) for k, v in arrays.items()},
                 "dtype": np.dtype(DTYPE).name, "ids_file": "ids.npy", "ids_sha256": ids_digest(ids)}
         clash = sorted(set(plan) & set(meta))
@@ -210,7 +211,7 @@ class ShardedSet:
 
     def write_shard(self, k: int, ids: np.ndarray, arrays: dict[str, np.ndarray]) -> dict:
         """Write shard k (files first, the commit record last); each write is atomic."""
-        if self.plan is None:
+        if not self.plan:
             raise StoreError(f"{self.rel}: begin() a pass before writing shards")
         start, stop = self.shard_range(k)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
@@ -267,7 +268,7 @@ class ShardedSet:
         ids.setflags(write=False)
         folder = self._consolidated_dir()
         folder.mkdir(parents=True, exist_ok=True)
-        arrays = {}
+        arrays: dict[str, np.ndarray] = {}
         for name, dim in manifest["arrays"].items():
             path = folder / f"{name}.f32"
             nbytes = manifest["rows"] * dim * np.dtype(DTYPE).itemsize
