@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from raal.errors import LabelImportError
+from raal.errors import LabelImportError, RaalError
 from raal.labeling.ledger import Ledger
 
 
-class WaitingForLabels(Exception):
+class WaitingForLabels(RaalError):
     """A round cannot go on before people answer its query; the run stops cleanly and says so."""
 
     def __init__(self, arm: str, round_: int, missing: list[int]):
