@@ -286,7 +286,7 @@ def test_every_raal_exception_derives_from_raal_error_and_keeps_its_exit_code(tm
     assert all(issubclass(c, RaalError) for c in found), [c for c in found if not issubclass(c, RaalError)]
     assert not issubclass(RaalError, USER_ERRORS)
     from raal.faults import InjectedFault
-    from raal.oracle import WaitingForLabels
+    from raal.labeling.oracle import WaitingForLabels
     from raal.store import RunDirInUse
 
     for err, code in ((ConfigError("x"), 2), (RunDirInUse("x"), 2), (InjectedFault("x"), 1), (RaalError("x"), 1),
