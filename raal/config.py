@@ -8,6 +8,7 @@ in `raal.config_validate`; both are re-exported here, so `from raal.config impor
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -121,29 +122,24 @@ def _one_line(err: OmegaConfBaseException) -> str:
 
 
 def load_config(name: str | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Load `conf/NAME.yaml` over the schema, apply `a.b=c` overrides, validate; return a typed RunConfig.
+    """Load `conf/NAME.yaml` over the schema, then `apply_overrides` (which validates); return a typed RunConfig.
 
     Raises ConfigError with one line naming the key for anything wrong.
     """
     name = name or "demo"
     if name in available_configs(sweeps=True):
         raise ConfigError(f"conf={name!r} is a Ray Tune sweep; run it with: python -m raal.tune conf={name}")
-    schema = OmegaConf.structured(RunConfig)
     file_cfg = _load_named(name, [])
     overrides = list(overrides or [])
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"{item!r}: overrides must look like key=value (e.g. al.seed=1)")
     try:
-        merged = OmegaConf.merge(schema, file_cfg, parse_overrides(overrides, schema))
-        cfg: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+        cfg: RunConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), file_cfg))  # type: ignore[assignment]
     except OmegaConfBaseException as err:
         raise ConfigError(_one_line(err)) from err
-    if not any(o.startswith("name=") for o in overrides):
-        cfg.name = name  # a config derived with `base:` is still known by its own name
-    validate(cfg)
-    return cfg
-
+    cfg.name = name  # a config derived with `base:` is still known by its own name (a `name=` override wins)
+    return apply_overrides(cfg, overrides)
 
 
 def to_yaml(cfg: RunConfig) -> str:
@@ -174,16 +170,43 @@ def from_yaml(text: str) -> RunConfig:
         raise ConfigError(f"the stored config is not valid YAML: {str(err).splitlines()[0]}") from err
 
 
-def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """`cfg` with `key=value` overrides applied and the result validated (a resume with changed settings): the same
-    one-line ConfigError as `load_config` for an unknown key, a wrong type or a value out of range."""
+def apply_overrides(cfg: RunConfig, overrides: list[str] | Mapping[str, Any], *, where: str = "") -> RunConfig:
+    """`cfg` with overrides applied and the result validated: the one way a RunConfig is changed (a new run's
+    command line, a resume with changed settings, a Ray Tune trial's parameters).
+
+    `overrides` is either `key=value` text (values read as YAML, string keys as written) or a mapping of dotted keys
+    to values that are typed already (a sweep's parameters); `where` prefixes the keys in error messages (e.g.
+    "tune.params."). Anything wrong is one ConfigError naming the key."""
+    dc = OmegaConf.structured(cfg)
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(cfg), parse_overrides(overrides))
-        out: RunConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+        if isinstance(overrides, Mapping):
+            _set_typed(dc, overrides, where)
+        else:
+            dc = OmegaConf.merge(dc, parse_overrides(list(overrides)))
+        out: RunConfig = OmegaConf.to_object(dc)  # type: ignore[assignment]
     except OmegaConfBaseException as err:
-        raise ConfigError(_one_line(err)) from err
+        raise ConfigError(f"{where}{_one_line(err)}" if where else _one_line(err)) from err
     validate(out)
     return out
+
+
+def _set_typed(dc: DictConfig, values: Mapping[str, Any], where: str) -> None:
+    """Set each dotted key of `dc` to its (already typed) value; the schema checks the type, naming the key."""
+    for key, value in values.items():
+        try:
+            node = OmegaConf.select(dc, key, throw_on_missing=False)
+        except OmegaConfBaseException:
+            node = None
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(dc, parent_key) if parent_key else dc
+        if not isinstance(parent, DictConfig) or leaf not in parent:
+            raise ConfigError(f"{where}{key}: no such config key")
+        if isinstance(node, DictConfig):
+            raise ConfigError(f"{where}{key}: names a whole section; set its keys one by one")
+        try:
+            OmegaConf.update(dc, key, ListConfig(value) if isinstance(value, list) else value, merge=False)
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"{where}{key}={value!r}: {str(err).strip().splitlines()[0]}") from err
 
 
 def diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:

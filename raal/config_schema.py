@@ -163,7 +163,8 @@ class PEDConfig:
 
 @dataclass
 class ASVPConfig:
-    """The ASVP refresh trigger: when to re-embed the pool with a fine-tuned backbone (`gain` rule: docs/asvp_trigger.md).
+    """The ASVP refresh trigger: when to re-embed the pool with a fine-tuned backbone (the `gain` rule:
+    docs/asvp_trigger.md).
 
     rule "gain" (default): fire when doubling the labels no longer improves LogME's linear probe on the frozen
     features by `gain_threshold` (accuracy, absolute) in `gain_rounds` consecutive scored rounds. rule "delta"
