@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from raal.config import RunConfig, diff_keys, from_yaml, to_dict, to_yaml, validate_against_pool
-from raal.data.sources import effective_roots, load_data
+from raal.data.sources import Dataset, effective_roots, load_data
 from raal.data.transforms import ImageTransform
 from raal.errors import ConfigError
 from raal.oracle import FilesOracle, SimulatedOracle, WaitingForLabels
@@ -98,11 +98,13 @@ def check_resume(store: RunStore, cfg: RunConfig) -> bool:
 class Experiment:
     """Builds the context and the arms; runs rounds; knows nothing about printing."""
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, data: Dataset | None = None):
+        """`data`: what `load_data(cfg.data)` returns, when the caller loaded it already (the CLI's preflight, the
+        sweep's pool check); otherwise it is loaded here."""
         self.cfg = cfg
         self.store = RunStore(default_run_dir(cfg))
         self.resumed = check_resume(self.store, cfg)
-        data = load_data(cfg.data)
+        data = load_data(cfg.data) if data is None else data
         self.undecodable: list[dict] = []
         if cfg.data.skip_undecodable:
             from raal.data.undecodable import LIST, skip_undecodable
@@ -255,11 +257,11 @@ class DriverActor:
     actor rebuilds itself from the run store and the retried call continues from the last committed round.
     """
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, data: Dataset | None = None):
         from raal.raylocal import quiet_ray_data
 
         quiet_ray_data()  # raal's progress line (raal/progress.py) shows the passes; Ray Data's bars would repeat it
-        self.exp = Experiment(cfg)
+        self.exp = Experiment(cfg, data)
 
     def prepare(self) -> dict:
         return self.exp.prepare()
@@ -301,11 +303,13 @@ class DriverActor:
         return os.getpid()
 
 
-def start_driver(cfg: RunConfig, max_restarts: int = 3):
+def start_driver(cfg: RunConfig, max_restarts: int = 3, data: Dataset | None = None):
+    """The driver actor of `cfg`; `data` (if the caller loaded it) is its constructor argument, which Ray keeps to
+    re-run the constructor when it restarts the actor."""
     import ray
 
     actor_cls = ray.remote(num_cpus=0, max_restarts=max_restarts, max_task_retries=max_restarts)(DriverActor)
-    return actor_cls.remote(cfg)
+    return actor_cls.remote(cfg, data)
 
 
 def format_row(r: int, rows: dict[str, dict], names: list[str]) -> str:

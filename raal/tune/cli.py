@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         if bad:
             raise ConfigError(f"{bad[0]}: unknown option; use --help, conf=SWEEP, key=value or tune.key=value")
         plan = make_plan(names[-1], rest)
-        check_pool(plan)
+        data = check_pool(plan)  # loaded once, handed to the baseline and every trial
         resumed = check_sweep_folder(plan)
     except (ConfigError, StoreError) as err:
         print(f"raal.tune: error: {err}", file=sys.stderr)
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     started_here = not ray.is_initialized()
     init_local_ray(plan.base.ray.num_cpus or None, address=plan.base.ray.address or None)
     try:
-        baseline_curve, status = run_sweep(plan)
+        baseline_curve, status = run_sweep(plan, data)
     finally:
         if started_here:
             ray.shutdown()

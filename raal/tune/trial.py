@@ -70,7 +70,7 @@ def share_features(src_dir: str, dst_dir: str) -> int:
 
 
 def run_trial(config: dict, *, base: RunConfig, root: str, baseline_dir: str,
-              baseline_curve: list[tuple[float, float]]) -> None:
+              baseline_curve: list[tuple[float, float]], data=None) -> None:
     """One Tune trial: a whole raal experiment (Experiment API) in trials/trial_NNN, reporting after every round.
 
     Reserves only `tune.cpu` itself; the experiment's Ray Data and Ray Train work asks Ray for its own resources
@@ -84,7 +84,7 @@ def run_trial(config: dict, *, base: RunConfig, root: str, baseline_dir: str,
     cfg = trial_config(base, params, root, index)
     if to_dict(cfg)["data"] == to_dict(base)["data"] and to_dict(cfg)["model"] == to_dict(base)["model"]:
         share_features(baseline_dir, cfg.run_dir)
-    exp = Experiment(cfg)
+    exp = Experiment(cfg, data)  # the data the sweep loaded once (data.* is not sweepable)
     exp.prepare()
     main = exp.arms[0].arm.name
     rows: list[dict] = []
@@ -103,14 +103,14 @@ def run_trial(config: dict, *, base: RunConfig, root: str, baseline_dir: str,
         tune.report(metrics)
 
 
-def run_baseline(cfg: RunConfig) -> list[tuple[float, float]]:
+def run_baseline(cfg: RunConfig, data=None) -> list[tuple[float, float]]:
     """Run (or finish, or just read) the shared random baseline in its driver actor; returns its curve."""
     import ray
 
     from raal.pipelines.experiment import arm_specs, start_driver
     from raal.store import RunStore
 
-    driver = start_driver(cfg)
+    driver = start_driver(cfg, data=data)
     try:
         info = ray.get(driver.prepare.remote())
         n = ray.get(driver.num_rounds.remote())
@@ -154,15 +154,15 @@ def _concurrency(spec: SweepSpec, n_trials: int) -> int:
     return max(1, min(n_trials, int(ray.cluster_resources().get("CPU", 1.0) // 4)))
 
 
-def run_sweep(plan: Plan):
+def run_sweep(plan: Plan, data=None):
     """Baseline, then the trials through Ray Tune (restored when the sweep folder holds an interrupted one)."""
     from ray import tune
 
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials keep the driver's cwd (relative data paths)
-    baseline_curve = run_baseline(plan.baseline)
+    baseline_curve = run_baseline(plan.baseline, data)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=plan.base, root=plan.root, baseline_dir=plan.baseline.run_dir,
-                             baseline_curve=baseline_curve),
+                             baseline_curve=baseline_curve, data=data),
         {"cpu": plan.spec.cpu, "gpu": plan.spec.gpu})
     space = {"trial": tune.grid_search([{"index": i, "params": p} for i, p in enumerate(plan.params)])}
     tune_path = _join(plan.root, "tune")
