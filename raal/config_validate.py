@@ -9,7 +9,7 @@ import math
 import re
 from typing import Any
 
-from raal.config_schema import (ANNOTATION_POLICIES, DATA_SOURCES, DEVICES, EVAL_MODES, IMAGE_URL_MODES,
+from raal.config_schema import (ANNOTATION_POLICIES, AUTOCAST_MODES, DATA_SOURCES, DEVICES, EVAL_MODES, IMAGE_URL_MODES,
                                 INITIAL_STRATEGIES, ORACLES, PIPELINES, STOP_MODES, TRAIN_METHODS, RunConfig)
 from raal.errors import ConfigError
 
@@ -62,6 +62,8 @@ def validate(cfg: RunConfig) -> None:
            "three values each, std > 0", (d.mean, d.std))
     _check(cfg.embed.device in DEVICES, "embed.device", f"allowed: {', '.join(DEVICES)}", cfg.embed.device)
     _check(cfg.proxy.device in DEVICES, "proxy.device", f"allowed: {', '.join(DEVICES)}", cfg.proxy.device)
+    _check(cfg.embed.autocast in AUTOCAST_MODES, "embed.autocast", f"allowed: {', '.join(AUTOCAST_MODES)}",
+           cfg.embed.autocast)
     _check(cfg.embed.batch_size > 0, "embed.batch_size", "must be > 0", cfg.embed.batch_size)
     _check(cfg.embed.num_actors >= 0, "embed.num_actors", "must be >= 0 (0 = auto)", cfg.embed.num_actors)
     a = cfg.al

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -211,6 +212,30 @@ class Experiment:
         self.store.write_json("status.json", {"state": "done" if done else "running", "round": r + 1})
         return rows
 
+    def has_round(self, r: int) -> bool:
+        """Whether round r is to run: a round of the schedule, or one more round of the random baseline past it
+        (`extend_baseline`)."""
+        while r >= self.num_rounds:
+            if not self.extend_baseline():
+                return False
+        return True
+
+    def run(self, on_round: Callable[[int, dict[str, dict]], None] | None = None) -> dict[str, dict]:
+        """The round loop: every round of every arm (a committed round returns its stored rows, so a resumed run
+        passes through them), `on_round(r, rows)` after each, then the final models. A round that waits for people's
+        labels ends it early with no final models (`self.waiting` says what is missing)."""
+        if not self.arms:
+            self.prepare()
+        r = 0
+        while self.has_round(r):
+            rows = self.run_round(r)
+            if self.waiting is not None:
+                return {}
+            if on_round is not None:
+                on_round(r, rows)
+            r += 1
+        return self.finalize()
+
     def history(self) -> dict[str, list[dict]]:
         return {a.arm.name: list(a.state.rounds) for a in self.arms}
 
@@ -278,6 +303,15 @@ class DriverActor:
         if not self.exp.arms:
             self.exp.prepare()
         return self.exp.extend_baseline()
+
+    def has_round(self, r: int) -> bool:
+        if not self.exp.arms:
+            self.exp.prepare()
+        return self.exp.has_round(r)
+
+    def run(self) -> dict[str, dict]:
+        """The whole loop in one call (`Experiment.run`): for a caller that prints nothing per round."""
+        return self.exp.run()
 
     def waiting(self) -> dict | None:
         """The waiting-for-labels status of the last round run, or None (read from the store, so that an actor

@@ -74,7 +74,7 @@ def run_trial(config: dict, *, base: RunConfig, root: str, baseline_dir: str,
     """One Tune trial: a whole raal experiment (Experiment API) in trials/trial_NNN, reporting after every round.
 
     Reserves only `tune.cpu` itself; the experiment's Ray Data and Ray Train work asks Ray for its own resources
-    (ray-notes: a trial holding CPUs that launches Data/Train work hangs on small machines).
+    (a trial that holds CPUs itself and then launches Data/Train work waits forever on a small machine).
     """
     from ray import tune
 
@@ -89,18 +89,17 @@ def run_trial(config: dict, *, base: RunConfig, root: str, baseline_dir: str,
     main = exp.arms[0].arm.name
     rows: list[dict] = []
     metrics: dict = {}
-    for r in range(exp.num_rounds):
-        row = exp.run_round(r).get(main)
-        if row is None:
-            continue
-        rows.append(row)
-        metrics = trial_metrics(rows, baseline_curve, cfg)
-        metrics["final_accuracy"] = math.nan
-        tune.report(metrics)
-    finals = exp.finalize()
+
+    def report(r: int, round_rows: dict[str, dict]) -> None:
+        if main in round_rows:
+            rows.append(round_rows[main])
+            metrics.update(trial_metrics(rows, baseline_curve, cfg), final_accuracy=math.nan)
+            tune.report(dict(metrics))
+
+    finals = exp.run(on_round=report)
     if main in finals:
         metrics["final_accuracy"] = float(finals[main]["accuracy"])
-        tune.report(metrics)
+        tune.report(dict(metrics))
 
 
 def run_baseline(cfg: RunConfig, data=None) -> list[tuple[float, float]]:
@@ -117,8 +116,7 @@ def run_baseline(cfg: RunConfig, data=None) -> list[tuple[float, float]]:
         first = info["completed_rounds"]
         todo = "complete" if first >= n else f"rounds {first}..{n - 1} to run"
         print(f"raal.tune: baseline {info['arms'][0]} in {cfg.run_dir}: {todo}", flush=True)
-        for r in range(n):
-            ray.get(driver.run_round.remote(r))
+        ray.get(driver.run.remote())  # Experiment.run (its final model is off: eval.final=none)
     finally:
         ray.kill(driver)
     name = arm_specs(cfg)[0].name
