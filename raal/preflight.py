@@ -6,8 +6,6 @@ image outside the decode sample) is still reported the same way when the embeddi
 """
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from raal.config import RunConfig, validate_against_pool
@@ -15,13 +13,8 @@ from raal.data.sources import Dataset, effective_roots, load_data
 from raal.errors import ConfigError
 
 
-_LOADED: tuple[dict, Dataset] | None = None  # what the last preflight of this process loaded, for its data config
-
-
 def preflight(cfg: RunConfig) -> Dataset:
-    """Run dir, arms, data, budget, classes, backbone weights, a decode sample; returns the loaded data (and keeps
-    it for `loaded_data`, so the run hands it to its driver instead of loading it a second time)."""
-    global _LOADED
+    """Run dir, arms, data, budget, classes, backbone weights, a decode sample; returns the loaded data."""
     from raal.labelstudio import check_document_root
     from raal.pipelines.experiment import arm_specs, check_resume, default_run_dir, pipeline_classes, validate_arms
     from raal.store import RunStore
@@ -35,17 +28,7 @@ def preflight(cfg: RunConfig) -> Dataset:
     check_document_root(cfg, default_run_dir(cfg))
     if not cfg.data.skip_undecodable:
         check_decode_sample(data, cfg)
-    _LOADED = (dataclasses.asdict(cfg.data), data)
     return data
-
-
-def loaded_data(cfg: RunConfig) -> Dataset | None:
-    """The data this process's preflight loaded for the same `data.*` settings, or None (then the driver loads it).
-    It is small — ids, labels and paths, or Animal-MNIST's 8 MB of arrays — so it crosses to the driver actor as a
-    constructor argument, which Ray keeps for the actor's restarts."""
-    if _LOADED is not None and _LOADED[0] == dataclasses.asdict(cfg.data):
-        return _LOADED[1]
-    return None
 
 
 def check_classes(data: Dataset) -> None:

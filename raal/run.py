@@ -186,7 +186,6 @@ def run(cfg: RunConfig) -> int:
 
     from raal import console
     from raal.pipelines.experiment import default_run_dir, format_header, format_row, start_driver
-    from raal.preflight import loaded_data
     from raal.progress import start_board
     from raal.raylocal import init_local_ray
     from raal.store import redact_uri
@@ -211,7 +210,7 @@ def run(cfg: RunConfig) -> int:
         print(f"raal: logs: {log_file} (Ray's own: {console.ray_log_dir() or 'see the cluster'}); -v shows them here",
               flush=True)
         board = start_board()
-        driver = start_driver(cfg, data=loaded_data(cfg))  # the data the preflight loaded, not a second load
+        driver = start_driver(cfg)
         info = console.wait(driver.prepare.remote(), board, out)
         names = info["arms"]
         out.print(f"raal: run_dir={shown}  pool={info['pool']}  test={info['test']}  arms={', '.join(names)}"

@@ -100,8 +100,8 @@ class Experiment:
     """Builds the context and the arms; runs rounds; knows nothing about printing."""
 
     def __init__(self, cfg: RunConfig, data: Dataset | None = None):
-        """`data`: what `load_data(cfg.data)` returns, when the caller loaded it already (the CLI's preflight, the
-        sweep's pool check); otherwise it is loaded here."""
+        """`data`: what `load_data(cfg.data)` returns, when the caller loaded it already (a Tune trial gets the
+        sweep's through `tune.with_parameters`); otherwise it is loaded here."""
         self.cfg = cfg
         self.store = RunStore(default_run_dir(cfg))
         self.resumed = check_resume(self.store, cfg)
@@ -282,11 +282,14 @@ class DriverActor:
     actor rebuilds itself from the run store and the retried call continues from the last committed round.
     """
 
-    def __init__(self, cfg: RunConfig, data: Dataset | None = None):
+    def __init__(self, cfg: RunConfig):
         from raal.raylocal import quiet_ray_data
 
         quiet_ray_data()  # raal's progress line (raal/progress.py) shows the passes; Ray Data's bars would repeat it
-        self.exp = Experiment(cfg, data)
+        # The data is loaded here from the config, not handed in: a restarted actor re-runs this constructor, and
+        # Ray warns that an actor whose constructor arguments live in the object store cannot restart once they are
+        # lost (ray-project/ray#53727). Loading is cheap (Animal-MNIST: 0.16 s; folders and manifests: a listing).
+        self.exp = Experiment(cfg)
 
     def prepare(self) -> dict:
         return self.exp.prepare()
@@ -337,13 +340,11 @@ class DriverActor:
         return os.getpid()
 
 
-def start_driver(cfg: RunConfig, max_restarts: int = 3, data: Dataset | None = None):
-    """The driver actor of `cfg`; `data` (if the caller loaded it) is its constructor argument, which Ray keeps to
-    re-run the constructor when it restarts the actor."""
+def start_driver(cfg: RunConfig, max_restarts: int = 3):
     import ray
 
     actor_cls = ray.remote(num_cpus=0, max_restarts=max_restarts, max_task_retries=max_restarts)(DriverActor)
-    return actor_cls.remote(cfg, data)
+    return actor_cls.remote(cfg)
 
 
 def format_row(r: int, rows: dict[str, dict], names: list[str]) -> str:

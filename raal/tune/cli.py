@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         if bad:
             raise ConfigError(f"{bad[0]}: unknown option; use --help, conf=SWEEP, key=value or tune.key=value")
         plan = make_plan(names[-1], rest)
-        data = check_pool(plan)  # loaded once, handed to the baseline and every trial
+        data = check_pool(plan)  # loaded once here, handed to every trial
         resumed = check_sweep_folder(plan)
     except (ConfigError, StoreError) as err:
         print(f"raal.tune: error: {err}", file=sys.stderr)

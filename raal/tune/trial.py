@@ -102,14 +102,14 @@ def run_trial(config: dict, *, base: RunConfig, root: str, baseline_dir: str,
         tune.report(dict(metrics))
 
 
-def run_baseline(cfg: RunConfig, data=None) -> list[tuple[float, float]]:
+def run_baseline(cfg: RunConfig) -> list[tuple[float, float]]:
     """Run (or finish, or just read) the shared random baseline in its driver actor; returns its curve."""
     import ray
 
     from raal.pipelines.experiment import arm_specs, start_driver
     from raal.store import RunStore
 
-    driver = start_driver(cfg, data=data)
+    driver = start_driver(cfg)  # loads the data itself, so that Ray can restart it
     try:
         info = ray.get(driver.prepare.remote())
         n = ray.get(driver.num_rounds.remote())
@@ -157,7 +157,7 @@ def run_sweep(plan: Plan, data=None):
     from ray import tune
 
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials keep the driver's cwd (relative data paths)
-    baseline_curve = run_baseline(plan.baseline, data)
+    baseline_curve = run_baseline(plan.baseline)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=plan.base, root=plan.root, baseline_dir=plan.baseline.run_dir,
                              baseline_curve=baseline_curve, data=data),
