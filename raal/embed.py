@@ -6,7 +6,7 @@ the results as they stream in and hands them to a `ShardAssembler`, which writes
 soon as all its rows have arrived, so the pool is never collected in one place. Shards are position ranges of the
 ImageSet order, so a killed pass resumes with exactly the shards that are missing or fail their checksum.
 
-Actor layout comes from the cluster's free resources at call time (ray-notes.md: fixed layouts hang on 2 CPUs):
+Actor layout comes from the cluster's free resources at call time (a fixed layout hangs on 2 CPUs):
 one GPU per actor when the cluster has GPUs and the device allows; otherwise CPU actors that together leave one
 CPU free for the upstream read/transform tasks, so the pipeline also runs inside a driver actor holding num_cpus=0.
 
@@ -175,11 +175,7 @@ def embed_images(images: ImageSet, *, model_cfg: ModelConfig, transform: ImageTr
         raise ValueError(f"embed_images needs an ImageSet, got {type(images).__name__}")
     if not isinstance(store, FeatureStore):
         raise ValueError(f"store must be a FeatureStore, got {type(store).__name__}")
-    if embed_cfg.batch_size < 1 or embed_cfg.shard_rows < 1:
-        raise ValueError(f"embed.batch_size and embed.shard_rows must be >= 1, got "
-                         f"{embed_cfg.batch_size}, {embed_cfg.shard_rows}")
-    if embed_cfg.autocast not in AUTOCAST:
-        raise ValueError(f"embed.autocast={embed_cfg.autocast!r}; allowed: {', '.join(AUTOCAST)}")
+    # embed_cfg's sizes and autocast mode were checked by raal.config.validate, like every config value
     if state_dict_path and not Path(state_dict_path).is_file():
         raise ValueError(f"state_dict_path {state_dict_path!r} does not exist")
     target = store.set_for(version, split)

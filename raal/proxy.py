@@ -1,4 +1,4 @@
-"""The MLP proxy of SVPp/ASVP (algorithms.md §3.3, decisions.md §4): a small classifier on pre-computed features.
+"""The MLP proxy of SVPp/ASVP: a small classifier on pre-computed features.
 
 A fresh proxy is trained every round on the labeled rows of the pool's feature matrix, then scores the whole pool
 (probabilities for uncertainty strategies, the post-ReLU hidden vector as the embedding for BADGE/Coreset/ActiveFT).
@@ -62,9 +62,7 @@ def cosine_multiplier(step: int, total: int) -> float:
 
 def resolve_device(name: str) -> torch.device:
     """`auto` -> CUDA when present, else CPU; `cuda` without a GPU is an error rather than a silent slowdown."""
-    if name not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"proxy.device={name!r}; allowed: auto, cpu, cuda")
-    if name == "cpu":
+    if name == "cpu":  # one of auto | cpu | cuda: raal.config.validate checked proxy.device
         return torch.device("cpu")
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -135,8 +133,7 @@ def train_proxy(features, labels, num_classes: int, cfg: ProxyConfig | None = No
     eval mode on the training device, with `.history` describing the run.
     """
     cfg = cfg or ProxyConfig()
-    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
-        raise ValueError(f"proxy: epochs, batch_size and lr must be > 0, got {cfg.epochs}, {cfg.batch_size}, {cfg.lr}")
+    # cfg's ranges (epochs, batch_size, lr, ...) were checked by raal.config.validate, like every config value
     y_np, rows = _check_inputs(features, labels, num_classes, rows)
     device = resolve_device(cfg.device)
     n, d = y_np.shape[0], int(features.shape[1])

@@ -226,11 +226,8 @@ def run(cfg: RunConfig) -> int:
                   "accuracies are diagnostics in the rounds table)")
         print(format_header(names), flush=True)
         waiting, r = None, 0
-        while True:
-            if r >= ray.get(driver.num_rounds.remote()):
-                if ray.get(driver.extend_baseline.remote()):  # the random curve must pass every arm's best
-                    continue
-                break
+        # Experiment.run's loop, a round per call so that each round's row, MLflow step and progress line show here
+        while ray.get(driver.has_round.remote(r)):  # the schedule, then the random curve until it passes every arm
             rows = console.wait(driver.run_round.remote(r), board, out)
             waiting = ray.get(driver.waiting.remote())
             if waiting:

@@ -118,3 +118,27 @@ def test_cli_refuses_out_of_range_numbers(override, tmp_path):
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and override.split("=")[0] in lines[0], proc.stderr
     assert not run_dir.exists()
+
+
+def test_every_config_path_ends_in_validate():
+    """A new run (load_config), a resume with overrides and a Tune trial (apply_overrides, text or typed values)
+    all end in the same validate: the same key, the same one-line refusal."""
+    from raal.config import apply_overrides
+
+    base = load_config("demo")
+    for make in (lambda: load_config("demo", ["embed.autocast=fp8"]),
+                 lambda: apply_overrides(base, ["embed.autocast=fp8"]),
+                 lambda: apply_overrides(base, {"embed.autocast": "fp8"}, where="tune.params.")):
+        with pytest.raises(ConfigError, match=r"^embed.autocast='fp8' is not allowed; allowed: bf16, fp16, none$"):
+            make()
+    typed = apply_overrides(base, {"train.milestones": [3, 5], "asvp.threshold": 2, "al.schedule": "[50]*2"})
+    assert (typed.train.milestones, typed.asvp.threshold, typed.al.schedule) == ([3, 5], 2.0, "[50]*2")
+    assert load_config("demo", ["train.milestones=[3,5]", "asvp.threshold=2", "al.schedule=[50]*2"]) == typed
+    assert base == load_config("demo")  # the input config is left as it was
+    with pytest.raises(ConfigError, match=r"^tune.params.asvp.nope: no such config key$"):
+        apply_overrides(base, {"asvp.nope": 1}, where="tune.params.")
+
+
+def test_load_config_keeps_the_configs_own_name_unless_overridden():
+    assert load_config("demo").name == "demo"
+    assert load_config("demo", ["name=other"]).name == "other"

@@ -172,6 +172,12 @@ def load_config_from(path: Path):
     return from_yaml(path.read_text())
 
 
+def test_the_pool_check_loads_the_data_the_trials_are_handed():
+    plan = rt.make_plan("tune_demo")
+    data = rt.check_pool(plan)  # loaded once, before Ray starts; every trial gets it through tune.with_parameters
+    assert len(data.pool) == 8000 and len(data.test) == 2000
+
+
 def test_cli_config_errors_exit_2(tmp_path, capsys):
     assert rt.main(["conf=nope_sweep"]) == 2
     assert "no sweep file" in capsys.readouterr().err

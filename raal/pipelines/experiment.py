@@ -9,11 +9,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 
 from raal.config import RunConfig, diff_keys, from_yaml, to_dict, to_yaml, validate_against_pool
-from raal.data.sources import effective_roots, load_data
+from raal.data.sources import Dataset, effective_roots, load_data
 from raal.data.transforms import ImageTransform
 from raal.errors import ConfigError
 from raal.labeling.oracle import FilesOracle, SimulatedOracle, WaitingForLabels
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 # Keys that change how a run executes, not what it computes: they may differ on resume.
 OPERATIONAL_KEYS = ("run_dir", "report", "ray.", "data.check_images", "embed.num_actors", "embed.batch_size",
                     "embed.device", "proxy.device", "proxy.score_batch_size", "train.num_workers", "train.use_gpu",
-                    "train.cpus_per_worker", "train.eval_batch_size", "oracle.allow_partial", "oracle.image_url",
+                    "train.cpus_per_worker", "train.eval_batch_size", "train.warm", "oracle.allow_partial", "oracle.image_url",
                     "oracle.document_root", "oracle.backend_url", "oracle.annotations", "track.", "log.")
 
 
@@ -86,11 +87,13 @@ def check_resume(store: RunStore, cfg: RunConfig) -> bool:
 class Experiment:
     """Builds the context and the arms; runs rounds; knows nothing about printing."""
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, data: Dataset | None = None):
+        """`data`: what `load_data(cfg.data)` returns, when the caller loaded it already (a Tune trial gets the
+        sweep's through `tune.with_parameters`); otherwise it is loaded here."""
         self.cfg = cfg
         self.store = RunStore(default_run_dir(cfg))
         self.resumed = check_resume(self.store, cfg)
-        data = load_data(cfg.data)
+        data = load_data(cfg.data) if data is None else data
         self.undecodable: list[dict] = []
         if cfg.data.skip_undecodable:
             from raal.data.undecodable import LIST, skip_undecodable
@@ -196,6 +199,30 @@ class Experiment:
         self.store.write_json("status.json", {"state": "done" if done else "running", "round": r + 1})
         return rows
 
+    def has_round(self, r: int) -> bool:
+        """Whether round r is to run: a round of the schedule, or one more round of the random baseline past it
+        (`extend_baseline`)."""
+        while r >= self.num_rounds:
+            if not self.extend_baseline():
+                return False
+        return True
+
+    def run(self, on_round: Callable[[int, dict[str, dict]], None] | None = None) -> dict[str, dict]:
+        """The round loop: every round of every arm (a committed round returns its stored rows, so a resumed run
+        passes through them), `on_round(r, rows)` after each, then the final models. A round that waits for people's
+        labels ends it early with no final models (`self.waiting` says what is missing)."""
+        if not self.arms:
+            self.prepare()
+        r = 0
+        while self.has_round(r):
+            rows = self.run_round(r)
+            if self.waiting is not None:
+                return {}
+            if on_round is not None:
+                on_round(r, rows)
+            r += 1
+        return self.finalize()
+
     def history(self) -> dict[str, list[dict]]:
         return {a.arm.name: list(a.state.rounds) for a in self.arms}
 
@@ -246,6 +273,9 @@ class DriverActor:
         from raal.raylocal import quiet_ray_data
 
         quiet_ray_data()  # raal's progress line (raal/progress.py) shows the passes; Ray Data's bars would repeat it
+        # The data is loaded here from the config, not handed in: a restarted actor re-runs this constructor, and
+        # Ray warns that an actor whose constructor arguments live in the object store cannot restart once they are
+        # lost (ray-project/ray#53727). Loading is cheap (Animal-MNIST: 0.16 s; folders and manifests: a listing).
         self.exp = Experiment(cfg)
 
     def prepare(self) -> dict:
@@ -263,6 +293,15 @@ class DriverActor:
         if not self.exp.arms:
             self.exp.prepare()
         return self.exp.extend_baseline()
+
+    def has_round(self, r: int) -> bool:
+        if not self.exp.arms:
+            self.exp.prepare()
+        return self.exp.has_round(r)
+
+    def run(self) -> dict[str, dict]:
+        """The whole loop in one call (`Experiment.run`): for a caller that prints nothing per round."""
+        return self.exp.run()
 
     def waiting(self) -> dict | None:
         """The waiting-for-labels status of the last round run, or None (read from the store, so that an actor
