@@ -97,7 +97,7 @@ class ALConfig:
 
 @dataclass
 class ProxyConfig:
-    """The MLP proxy of SVPp/ASVP (decisions.md §4)."""
+    """The MLP proxy of SVPp/ASVP (docs/algorithms.md §3.3)."""
 
     epochs: int = 50
     batch_size: int = 2048
@@ -110,7 +110,7 @@ class ProxyConfig:
 
 @dataclass
 class TrainConfig:
-    """FT / LP-FT of the backbone as Ray Train jobs (algorithms.md §3.4, §10)."""
+    """FT / LP-FT of the backbone as Ray Train jobs (docs/algorithms.md §3.4, §10)."""
 
     method: str = "lpft"  # ft | lpft (standard AL and the final model; ASVP switches by itself)
     epochs: int = 10  # FT epochs (FT alone gets lp_epochs + epochs, so both methods run as many steps)
@@ -153,7 +153,7 @@ class TrainConfig:
 
 @dataclass
 class LoraConfig:
-    """PEAL's LoRA adapters (decisions.md §6)."""
+    """PEAL's LoRA adapters (docs/algorithms.md §9)."""
 
     rank: int = 16
     alpha: float = 16.0
@@ -172,7 +172,7 @@ class PEDConfig:
 
 @dataclass
 class ASVPConfig:
-    """The ASVP refresh trigger (decisions.md §1; the `gain` rule: docs/asvp_trigger.md).
+    """The ASVP refresh trigger (docs/algorithms.md §3.2; the `gain` rule: docs/asvp_trigger.md).
 
     rule "gain" (default): fire when doubling the labels no longer improves LogME's linear probe on the frozen
     features by `gain_threshold` (accuracy, absolute) in `gain_rounds` consecutive scored rounds. rule "delta"

@@ -6,7 +6,7 @@ the results as they stream in and hands them to a `ShardAssembler`, which writes
 soon as all its rows have arrived, so the pool is never collected in one place. Shards are position ranges of the
 ImageSet order, so a killed pass resumes with exactly the shards that are missing or fail their checksum.
 
-Actor layout comes from the cluster's free resources at call time (ray-notes.md: fixed layouts hang on 2 CPUs):
+Actor layout comes from the cluster's free resources at call time (docs/ray.md: fixed layouts hang on 2 CPUs):
 one GPU per actor when the cluster has GPUs and the device allows; otherwise CPU actors that together leave one
 CPU free for the upstream read/transform tasks, so the pipeline also runs inside a driver actor holding num_cpus=0.
 

@@ -1,4 +1,4 @@
-"""The MLP proxy of SVPp/ASVP (algorithms.md §3.3, decisions.md §4): a small classifier on pre-computed features.
+"""The MLP proxy of SVPp/ASVP (docs/algorithms.md §3.3): a small classifier on pre-computed features.
 
 A fresh proxy is trained every round on the labeled rows of the pool's feature matrix, then scores the whole pool
 (probabilities for uncertainty strategies, the post-ReLU hidden vector as the embedding for BADGE/Coreset/ActiveFT).

@@ -1,4 +1,4 @@
-"""Fine-tuning the backbone as Ray Train jobs: FT, LP-FT (algorithms.md §3.4, §10) and LoRA for PEAL (§9).
+"""Fine-tuning the backbone as Ray Train jobs: FT, LP-FT (docs/algorithms.md §3.4, §10) and LoRA for PEAL (§9).
 
 One `TorchTrainer.fit` per call. The labeled images travel as a Ray Data dataset; every worker reads it whole (AL
 labeled sets are small), orders it by id and caches it, transformed when that fits in `CACHE_BYTES`, so an epoch is
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 METHODS = ("ft", "lpft", "lora")
 CACHE_BYTES = 1 << 30  # per worker: above this the raw rows are cached and transformed per batch
-CPU_SHARE = 0.9  # of the free CPUs, for the workers; the rest stays for Ray Data and the controller (ray-notes)
+CPU_SHARE = 0.9  # of the free CPUs, for the workers; the rest stays for Ray Data and the controller (docs/ray.md)
 CRASH_ENV = "RAAL_TRAIN_CRASH_ONCE"  # "EPOCH:MARKER": rank 0 dies once at that epoch (fault-tolerance tests)
 STATE_FILE = "state.pt"
 

@@ -423,7 +423,7 @@ def run_trial(config: dict, *, base: RunConfig, root: str, baseline_dir: str,
     """One Tune trial: a whole raal experiment (Experiment API) in trials/trial_NNN, reporting after every round.
 
     Reserves only `tune.cpu` itself; the experiment's Ray Data and Ray Train work asks Ray for its own resources
-    (ray-notes: a trial holding CPUs that launches Data/Train work hangs on small machines).
+    (docs/ray.md: a trial holding CPUs that launches Data/Train work hangs on small machines).
     """
     from ray import tune
 

@@ -72,6 +72,7 @@ def v0(ray_local, pool, transform, tmp_path_factory):
     return root, fs, fset
 
 
+@pytest.mark.ray
 def test_plan_actors_fits_two_cpus(ray_local):
     free = ray_local.available_resources().get("CPU", 0)
     p = plan_actors("cpu", 2)
@@ -92,6 +93,7 @@ def test_cpu_share_leaves_one_cpu_for_upstream_tasks():
     assert _cpu_share(16.0, 16) == 0.93  # 16 × 0.93 = 14.9 <= 15
 
 
+@pytest.mark.ray
 def test_features_equal_plain_forward_ids_in_order(v0, pool, reference):
     root, fs, fset = v0
     feats, logits = reference
@@ -112,6 +114,7 @@ def test_features_equal_plain_forward_ids_in_order(v0, pool, reference):
     assert (root / "features/v0/pool/manifest.json").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.ray
 def test_refresh_inside_a_zero_cpu_actor_writes_v1_beside_v0(v0, pool, transform, reference, tmp_path):
     """An ASVP refresh as the driver actor (num_cpus=0) runs it: a fine-tuned state dict, version 1."""
     import ray
@@ -164,6 +167,7 @@ KILLED_PASS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.ray
 def test_resume_after_sigkill_writes_each_shard_once_and_redoes_a_corrupt_one(ray_local, pool, transform,
                                                                               reference, tmp_path):
     script = tmp_path / "killed_pass.py"
@@ -209,6 +213,7 @@ def test_resume_after_sigkill_writes_each_shard_once_and_redoes_a_corrupt_one(ra
     np.testing.assert_allclose(np.asarray(fset.features), reference[0], atol=1e-5, rtol=0)
 
 
+@pytest.mark.ray
 def test_score_pool_actor_path_equals_in_process(v0, tmp_path):
     from raal.proxy import ProxyMLP, predict, proxy_state_dict
     from raal.scoring import score_pool
@@ -250,6 +255,7 @@ def _tuned_state_dict(path):
     return sd
 
 
+@pytest.mark.ray
 def test_warm_actors_persist_across_passes_and_rebuild_for_new_weights(ray_local, pool, transform, reference,
                                                                        tmp_path):
     from raal import embed_pool
