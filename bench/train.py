@@ -7,8 +7,12 @@
 2. The proxy (`train_proxy`, 50 epochs, batch 2048) on labeled rows of a CIFAR-10-scale feature pool (50,000 × 1280,
    10 classes, a read-only memmap), against a straightforward loop (whole pool copied to RAM, TensorDataset +
    DataLoader), plus scoring the whole pool with `predict`.
+3. `--only warm`: the fixed cost of a fine-tune (wall minus epoch times) on the two paths: three small FT jobs back
+   to back on the warm training actor, then the same three as Ray Train fits (`train.warm=off`), in one run; the
+   figures of the 2nd and 3rd job of each path are the steady ones (the warm actor's first job starts it).
 `--device cuda`: FT at 224 px with `use_gpu`, and the proxy at ImageNet scale (400,000 × 2048, 1,000 classes).
 
+    python bench/train.py --only warm        # ~3 min on 2 cores -> bench/results/train.warm.json/.md
     python bench/train.py --quick            # ~3 min on 2 cores
     flock /tmp/raal-heavy.lock python bench/train.py
     python bench/train.py --device cuda      # on a GPU machine
@@ -16,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -106,7 +111,7 @@ def bench_ft(args, out: dict) -> None:
     threads = 1 if not cuda else max(1, (os.cpu_count() or 2) - 1)
     tc = TrainConfig(method="ft", lp_epochs=0, epochs=epochs, head_lr=0.01, backbone_lr=0.01, milestones=[1000],
                      batch_size=64, eval_batch_size=256, augment=True, num_workers=1, use_gpu=cuda,
-                     cpus_per_worker=float(threads))
+                     cpus_per_worker=float(threads), warm="off")  # this section measures Ray Train's worker
     init_local_ray(quiet=True)
     with tempfile.TemporaryDirectory(prefix="raal-bench-train-") as d:
         t0 = time.perf_counter()
@@ -220,6 +225,42 @@ def bench_proxy(args, out: dict) -> None:
                     "threads": torch.get_num_threads(), "runs": results}
 
 
+# ---------------------------------------------------------------------------------------------------- 3. warm
+def bench_warm(args, out: dict, jobs: int = 3) -> None:
+    from raal.raylocal import init_local_ray
+
+    cuda = args.device == "cuda"
+    data = load_data(DataConfig(pool_size=128, test_size=200))
+    batch = data.pool.take(np.arange(len(data.pool)))
+    batch["label"] = np.asarray([data.truth[int(i)] for i in batch["id"]], dtype=np.int64)
+    transform = ImageTransform(size=64 if cuda else 32)
+    tc = TrainConfig(method="ft", lp_epochs=0, epochs=2, min_steps=0, batch_size=64, eval_batch_size=256,
+                     augment=True, num_workers=1, use_gpu=cuda)
+    init_local_ray(quiet=True)
+    runs = {}
+    with tempfile.TemporaryDirectory(prefix="raal-bench-warm-") as d:
+        for warm in ("auto", "off"):
+            rows = []
+            for i in range(jobs):
+                t0 = time.perf_counter()
+                res = finetune(batch, data.test, num_classes=data.pool.num_classes, model_cfg=ModelConfig(),
+                               train_cfg=dataclasses.replace(tc, warm=warm), transform=transform, method="ft",
+                               storage_path=d, name=f"{warm}{i}", seed=i)
+                call = time.perf_counter() - t0
+                rows.append({"job": i + 1, "path": res.path, "call_wall_s": round(call, 2),
+                             "wall_s": round(res.wall_time, 2), "epochs_s": round(sum(res.epoch_times), 2),
+                             "fixed_s": round(res.wall_time - sum(res.epoch_times), 2),
+                             "accuracy": round(res.accuracy, 4), "load_avg": [round(x, 2) for x in os.getloadavg()]})
+                print(f"warm={warm}: {rows[-1]}", flush=True)
+            runs[res.path] = rows
+    steady = {p: statistics.mean(r["fixed_s"] for r in rows[1:]) for p, rows in runs.items()}
+    out["warm"] = {"images": len(batch["id"]), "test_images": len(data.test), "image_size": transform.size,
+                   "epochs": tc.epochs, "batch_size": tc.batch_size, "device": args.device, "runs": runs,
+                   "steady_fixed_s": {p: round(v, 2) for p, v in steady.items()},
+                   "fixed_cost_ratio": round(steady["ray_train"] / max(steady["warm"], 1e-9), 1),
+                   "bar_s": 3.0, "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]}
+
+
 # ---------------------------------------------------------------------------------------------------- report
 def write_report(out: dict, path_md: Path) -> None:
     m = out["machine"]
@@ -240,6 +281,21 @@ def write_report(out: dict, path_md: Path) -> None:
                   f"| fixed cost per fit (s) | 0 | {f['ray_fixed_cost_s']} | |", "",
                   f"Per epoch (s): plain {f['plain_epoch_s']}; Ray {f['ray_epoch_with_checkpoint_s']}. Whole fit "
                   f"{f['ray_fit_wall_s']} s (test accuracy {f['ray_test_accuracy']}).", ""]
+    if "warm" in out:
+        w = out["warm"]
+        lines += ["## Fixed cost per fine-tune: warm training actor vs Ray Train", "",
+                  f"Three FT jobs back to back per path in one run (MobileNetV2, {w['images']} images at "
+                  f"{w['image_size']} px, {w['epochs']} epochs of batch {w['batch_size']}, {w['test_images']} test "
+                  "images scored in the job). Fixed cost = the job's wall time minus its epoch times (start-up, "
+                  "data, test scoring, the last checkpoint's read-back).", "",
+                  "| path | job | wall (s) | epochs (s) | fixed cost (s) | test accuracy | load average |",
+                  "|---|---|---|---|---|---|---|"]
+        for path, rows in w["runs"].items():
+            lines += [f"| {path} | {r['job']} | {r['wall_s']} | {r['epochs_s']} | {r['fixed_s']} | {r['accuracy']} | "
+                      f"{r['load_avg']} |" for r in rows]
+        lines += ["", f"Steady fixed cost (mean of jobs 2-3): warm **{w['steady_fixed_s']['warm']} s** (bar ≤ "
+                  f"{w['bar_s']} s), Ray Train {w['steady_fixed_s']['ray_train']} s: **{w['fixed_cost_ratio']}×** "
+                  f"less. Load average at the end {w['load_avg_at_end']}.", ""]
     if "proxy" in out:
         p = out["proxy"]
         lines += [f"## Proxy: {p['pool']:,} × {p['dim']} features (memmap), {p['classes']} classes, "
@@ -260,7 +316,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    ap.add_argument("--only", choices=("ft", "proxy"), default=None)
+    ap.add_argument("--only", choices=("ft", "proxy", "warm"), default=None)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--render", metavar="JSON", help="only re-write the .md from an earlier .json")
     args = ap.parse_args()
@@ -276,7 +332,11 @@ def main() -> None:
         print(json.dumps(out["ft"], indent=1), flush=True)
     if args.only in (None, "proxy"):
         bench_proxy(args, out)
+    if args.only in (None, "warm"):
+        bench_warm(args, out)
     stem = "train" if args.device == "cpu" else "train-cuda"
+    if args.only == "warm":
+        stem += ".warm"
     if args.quick:
         stem += "-quick"
     outdir = Path(args.out)

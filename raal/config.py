@@ -110,7 +110,7 @@ class ProxyConfig:
 
 @dataclass
 class TrainConfig:
-    """FT / LP-FT of the backbone as Ray Train jobs (docs/algorithms.md §3.4, §10)."""
+    """FT / LP-FT of the backbone: one-worker jobs on the run's warm training actor, DDP jobs as Ray Train fits."""
 
     method: str = "lpft"  # ft | lpft (standard AL and the final model; ASVP switches by itself)
     epochs: int = 10  # FT epochs (FT alone gets lp_epochs + epochs, so both methods run as many steps)
@@ -149,6 +149,7 @@ class TrainConfig:
     # evaluator's cached prefix activations (standard AL's model, ASVP's refresh), the evaluator's recipe
     # (eval.*) with this method; needs eval.every_round=evaluator. Meant for CPUs.
     freeze_blocks: int = 0
+    warm: str = "auto"  # auto: one-worker jobs on the run's warm training actor (raal/train_warm.py) | off: Ray Train
 
 
 @dataclass
@@ -509,6 +510,7 @@ def validate(cfg: RunConfig) -> None:
     t = cfg.train
     _check(t.method in TRAIN_METHODS, "train.method", f"allowed: {', '.join(TRAIN_METHODS)}", t.method)
     _check(t.num_workers >= 1, "train.num_workers", "must be >= 1", t.num_workers)
+    _check(t.warm in ("auto", "off"), "train.warm", "allowed: auto, off", t.warm)
     _check(t.epochs >= 0 and t.lp_epochs >= 0, "train.epochs", "must be >= 0", (t.epochs, t.lp_epochs))
     _check(cfg.eval.every_round in EVAL_MODES, "eval.every_round", f"allowed: {', '.join(EVAL_MODES)}",
            cfg.eval.every_round)

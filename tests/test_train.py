@@ -1,12 +1,15 @@
-"""FT / LP-FT / LoRA as Ray Train jobs on a private local Ray (2 CPUs), tiny real Animal-MNIST data.
+"""FT / LP-FT / LoRA jobs on a private local Ray (2 CPUs), tiny real Animal-MNIST data, through both paths.
 
-Three fits (~25 s fixed cost each): a 2-worker FT that must beat chance and whose saved weights must reproduce the
-job's test accuracy; a 1-worker LP-FT whose rank 0 dies once mid-training and must resume to the same step count
-(T-LP1/T-LP2 checked on the job's own digests); a LoRA job on a tiny ViT whose merged weights load as a plain model.
+Ray Train fits (~25 s fixed cost each): a 2-worker FT that must beat chance and whose saved weights must reproduce
+the job's test accuracy; a 1-worker job with `train.warm=off` that must equal the warm actor's to the bit; the
+crash-and-resume LP-FT on both paths. The warm actor's jobs (T-LP1/T-LP2 on the job's own digests, LoRA on a tiny
+ViT whose merged weights load as a plain model, a killed job of a URI store) start in well under a second after
+the first.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -147,15 +150,16 @@ def test_two_worker_ft_beats_chance_and_saved_weights_reproduce_it(ray_local, da
 
 
 @pytest.mark.ray
-def test_lpft_worker_killed_mid_training_resumes_t_lp1_t_lp2(ray_local, data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("warm", ["auto", "off"])
+def test_lpft_worker_killed_mid_training_resumes_t_lp1_t_lp2(ray_local, data, tmp_path, monkeypatch, warm):
     marker = tmp_path / "crashed.txt"
     monkeypatch.setenv(CRASH_ENV, f"3:{marker}")  # rank 0 exits at the start of epoch index 3 (inside FT)
     tc = TrainConfig(method="lpft", lp_epochs=2, epochs=2, lp_lr=0.1, head_lr=0.01, backbone_lr=0.01,
                      optimizer="sgd", schedule="multistep", bn="train", lp_solver="sgd", min_steps=0,  # epoch-based
-                     milestones=[1], batch_size=64, augment=True, num_workers=1, max_failures=2)
+                     milestones=[1], batch_size=64, augment=True, num_workers=1, max_failures=2, warm=warm)
     res = finetune(labeled(data, 128), data.test, num_classes=10, model_cfg=ModelConfig(), train_cfg=tc,
                    transform=TRANSFORM, method="lpft", storage_path=str(tmp_path), name="lpft-crash", seed=3)
-    assert marker.exists() and res.restarts == 1
+    assert marker.exists() and res.restarts == 1 and res.path == ("warm" if warm == "auto" else "ray_train")
     assert res.steps == 4 * 2 and res.epochs == 4  # 128 rows in batches of 64, the same as without the crash
     epochs = [e["epoch"] for e in res.log if "stage" in e]
     assert epochs == [1, 2, 3, 4]
@@ -245,3 +249,79 @@ def test_a_killed_job_of_a_uri_store_resumes_from_checkpoints_under_the_store(ra
     assert res.epochs == 3 and res.steps == 3 * 2  # 128 rows in batches of 64, as without the kill
     assert Path(res.backbone_path).parent == folder
     assert set(glob.glob(f"{tempfile.gettempdir()}/raal-train-*")) == scratch  # no local scratch dir left behind
+
+
+# ------------------------------------------------------------------------------------------------ the two paths
+@pytest.mark.ray
+def test_warm_actor_and_ray_train_give_the_same_job_to_the_bit(ray_local, data, tmp_path):
+    """One loop for both paths: a seed gives the same weights, log and accuracy on the warm actor and in Ray Train."""
+    tc = TrainConfig(method="lpft", lp_epochs=1, epochs=2, min_steps=0, batch_size=32, eval_batch_size=64,
+                     augment=True, num_workers=1)
+    job = dict(num_classes=10, model_cfg=ModelConfig(), transform=TRANSFORM, method="lpft",
+               storage_path=str(tmp_path), seed=5)
+    warm = finetune(labeled(data, 96), data.test, train_cfg=tc, name="warm", **job)
+    again = finetune(labeled(data, 96), data.test, train_cfg=tc, name="warm2", **job)  # the actor is warm now
+    ray_train = finetune(labeled(data, 96), data.test, train_cfg=replace(tc, warm="off"), name="rt", **job)
+    assert (warm.path, again.path, ray_train.path) == ("warm", "warm", "ray_train")
+    saved = json.loads((tmp_path / "rt" / "train_result.json").read_text())
+    assert saved["path"] == "ray_train" and saved["path_reason"] == "train.warm=off"
+
+    def digest(res):
+        return state_digest(torch.load(res.backbone_path, weights_only=True)), state_digest(res.head_state)
+
+    assert digest(warm) == digest(again) == digest(ray_train)
+    assert warm.accuracy == again.accuracy == ray_train.accuracy and warm.steps == ray_train.steps
+    strip = ("train_time", "epoch_time")
+    assert ([{k: v for k, v in e.items() if k not in strip} for e in warm.log]
+            == [{k: v for k, v in e.items() if k not in strip} for e in ray_train.log])
+    # a finished job found in its folder is not trained again, on either path
+    stored = finetune(labeled(data, 96), data.test, train_cfg=tc, name="rt", **job)
+    assert stored.path == "stored" and stored.path_reason.endswith("(trained on the ray_train path)")
+    assert digest(stored) == digest(ray_train) and stored.accuracy == ray_train.accuracy
+
+
+@pytest.mark.ray
+def test_bad_images_inside_the_warm_actor_are_one_line_exit_2(ray_local, data, tmp_path, capsys):
+    from raal import cli_errors
+
+    batch = {"id": np.arange(8), "label": np.arange(8) % 2, "bytes": np.array([b"not an image"] * 8, dtype=object)}
+    tc = TrainConfig(method="ft", lp_epochs=0, epochs=1, min_steps=0, batch_size=4, num_workers=1)
+    with pytest.raises(Exception) as err:
+        finetune(batch, data.test, num_classes=10, model_cfg=ModelConfig(), train_cfg=tc, transform=TRANSFORM,
+                 storage_path=str(tmp_path), name="bad")
+    assert cli_errors.report(err.value, str(tmp_path)) == 2
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line and "cannot read the image" in line, line
+
+
+@pytest.mark.ray
+def test_the_warm_actor_dies_with_its_owner_and_on_release(ray_local):
+    import os
+    import time
+
+    from raal import train_warm
+
+    def gone(pid: int, within: float = 30.0) -> bool:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except OSError:
+                return True
+            time.sleep(0.2)
+        return False
+
+    @ray_local.remote(num_cpus=0)
+    class Owner:  # the pipeline's driver actor owns the run's warm actor
+        def start(self):
+            from raal import train_warm
+
+            return ray_local.get(train_warm._actor(False).pid.remote())
+
+    owner = Owner.remote()
+    pid = ray_local.get(owner.start.remote())
+    ray_local.kill(owner)
+    assert gone(pid)
+    mine = ray_local.get(train_warm._actor(False).pid.remote())
+    train_warm.release()
+    assert gone(mine)
