@@ -268,8 +268,8 @@ def replay_own(b: Bench, seed: int, grades: Grades) -> dict:
     for n in REPLAY_LABELS:
         pos = np.sort(order[:n])
         key = f"replay/{seed}/{n}"
-        acc.append(grades.get(key + "/probe", lambda: probe_accuracy(b, pos)))
-        pred = np.asarray(grades.get(key + "/pred", lambda: probe_probs(b, pos)[sample].argmax(1).tolist()))
+        acc.append(grades.get(key + "/probe", lambda pos=pos: probe_accuracy(b, pos)))
+        pred = np.asarray(grades.get(key + "/pred", lambda pos=pos: probe_probs(b, pos)[sample].argmax(1).tolist()))
         kap.append(cohen_kappa(prev, pred) if prev is not None else math.nan)
         prev = pred
     adv = replay(REPLAY_LABELS, acc, kap, StopRule())
@@ -369,7 +369,7 @@ def write(res: dict) -> None:
                   f"- stopped late or never although a point exists: {late or 'none'}", "",
                   "| curve | labels | advised stop at | plateau point |", "|---|---|---|---|"]
         for k, v in rep.items():
-            at = lambda i: "-" if i is None else str(v["labels"][i])  # noqa: E731
+            at = lambda i, v=v: "-" if i is None else str(v["labels"][i])  # noqa: E731
             lines.append(f"| {k} | {v['labels'][-1]} max | {at(v['stop'])} | {at(v['plateau'])} |")
         lines.append("")
     own = res.get("replay_own", {})
@@ -431,7 +431,7 @@ def main() -> None:
         results["traces"][seed] = traces
         for arm in arms:
             for n in BUDGETS:
-                acc = grades.get(f"{arm}/{seed}/{n}/probe", lambda: probe_accuracy(b, sets[arm][n]))
+                acc = grades.get(f"{arm}/{seed}/{n}/probe", lambda pos=sets[arm][n]: probe_accuracy(b, pos))
                 results["probe"].setdefault(arm, {}).setdefault(n, []).append(acc)
         print(f"seed {seed}: probe grades done", flush=True)
     results["replay_label_efficiency"] = replay_label_efficiency()
@@ -446,7 +446,8 @@ def main() -> None:
                     pos = all_sets[seed][arm][n]
                     if args.rerun and arm != args.rerun and f"{arm}/{seed}/{n}/evaluator" not in grades.data:
                         continue
-                    acc = grades.get(f"{arm}/{seed}/{n}/evaluator", lambda: evaluator_accuracy(b, pos, seed))
+                    acc = grades.get(f"{arm}/{seed}/{n}/evaluator",
+                                     lambda pos=pos, seed=seed: evaluator_accuracy(b, pos, seed))
                     results["evaluator"].setdefault(arm, {}).setdefault(n, []).append(acc)
                 print(f"evaluator: {', '.join(group)} budget {n} seed {seed} done", flush=True)
                 write(results)

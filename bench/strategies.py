@@ -506,7 +506,7 @@ def render(res: dict) -> str:
                      f"(cpu {af['raal']['cpu_s']:.0f} s; full argmax for {100 * af['raal']['searched_frac']:.1f}% "
                      f"of item-steps; chunked numpy {_fmt_s(af['numpy'])} s, "
                      f"{af['numpy']['wall_s'] / af['raal']['wall_s']:.1f}x) | "
-                     f"{'met' if miss <= 1 else 'MISSED by %.1fx' % miss} |")
+                     f"{'met' if miss <= 1 else f'MISSED by {miss:.1f}x'} |")
         lines.append(f"| badge n = {nb:,}, C = 100, d = 768 uses <= 200 MB extra | {b['mem']['extra_mb']:.0f} MB "
                      f"(peak RSS delta {b['mem']['rss_delta_mb']:.0f} MB, {b['wall_s']:.1f} s for {nb // 10:,} "
                      f"picks) | {'met' if b['mem']['extra_mb'] <= 200 else 'MISSED'} |")
@@ -540,7 +540,7 @@ def render(res: dict) -> str:
             if s in ("activeft", "activeft_al"):
                 mapped = a.get("map_centroids")
                 notes.append(f"{a['steps_timed']} of {a['steps_total']} steps timed ({a['t_steps']:.0f} s), "
-                             f"mapping {a['t_map']:.0f} s{' (%d centroids timed)' % mapped if mapped else ''}, "
+                             f"mapping {a['t_map']:.0f} s{f' ({int(mapped)} centroids timed)' if mapped else ''}, "
                              f"full argmax for {100 * a['searched_frac']:.0f}% of item-steps")
             if "numpy" in r and r["numpy"].get("picks_timed"):
                 notes.append(f"numpy: {r['numpy']['picks_timed']} picks timed")

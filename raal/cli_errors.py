@@ -29,7 +29,8 @@ _IN_TEXT = re.compile(r"^(?:raal\.[\w.]+\.)?(\w+Error): (.+)$", re.M)
 def root_cause(err: BaseException) -> BaseException:
     """The innermost exception behind Ray's wrappers (and behind plain `raise … from`) that raal raised itself, or
     the innermost one at all when raal raised none."""
-    seen, chain, cur = set(), [], err
+    seen, chain = set(), []
+    cur: BaseException | None = err
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
         chain.append(cur)

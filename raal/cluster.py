@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from raal.errors import RaalError
+
 log = logging.getLogger(__name__)
 
 COMMAND_KEYS = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
@@ -40,7 +42,7 @@ FETCH_SKIP_DIRS = ("features/v", "scores/", "checkpoints/", "ray_train/", "tune/
 FETCH_SKIP_SUFFIXES = (".pt", ".pth", ".npy", ".bin")
 
 
-class ClusterConfigError(ValueError):
+class ClusterConfigError(RaalError, ValueError):
     """A cluster.yaml that Ray or raal would reject. `errors` holds every problem found, `str()` the first."""
 
     def __init__(self, errors: list[str]):

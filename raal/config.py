@@ -15,12 +15,13 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from raal.errors import ConfigError
+from raal.pipelines import registry as pipeline_registry
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
-DATA_SOURCES = ("animal_mnist", "digits", "image_folder", "parquet")
-PIPELINES = ("standard", "svpp", "asvp", "activeft", "peal")
+DATA_SOURCES = ("animal_mnist", "image_folder", "parquet")
+PIPELINES = pipeline_registry.NAMES
 TRAIN_METHODS = ("ft", "lpft")
 DEVICES = ("auto", "cpu", "cuda")
 ORACLES = ("simulated", "files")
@@ -35,7 +36,7 @@ STOP_MODES = ("schedule", "advice")
 class DataConfig:
     """Where the pool and the held-out test set come from, and how images are shaped."""
 
-    source: str = "animal_mnist"  # animal_mnist | digits | image_folder | parquet
+    source: str = "animal_mnist"  # animal_mnist | image_folder | parquet
     root: str = ""  # image_folder: the folder; parquet: the manifest file (id, path|image, [label])
     test_root: str = ""  # optional separate test folder/manifest; otherwise a fixed-seed split of the pool
     test_size: int = 2000  # held-out items when the test set is split off the pool
@@ -384,7 +385,7 @@ def _check_shape(key: str, text: str, default: Any, value: Any) -> None:
     """Refuse what OmegaConf would coerce or fail on without naming the key: 2 for a boolean, a scalar for a list,
     a list or mapping for a scalar, a value for a whole section."""
     if isinstance(default, DictConfig):
-        want = "a section: set its keys one by one, e.g. data.source=digits" if not isinstance(value, dict) else ""
+        want = "a section: set its keys one by one, e.g. data.source=parquet" if not isinstance(value, dict) else ""
     elif isinstance(default, ListConfig):
         want = "a list, e.g. [1, 2]" if not isinstance(value, list) else ""
     elif isinstance(default, bool):  # OmegaConf would take 2 or "1" as true

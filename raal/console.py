@@ -72,9 +72,9 @@ def _install(path: Path, level: str, verbose: bool) -> None:
             lg.removeHandler(h)
         if name == "ray" and not lg.propagate:
             lg.addHandler(handler)
-    for name, lg in list(logging.root.manager.loggerDict.items()):  # a dictConfig elsewhere may have disabled them
-        if name.startswith("raal") and isinstance(lg, logging.Logger):
-            lg.disabled = False
+    for name, obj in list(logging.root.manager.loggerDict.items()):  # a dictConfig elsewhere may have disabled them
+        if name.startswith("raal") and isinstance(obj, logging.Logger):
+            obj.disabled = False
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     logging.getLogger("faiss").setLevel(logging.WARNING)

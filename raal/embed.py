@@ -19,9 +19,9 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -102,7 +102,7 @@ class _Embedder:
         self.autocast = AUTOCAST[autocast] if device == "cuda" else None
         if device == "cuda":
             torch.backends.cudnn.benchmark = True
-            model = model.to(self.device, memory_format=torch.channels_last)
+            model = model.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model = model.eval()
 
     def __call__(self, batch: dict) -> dict:
@@ -119,7 +119,7 @@ class _Embedder:
         with torch.inference_mode(), ctx:
             f = self.model.features(x)
             out = {"id": ids, "features": f.float().cpu().numpy()}
-            if self.with_logits:
+            if self.with_logits and self.model.head is not None:
                 out["logits"] = self.model.head(f).float().cpu().numpy()
         # wall-clock span of this batch, for the pass's compute-window rate (actor start-up excluded)
         out["t_start"] = np.full(ids.shape, t_start)

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,8 @@ class _Worker:
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
         self.device = device
-        self.key = None
-        self.embedder = None
+        self.key: tuple | None = None
+        self.embedder: Any = None  # raal.embed._Embedder, imported in the actor
 
     def embed(self, key: tuple, spec: dict, batch: dict) -> dict:
         if key != self.key:

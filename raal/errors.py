@@ -2,11 +2,19 @@
 from __future__ import annotations
 
 
-class ConfigError(ValueError):
+class RaalError(Exception):
+    """The root of every exception raal defines: `except RaalError` catches raal's own failures and nothing else.
+
+    Each subclass also keeps its builtin base (ValueError, RuntimeError), so older `except ValueError` still works.
+    Whether an error is the user's (one line, exit 2) is decided by `cli_errors.USER_ERRORS`, not by this root.
+    """
+
+
+class ConfigError(RaalError, ValueError):
     """A config key is unknown, mistyped or holds an impossible value. The message names the key."""
 
 
-class PoolError(ValueError):
+class PoolError(RaalError, ValueError):
     """Base class for problems with the unlabeled pool itself."""
 
 
@@ -18,13 +26,13 @@ class PoolExhaustedError(PoolError):
     """Every pool item is already labeled: there is nothing left to query."""
 
 
-class StoreError(RuntimeError):
+class StoreError(RaalError, RuntimeError):
     """The run store is corrupt, or refuses an operation that would lose or mix data."""
 
 
-class LabelImportError(ValueError):
+class LabelImportError(RaalError, ValueError):
     """Labels given for import are invalid (never queried, already labeled, unknown class, conflicting)."""
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(RaalError, ValueError):
     """An image of the pool or test split cannot be read or decoded. The message names the id and the path."""

@@ -65,7 +65,7 @@ class Recipe:
     bn: str = "frozen"  # frozen | train
 
     @classmethod
-    def from_config(cls, c, method: str | None = None) -> "Recipe":
+    def from_config(cls, c, method: str | None = None) -> Recipe:
         keys = [k for k in cls.__dataclass_fields__ if hasattr(c, k)]
         out = cls(**{k: getattr(c, k) for k in keys})
         return out if method is None else cls(**{**out.__dict__, "method": method})
@@ -143,7 +143,7 @@ class Evaluator:
         self.threads = eval_threads()
 
     @classmethod
-    def build(cls, *, store, data, model_cfg, transform, freeze_blocks: int, recipe: Recipe) -> "Evaluator":
+    def build(cls, *, store, data, model_cfg, transform, freeze_blocks: int, recipe: Recipe) -> Evaluator:
         """Load (or compute once) the prefix activations of pool and test for this backbone and transform."""
         from raal.models.backbones import build_backbone
 

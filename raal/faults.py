@@ -13,12 +13,14 @@ from __future__ import annotations
 import os
 import time
 
+from raal.errors import RaalError
+
 ENV = "RAAL_FAULT"
 POINTS = ("embed", "proxy_train", "select", "finetune", "before_commit", "label_import")
 MODES = ("pause", "exit", "raise")
 
 
-class InjectedFault(RuntimeError):
+class InjectedFault(RaalError, RuntimeError):
     """Raised at a fault point armed with MODE=raise."""
 
 

@@ -289,7 +289,7 @@ def resolve(answers: list[Answer], policy: str) -> tuple[list[Answer], dict[str,
         if len(counts) > 1:
             disagree.append(i)
         if policy == "first":
-            chosen.append(min(group, key=lambda a: a.annotation))
+            chosen.append(min(group, key=lambda a: a.annotation or ()))  # never None in a group
         elif policy == "unanimous":
             if len(counts) == 1:
                 chosen.append(group[0])

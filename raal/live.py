@@ -46,11 +46,11 @@ class StudioClient:
 
     def raal_ids(self) -> set[int]:
         """raal_ids of the tasks the project holds already (paged)."""
-        out, page = set(), 1
+        out: set[int] = set()
+        page = 1
         while True:
-            resp = self.http.get(f"{self.url}/api/tasks", params={"project": self.project, "page": page,
-                                                                 "page_size": PAGE, "fields": "all"},
-                                 timeout=self.timeout)
+            params: dict[str, str | int] = {"project": self.project, "page": page, "page_size": PAGE, "fields": "all"}
+            resp = self.http.get(f"{self.url}/api/tasks", params=params, timeout=self.timeout)
             if resp.status_code == 404:  # past the last page
                 return out
             if resp.status_code >= 400:
@@ -127,7 +127,8 @@ class LiveRun:
 
     def predictions(self, tasks: list[dict]) -> list[dict]:
         """Label Studio's /predict: raal's stored prediction and ask-sooner score per task, no model call."""
-        out, cache = [], {}
+        out: list[dict] = []
+        cache: dict = {}
         for t in tasks:
             data = t.get("data") or {}
             row = None

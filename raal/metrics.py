@@ -126,7 +126,7 @@ def saving_curve(random_curve: Curve | np.ndarray, al_curve: Curve | np.ndarray,
     """
     n1, acc = _as_curve(al_curve, "al_curve")
     if exclude is None:
-        excl = np.zeros(n1.shape, dtype=bool)
+        excl: np.ndarray = np.zeros(n1.shape, dtype=bool)
     else:
         excl = np.asarray(exclude, dtype=bool).reshape(-1)
         if excl.shape != n1.shape:
@@ -208,7 +208,7 @@ class Prices:
         return self.gpu_hour_price if d.startswith(("cuda", "gpu")) else self.cpu_hour_price
 
 
-def compute_cost(seconds: Sequence[float] | np.ndarray, devices: Sequence[str] | str = "cuda",
+def compute_cost(seconds: float | Sequence[float] | np.ndarray, devices: Sequence[str] | str = "cuda",
                  prices: Prices | None = None) -> np.ndarray:
     """Compute cost in USD of each time span (seconds) on its device; NaN seconds count as 0."""
     prices = prices or Prices()

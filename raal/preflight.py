@@ -16,11 +16,11 @@ from raal.errors import ConfigError
 def preflight(cfg: RunConfig) -> Dataset:
     """Run dir, arms, data, budget, classes, backbone weights, a decode sample; returns the loaded data."""
     from raal.labelstudio import check_document_root
-    from raal.pipelines.experiment import arm_specs, check_resume, default_run_dir, pipeline_classes, validate_arms
+    from raal.pipelines.experiment import arm_specs, check_resume, default_run_dir, validate_arms
     from raal.store import RunStore
 
     check_resume(RunStore(default_run_dir(cfg), create=False), cfg)
-    validate_arms(arm_specs(cfg), pipeline_classes())
+    validate_arms(arm_specs(cfg))
     data = load_data(cfg.data)
     check_classes(data)
     validate_against_pool(cfg, len(data.pool))

@@ -159,7 +159,7 @@ def train_proxy(features, labels, num_classes: int, cfg: ProxyConfig | None = No
     for _ in range(cfg.epochs):
         loss_sum = torch.zeros((), device=device)
         for idx in epoch_batches(n, cfg.batch_size, rng):
-            if on_gpu:
+            if x_dev is not None:  # on the GPU
                 t = torch.from_numpy(idx).to(device)
                 xb, yb = x_dev.index_select(0, t), y_all.index_select(0, t)
             else:

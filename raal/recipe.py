@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -77,11 +78,12 @@ def trunk_blocks(trunk: nn.Module) -> list[nn.Module]:
 
     Supported: models with a `features` Sequential (MobileNet, EfficientNet, ConvNeXt, VGG-style) and ResNets.
     """
-    if isinstance(getattr(trunk, "features", None), nn.Sequential):
-        return list(trunk.features)
+    features = getattr(trunk, "features", None)
+    if isinstance(features, nn.Sequential):
+        return list(features)
     if all(hasattr(trunk, k) for k in ("conv1", "bn1", "layer1", "layer4")):
-        return [nn.Sequential(trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool), trunk.layer1, trunk.layer2,
-                trunk.layer3, trunk.layer4]
+        t: Any = trunk  # a torchvision ResNet
+        return [nn.Sequential(t.conv1, t.bn1, t.relu, t.maxpool), t.layer1, t.layer2, t.layer3, t.layer4]
     raise ValueError(f"partial fine-tuning needs a block-structured CNN (MobileNet, EfficientNet, ResNet, ...); "
                      f"{type(trunk).__name__} is not one: use freeze_blocks=0")
 

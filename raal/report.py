@@ -22,8 +22,17 @@ import numpy as np
 
 from raal import metrics
 from raal.report_load import Arm, NotARunError, Run, _run_name, load_run  # noqa: F401 - NotARunError: the API
-from raal.report_plots import (PHASE_NAMES, _figure, _gapped, _legend_label, _line_kw, _png, fmt_time,
-                               plot_accuracy, plot_time)
+from raal.report_plots import (
+    PHASE_NAMES,
+    _figure,
+    _gapped,
+    _legend_label,
+    _line_kw,
+    _png,
+    fmt_time,
+    plot_accuracy,
+    plot_time,
+)
 from raal.report_tables import SUMMARY_HEAD, _text_table, summary_rows
 
 log = logging.getLogger(__name__)
@@ -67,13 +76,14 @@ def _arm_stats(run: Run, arm: Arm, key: str, color) -> ArmStats:
                          f"that of round {int(r['round'][evaluated[-1]])}")
     saving = None
     base = run.baseline
-    if base is not None and np.isfinite(base.rounds["accuracy"]).any() and evaluated.size:
-        bcurve = np.c_[base.rounds["n_labeled"], base.rounds["accuracy"]]
+    brounds = base.rounds if base is not None else None  # the baseline is an arm with rounds
+    if brounds is not None and np.isfinite(brounds["accuracy"]).any() and evaluated.size:
+        bcurve = np.c_[brounds["n_labeled"], brounds["accuracy"]]
         exclude = r["random_only"] if run.exclude_random_rounds else None
         saving = metrics.saving_curve(bcurve, np.c_[labels, acc], exclude=exclude)
     target = float("nan")
-    if base is not None and np.isfinite(base.rounds["accuracy"]).any():
-        bacc = base.rounds["accuracy"]
+    if brounds is not None and np.isfinite(brounds["accuracy"]).any():
+        bacc = brounds["accuracy"]
         target = float(bacc[np.flatnonzero(np.isfinite(bacc))[-1]])
     reach = np.flatnonzero(np.isfinite(acc) & (acc >= target)) if np.isfinite(target) else np.zeros(0, int)
     return ArmStats(arm=arm, key=key, color=color, saving=saving, cum_cost=cum_cost, seconds=secs,
@@ -92,6 +102,7 @@ def _collect(runs: Sequence[Run]) -> list[ArmStats]:
     stats, i = [], 0
     for run, a in arms:
         key = f"{run.label}/{a.name}" if multi else a.name
+        color: object
         if a.baseline:
             color = "black"
         else:
@@ -283,7 +294,7 @@ def _model_rows(run: Run) -> list[tuple[str, ...]] | None:
         return None
     t = metrics.measured_phase_times(tables)
     tot = metrics.modelled_totals(t)
-    rows = [(PHASE_NAMES[p], fmt_time(getattr(t, p))) for p in metrics.MODEL_PHASES]
+    rows: list[tuple[str, ...]] = [(PHASE_NAMES[p], fmt_time(getattr(t, p))) for p in metrics.MODEL_PHASES]
     rows += [("N_al (AL rounds)", str(t.n_al)), ("N_pre (feature computations)", str(t.n_pre))]
     rows += [(f"modelled T_s, {k}", fmt_time(v)) for k, v in
              (("standard AL", tot["standard"]), ("SVPp", tot["svpp"]), ("ASVP", tot["asvp"]))]
@@ -292,7 +303,8 @@ def _model_rows(run: Run) -> list[tuple[str, ...]] | None:
 
 def _round_rows(s: ArmStats, scale: float) -> list[tuple[str, ...]]:
     r = s.arm.rounds
-    rows = []
+    assert r is not None, s.key  # only arms with rounds get a rounds table
+    rows: list[tuple[str, ...]] = []
     for i in range(len(r["round"])):
         acc = r["accuracy"][i]
         sv = s.saving
@@ -329,7 +341,8 @@ figcaption{font-size:.9em;color:#555}code{background:#f3f3f3;padding:0 .2em}
 
 
 def _build(run_dirs: Sequence[str | Path]) -> tuple[list[Run], list[ArmStats]]:
-    runs, seen = [], {}
+    runs: list[Run] = []
+    seen: dict[str, int] = {}
     for d in run_dirs:
         name = _run_name(d)
         seen[name] = seen.get(name, 0) + 1

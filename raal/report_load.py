@@ -10,15 +10,16 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from raal import metrics
-from raal.errors import StoreError
+from raal.errors import RaalError, StoreError
 from raal.store import RunStore, _resolve, redact_uri
 
 # column -> (kind, fill for missing/null values)
-ROUND_COLUMNS: dict[str, tuple[str, object]] = {
+ROUND_COLUMNS: dict[str, tuple[str, Any]] = {
     "round": ("int", -1), "n_labeled": ("int", -1), "n_new": ("int", -1),
     "accuracy": ("float", np.nan), "eval_method": ("str", ""), "random_only": ("bool", None),
     "features_version": ("int", -1), "ped_steps": ("int", -1), "logme_ped": ("float", np.nan),
@@ -32,7 +33,7 @@ OPTIONAL_COLUMNS = ("random_only", "model_accuracy", "model_eval", "probe_accura
                     "gain_per_100", "stop_advice", "stop_reason")  # absent in older runs
 REQUIRED_COLUMNS = ("round", "n_labeled", "accuracy")
 
-class NotARunError(ValueError):
+class NotARunError(RaalError, ValueError):
     """The path given is not an experiment directory (no config.yaml and no arms/)."""
 
 

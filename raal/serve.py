@@ -60,8 +60,8 @@ def build_app(run_args: list[str], serve_args: dict[str, str]):
     class Backend:
         def __init__(self, run_args: list[str], serve_args: dict[str, str]):
             from raal.live import LiveRun, studio_from
-            from raal.raylocal import quiet_ray_data
             from raal.preflight import preflight
+            from raal.raylocal import quiet_ray_data
             from raal.run import resolve_config
 
             logging.basicConfig(level=os.environ.get("RAAL_LOG", "INFO"))
@@ -132,7 +132,7 @@ def build_app(run_args: list[str], serve_args: dict[str, str]):
             except LabelImportError as err:
                 raise HTTPException(404, str(err)) from None
 
-    return Backend.bind(run_args, serve_args)
+    return Backend.bind(run_args, serve_args)  # type: ignore[attr-defined]  # mypy skips class decorators
 
 
 def main(argv: list[str] | None = None) -> int:

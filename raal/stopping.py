@@ -17,8 +17,8 @@ Any one of them is enough to advise "stop"; the reason names which, with its num
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -35,7 +35,7 @@ class StopRule:
     label_price: float = 0.0
 
     @classmethod
-    def from_config(cls, stopping, label_price: float) -> "StopRule":
+    def from_config(cls, stopping, label_price: float) -> StopRule:
         return cls(min_gain=stopping.min_gain, gain_rounds=stopping.gain_rounds, kappa=stopping.kappa,
                    kappa_rounds=stopping.kappa_rounds, point_value=stopping.point_value, label_price=label_price)
 

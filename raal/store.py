@@ -108,7 +108,7 @@ class RunStore:
             os.replace(tmp, dest)
         return dest
 
-    def child(self, *parts: str) -> "RunStore":
+    def child(self, *parts: str) -> RunStore:
         return RunStore(self.path("/".join(parts)), _fs=self.fs)
 
     def exists(self, rel: str) -> bool:
@@ -183,7 +183,7 @@ class RunStore:
 
 
 # -- Ray Train's storage -----------------------------------------------------------------------------------------------
-def ray_train_storage(where: "str | os.PathLike | RunStore", name: str) -> tuple["RunStore", dict]:
+def ray_train_storage(where: str | os.PathLike | RunStore, name: str) -> tuple[RunStore, dict]:
     """Where a fine-tune job named `name` keeps Ray Train's state: `<where>/<name>`, on `where`'s own filesystem.
 
     `where` is a local path, a pyarrow.fs URI or a RunStore (e.g. `run_store.child("ray_train")`). Returns the job's
@@ -216,7 +216,7 @@ class RunLease:
     is gone, and from another host only after the object is deleted by hand (the refusal names it).
     """
 
-    def __init__(self, run_dir: "str | RunStore"):
+    def __init__(self, run_dir: str | RunStore):
         self.store = run_dir if isinstance(run_dir, RunStore) else RunStore(str(run_dir))
         self.shown = redact_uri(self.store.uri)
         self._fd: int | None = None
@@ -289,7 +289,7 @@ class RunLease:
                 pass
             self._token = None
 
-    def __enter__(self) -> "RunLease":
+    def __enter__(self) -> RunLease:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -93,7 +93,7 @@ class Tracker:
         self.prices, self.baseline = prices, baseline
 
     @classmethod
-    def open(cls, cfg, run_dir: str, arms: list[str], baseline: str | None) -> "Tracker | None":
+    def open(cls, cfg, run_dir: str, arms: list[str], baseline: str | None) -> Tracker | None:
         """The tracker, or None with track=none or when the tracking store cannot be reached (said on stderr:
         tracking is a view of the run, it never stops one)."""
         if cfg.track.kind == "none":
@@ -106,7 +106,7 @@ class Tracker:
             return None
 
     @classmethod
-    def _open(cls, cfg, run_dir: str, arms: list[str], baseline: str | None) -> "Tracker":
+    def _open(cls, cfg, run_dir: str, arms: list[str], baseline: str | None) -> Tracker:
         from mlflow.tracking import MlflowClient
 
         from raal.config import to_dict

@@ -134,7 +134,7 @@ def _class_sums(X: np.ndarray, codes: np.ndarray, n_classes: int, gram: bool) ->
         if gram:
             # blk.T is Fortran-ordered, so SYRK reads it in place and accumulates the upper triangle into G.
             G = dsyrk(1.0, blk.T, beta=1.0, c=G, trans=0, lower=0, overwrite_c=1)
-    if gram:
+    if G is not None:  # gram
         G = np.triu(G) + np.triu(G, 1).T
     return T, G
 
@@ -283,6 +283,7 @@ def _logme_core(X: np.ndarray, codes: np.ndarray, classes: np.ndarray, counts: n
     n_classes = classes.size
     if n > d:
         T, G = sums if sums is not None else _class_sums(X, codes, n_classes, gram=True)
+        assert G is not None  # gram=True
         if not (np.all(np.isfinite(T)) and np.all(np.isfinite(np.diagonal(G)))):
             _raise_not_finite(X)
         if shift is not None:

@@ -57,7 +57,7 @@ class Server:
                 "SSRF_PROTECTION_ENABLED": "false", "USE_DEFAULT_BANNED_SUBNETS": "false",
                 "LABEL_STUDIO_DISABLE_VERSION_CHECK": "true", "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": ""}
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         if os.path.isdir(TEMPLATE):  # an empty database migrated once by `make labelstudio`
             shutil.copytree(TEMPLATE, self.data_dir, dirs_exist_ok=True)
         log = open(os.path.join(self.data_dir, "label-studio.log"), "w")

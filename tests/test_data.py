@@ -11,7 +11,7 @@ from raal.config import DataConfig
 from raal.data.sources import animal_mnist_arrays, load_data
 from raal.data.transforms import ImageTransform, confine_path
 from raal.errors import ConfigError, LabelImportError
-from raal.oracle import SimulatedOracle
+from raal.labeling.oracle import SimulatedOracle
 
 pytestmark = pytest.mark.timeout(120)
 

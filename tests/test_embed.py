@@ -1,11 +1,10 @@
-"""The Ray Data embedding pass and pool scoring (local Ray, CPU, tiny images).
+"""The Ray Data embedding pass (local Ray, CPU, tiny images).
 
 Features must equal a plain single-process forward pass of the same model; ids keep the ImageSet's order; a pass
 killed with SIGKILL resumes writing each missing shard once; a corrupt shard is recomputed; a refresh writes v1
-beside v0; `file://` stores work; the pass also runs inside an actor holding num_cpus=0; pool scoring through the
-actor pool equals in-process scoring. v0 goes through the Ray Data path (what parquet-backed sets use); the other
-passes through the warm actors (raal/embed_pool.py), which later passes reuse, rebuilding the backbone for new
-weights.
+beside v0; `file://` stores work; the pass also runs inside an actor holding num_cpus=0. v0 goes through the Ray
+Data path (what parquet-backed sets use); the other passes through the warm actors (raal/embed_pool.py), which later
+passes reuse, rebuilding the backbone for new weights.
 """
 from __future__ import annotations
 
@@ -211,36 +210,6 @@ def test_resume_after_sigkill_writes_each_shard_once_and_redoes_a_corrupt_one(ra
     assert {n: (s.st_ino, s.st_mtime_ns) for n, s in after.items()} == before  # committed shards written once
     np.testing.assert_array_equal(fset.ids, pool.ids)
     np.testing.assert_allclose(np.asarray(fset.features), reference[0], atol=1e-5, rtol=0)
-
-
-@pytest.mark.ray
-def test_score_pool_actor_path_equals_in_process(v0, tmp_path):
-    from raal.proxy import ProxyMLP, predict, proxy_state_dict
-    from raal.scoring import score_pool
-
-    _, fs, fset = v0
-    torch.manual_seed(0)
-    proxy = ProxyMLP(1280, 10).eval()
-    with torch.no_grad():
-        proxy.bn.running_mean.normal_()
-        proxy.bn.running_var.uniform_(0.5, 2.0)
-    expected = predict(proxy, np.asarray(fset.features), batch_size=64)
-    small = score_pool(proxy, fset, in_process_below=10_000, device="cpu", progress=False)
-    assert small.manifest["in_process"]
-    big = score_pool(proxy_state_dict(proxy), fset, in_process_below=0, device="cpu", batch_size=64, num_actors=1,
-                     progress=False)
-    assert isinstance(big.probs, np.memmap) and big.manifest["kind"] == "scores"
-    np.testing.assert_array_equal(big.ids, fset.ids)
-    for name in ("probs", "embeddings"):
-        np.testing.assert_allclose(small[name], expected[name], atol=1e-6, rtol=0)
-        np.testing.assert_allclose(np.asarray(big[name]), expected[name], atol=1e-5, rtol=0)
-    np.testing.assert_allclose(np.asarray(big.probs).sum(1), 1.0, atol=1e-5)
-    assert big.manifest["last_pass"]["computed_shards"] == list(range(6))
-    again = score_pool(proxy, fset, in_process_below=0, device="cpu", progress=False)  # same proxy: nothing to do
-    assert again.manifest["last_pass"]["computed_shards"] == list(range(6))
-    assert fs.open_scores("v0-pool").manifest["proxy_sha256"] == big.manifest["proxy_sha256"]
-    with pytest.raises(ValueError, match="N×1280"):
-        score_pool(proxy, np.zeros((4, 7), np.float32))
 
 
 def _tuned_state_dict(path):

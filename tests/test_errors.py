@@ -262,3 +262,34 @@ def test_killing_the_cli_stops_its_ray_and_the_run_resumes(tmp_path):
     assert res["processes_before"] >= 3, res  # the raylet, the GCS, the driver actor, embedding workers, ...
     assert res["survivors"] == 0, res  # none of them is alive 30 s after the CLI died
     assert res["resume_rc"] == 0 and res["resumed"], res["resume_stderr"]
+
+
+# -- one root ---------------------------------------------------------------------------------------------------------
+def test_every_raal_exception_derives_from_raal_error_and_keeps_its_exit_code(tmp_path, capsys):
+    """`except RaalError` catches all of raal's own failures; the root changes no exit code (USER_ERRORS decides)."""
+    import ast
+    import importlib
+
+    from raal.cli_errors import USER_ERRORS, report
+    from raal.errors import RaalError
+
+    found = []
+    for path in sorted((ROOT / "raal").rglob("*.py")):  # the modules that define an exception class, not all of raal
+        tree = ast.parse(path.read_text())
+        names = [n.name for n in tree.body if isinstance(n, ast.ClassDef)
+                 and any(isinstance(b, ast.Name) and b.id.endswith(("Error", "Exception", "Fault")) for b in n.bases)]
+        if names:
+            mod = importlib.import_module(".".join(path.relative_to(ROOT).with_suffix("").parts))
+            found += [getattr(mod, n) for n in names if isinstance(getattr(mod, n), type)
+                      and issubclass(getattr(mod, n), BaseException)]
+    assert len(found) >= 10, found
+    assert all(issubclass(c, RaalError) for c in found), [c for c in found if not issubclass(c, RaalError)]
+    assert not issubclass(RaalError, USER_ERRORS)
+    from raal.faults import InjectedFault
+    from raal.labeling.oracle import WaitingForLabels
+    from raal.store import RunDirInUse
+
+    for err, code in ((ConfigError("x"), 2), (RunDirInUse("x"), 2), (InjectedFault("x"), 1), (RaalError("x"), 1),
+                      (WaitingForLabels("a", 1, [3]), 1)):
+        assert report(err, str(tmp_path)) == code, err
+    capsys.readouterr()

@@ -77,7 +77,7 @@ def test_labels_match_the_hidden_truth_only_for_queried_ids(uninterrupted):
 
     run_dir, _, _ = uninterrupted
     _, truth = animal_mnist_arrays()
-    for arm, rows in labeled_sets(run_dir).items():
+    for rows in labeled_sets(run_dir).values():
         ids = np.array([i for i, _, _ in rows])
         assert np.array_equal(np.array([lab for _, lab, _ in rows]), truth[ids])
 

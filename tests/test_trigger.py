@@ -54,8 +54,10 @@ def run_rounds(x, y, cfg):
     history = []
     for r, n in enumerate(SCHEDULE, start=1):
         xs, ys = x[:n], y[:n]
-        score = (lambda: logme_ped(xs, ys, variant=cfg.logme_variant)[0]) if cfg.rule == "delta" else (lambda: 0.0)
-        d = decide(history, 6, score, cfg, signal_fn=lambda: gain_signal(xs, ys, permutations=cfg.gain_permutations))
+        score = (lambda xs=xs, ys=ys: logme_ped(xs, ys, variant=cfg.logme_variant)[0]) if cfg.rule == "delta" \
+            else (lambda: 0.0)
+        d = decide(history, 6, score, cfg,
+                   signal_fn=lambda xs=xs, ys=ys: gain_signal(xs, ys, permutations=cfg.gain_permutations))
         history.append({"round": r, "n": n, "ped_steps": d.ped_steps, "logme_ped": d.score, "score_diff": d.diff,
                         "refreshed": d.refresh, "trigger_signal": d.signal})
     return history

@@ -42,7 +42,7 @@ class ImageTransform:
             groups.setdefault(im.shape, []).append(i)
         mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
-        for shape, idx in groups.items():  # same-shape images resize together
+        for idx in groups.values():  # same-shape images resize together
             arr = np.stack([images[i] for i in idx])  # n×H×W×3 uint8
             x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
             if x.shape[-2:] != (self.size, self.size):

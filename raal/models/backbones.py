@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -189,7 +190,7 @@ def build_backbone(cfg: ModelConfig, state_dict: dict[str, torch.Tensor] | None 
     head = model.get_submodule(head_name)
     _set_module(model, head_name, nn.Identity())
     model.eval()
-    return Backbone(model, head if has_head else None, cfg.arch, source)
+    return Backbone(model, cast(nn.Linear, head) if has_head else None, cfg.arch, source)
 
 
 def imagenet_categories() -> list[str]:

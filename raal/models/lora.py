@@ -10,6 +10,7 @@ transformers/accelerate; this is ~100 lines with no extra dependency.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -54,7 +55,7 @@ def apply_lora(model: nn.Module, rank: int = 16, alpha: float = 16.0) -> nn.Modu
                          "backbone such as a torchvision ViT")
     model.requires_grad_(False)
     for name in targets:
-        _set_module(model, name, LoraQKV(model.get_submodule(name), rank, alpha))
+        _set_module(model, name, LoraQKV(cast(nn.MultiheadAttention, model.get_submodule(name)), rank, alpha))
     return model
 
 

@@ -11,12 +11,12 @@ from raal.pipelines.svpp import SVPpPipeline
 
 class ActiveFTPipeline(SVPpPipeline):
     name = "activeft"
+    single_shot = True
+    supplies = frozenset({"embeddings"})
+    about = "one shot on the pre-trained features, before any model exists"
 
     def sizes(self) -> list[int]:
         return [sum(self.ctx.sizes())]
-
-    def chooses_initial(self) -> bool:
-        return True
 
     def random_only(self, r: int) -> bool:
         return self.arm.strategy == "random"

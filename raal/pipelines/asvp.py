@@ -185,23 +185,17 @@ class ASVPPipeline(SVPpPipeline):
 
     def refresh(self, r: int, timer: PhaseTimer) -> int:
         """Fine-tune on the labeled set (FT), re-embed pool and test into the next version; resumable."""
-        from raal.embed import embed_images
-        from raal.pipelines.finetune import finetune_labeled
-
         new = self.feature_version() + 1
         if self.ctx.cfg.train.freeze_blocks != 0:
             return self.refresh_partial(r, new, timer)
         ckpt = f"checkpoints/backbone_v{new}"
         with timer.phase("t_tr_full"):
-            finetune_labeled(self, method="ft", name=f"refresh_v{new}", seed=round_seed(self.ctx.cfg.al.seed, r, 2),
-                             save_as=ckpt)
+            self.finetune(method="ft", name=f"refresh_v{new}", seed=round_seed(self.ctx.cfg.al.seed, r, 2),
+                          save_as=ckpt)
         fs = self.feature_store(new)
         with timer.phase("t_pre"):
-            for split, images in (("pool", self.ctx.data.pool), ("test", self.ctx.data.test)):
-                if not fs.has(new, split):
-                    embed_images(images, model_cfg=self.ctx.cfg.model, transform=self.ctx.transform, store=fs,
-                                 version=new, split=split, embed_cfg=self.ctx.cfg.embed,
-                                 state_dict_path=str(self.store.local_copy(ckpt + ".pt")))
+            for split in ("pool", "test"):
+                self.ctx.embed(fs, new, split, weights=(self.store, ckpt + ".pt"))
         return new
 
     def refresh_partial(self, r: int, new: int, timer: PhaseTimer) -> int:

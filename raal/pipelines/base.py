@@ -10,14 +10,16 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
 from raal import faults, progress, strategies
 from raal.config import RunConfig, parse_schedule
+from raal.data.positions import IdIndex
 from raal.data.sources import Dataset
 from raal.data.transforms import ImageTransform
-from raal.oracle import WaitingForLabels
+from raal.labeling.oracle import WaitingForLabels
 from raal.pipelines.state import ArmState
 from raal.store import RunStore
 from raal.strategies.base import pick_priority
@@ -45,7 +47,7 @@ class Context:
     cfg: RunConfig
     store: RunStore
     data: Dataset
-    oracle: object  # raal.oracle.SimulatedOracle | FilesOracle
+    oracle: object  # raal.labeling.oracle.SimulatedOracle | FilesOracle
     transform: ImageTransform
     features: object = None  # raal.features.FeatureStore of the experiment (v0 lives here)
     t_pre: float = 0.0  # wall time of the v0 feature pass (pool + test)
@@ -59,6 +61,21 @@ class Context:
     def sizes(self) -> list[int]:
         sizes = [self.cfg.al.initial] + parse_schedule(self.cfg.al.schedule)
         return sizes if self.stop_after is None else sizes[:self.stop_after + 1]
+
+    def embed(self, fs, version: int, split: str, *, weights: tuple[RunStore, str] | None = None,
+              with_logits: bool = True) -> bool:
+        """Feature set `version`/`split` ("pool" or "test") in the FeatureStore `fs`, computed with the run's model
+        unless it is complete already; `weights` = (store, path) of a fine-tuned backbone's state dict (copied to
+        local disk only when there is work). True if this call computed anything."""
+        if fs.has(version, split):
+            return False
+        from raal.embed import embed_images
+
+        images = self.data.pool if split == "pool" else self.data.test
+        embed_images(images, model_cfg=self.cfg.model, transform=self.transform, store=fs, version=version,
+                     split=split, embed_cfg=self.cfg.embed, with_logits=with_logits,
+                     state_dict_path=None if weights is None else str(weights[0].local_copy(weights[1])))
+        return True
 
 
 @dataclass
@@ -77,17 +94,51 @@ class PhaseTimer:
             self.times[key] = self.times.get(key, 0.0) + time.perf_counter() - t0
 
 
+class Query(NamedTuple):
+    """A round's picks (pool ids, in pick order) and what annotators see beside each: the pick priority (higher =
+    ask sooner) and, where the strategy had model probabilities, the model's class (None otherwise)."""
+
+    ids: np.ndarray
+    score: np.ndarray
+    prediction: np.ndarray | None = None
+
+
 def round_seed(seed: int, r: int, salt: int = 0) -> int:
     """A per-round seed: the same (seed, round) always draws the same, wherever the run resumes."""
     return int(np.random.SeedSequence([seed, r, salt]).generate_state(1)[0])
 
 
 class Pipeline:
-    """Base policy. Subclasses implement `strategy_inputs` (score the pool) and `after_labels` (train/evaluate)."""
+    """Base policy. Subclasses implement `strategy_inputs` (score the pool) and `after_labels` (train/evaluate).
+
+    What a pipeline can give a strategy is declared, so that an arm's fit is a set comparison (`mismatch`):
+    `supplies` the strategy inputs from round 1 on, `supplies_at_start` those of round 0 (no model yet: the
+    pre-trained features), `only_strategies` the only strategies the method is defined with (None = any that fits).
+    """
 
     name = "base"
+    supplies: frozenset = frozenset()
+    supplies_at_start: frozenset = frozenset({"embeddings"})
+    only_strategies: frozenset | None = None
+    #: the pipeline's only round is chosen by the arm's strategy itself (ActiveFT's single shot)
+    single_shot = False
     #: whether the arm works on the experiment's pre-computed v0 features (its T_pre is then charged to round 0)
     uses_precomputed_features = True
+    #: one line on what the pipeline is, for messages
+    about = ""
+
+    @classmethod
+    def mismatch(cls, strategy) -> str | None:
+        """Why this pipeline cannot run `strategy` (a `raal.strategies.Strategy`), or None when it can."""
+        if cls.only_strategies is not None and strategy.name not in cls.only_strategies:
+            return f"is not a {cls.name.upper()} strategy"
+        missing = strategy.requires - cls.supplies
+        if cls.single_shot or strategy.chooses_first_batch:  # it picks round 0, before any model exists
+            missing |= strategy.requires - cls.supplies_at_start
+        if missing:
+            return (f"needs {', '.join(sorted(missing))}, which the {cls.name} pipeline does not supply"
+                    + (f" ({cls.about})" if cls.about else ""))
+        return None
 
     def __init__(self, ctx: Context, arm: ArmSpec):
         self.ctx = ctx
@@ -104,18 +155,11 @@ class Pipeline:
 
     # -- helpers ----------------------------------------------------------------------------------------------------
     def positions(self, ids: np.ndarray) -> np.ndarray:
-        """Pool positions of ids; pool ids may come in any order (a sorted index + permutation, built once)."""
-        if getattr(self, "_pool_order", None) is None or self._pool_order_of is not self.pool_ids:
-            self._pool_order = np.argsort(self.pool_ids, kind="stable")
-            self._pool_sorted = np.asarray(self.pool_ids)[self._pool_order]
-            self._pool_order_of = self.pool_ids
-        ids = np.asarray(ids, dtype=np.int64)
-        n = len(self._pool_sorted)
-        j = np.searchsorted(self._pool_sorted, ids).clip(0, max(n - 1, 0))
-        bad = self._pool_sorted[j] != ids if n else np.ones(ids.shape, bool)
-        if np.any(bad):
-            raise ValueError(f"ids not in the pool (e.g. id {int(ids[np.argmax(bad)])}; {int(bad.sum())} unknown)")
-        return self._pool_order[j]
+        """Pool positions of ids; pool ids may come in any order (the index is built once per pool)."""
+        index = getattr(self, "_index", None)
+        if index is None or index.pool_ids is not self.pool_ids:
+            index = self._index = IdIndex(self.pool_ids)
+        return index.positions(ids)
 
     def labeled_mask(self) -> np.ndarray:
         mask = np.zeros(len(self.pool_ids), dtype=bool)
@@ -130,8 +174,8 @@ class Pipeline:
         return base + [base[-1]] * self.extra_rounds
 
     def initial_strategy(self) -> str:
-        """Who picks round 0: the arm's own strategy (ActiveFT), `random` for the random baseline, otherwise
-        `al.initial_strategy` on the v0 features."""
+        """Who picks round 0: the arm's own strategy (ActiveFT's single shot, or a strategy that chooses its first
+        batch), `random` for the random baseline, otherwise `al.initial_strategy` on the v0 features."""
         if self.chooses_initial():
             return self.arm.strategy
         return "random" if self.arm.baseline else self.ctx.cfg.al.initial_strategy
@@ -140,9 +184,9 @@ class Pipeline:
         return (r == 0 and self.initial_strategy() == "random") or self.arm.strategy == "random"
 
     # -- the round --------------------------------------------------------------------------------------------------
-    def select(self, r: int, size: int, timer: PhaseTimer) -> np.ndarray:
+    def select(self, r: int, size: int, timer: PhaseTimer) -> Query:
         """Round 0 is the shared initial batch (`coldstart.initial_batch`); later rounds ask the strategy with the
-        pipeline's inputs."""
+        pipeline's inputs. The score beside each pick is one sign for every strategy: higher = ask sooner."""
         seed = round_seed(self.ctx.cfg.al.seed, r)
         mask = self.labeled_mask()
         if r == 0 and not self.chooses_initial():
@@ -156,21 +200,18 @@ class Pipeline:
                     pos = initial_batch(self.ctx.store, name, size, labeled_mask=mask, seed=seed,
                                         features=self.ctx.features.open(0, "pool").features,
                                         num_classes=self.ctx.num_classes)
-            self.query_info = {"score": pick_priority(len(pos))}
-            return self.pool_ids[pos]
+            return Query(self.pool_ids[pos], pick_priority(len(pos)))
         inputs = self.strategy_inputs(r, self.strategy.requires, timer)
         with timer.phase("t_select"):
             faults.reach("select")
             pos = np.asarray(self.strategy.select(size, labeled_mask=mask, seed=seed, **inputs), dtype=np.int64)
-        # what annotators see beside each query: one sign for every strategy, higher = ask sooner
-        self.query_info = {"score": pick_priority(len(pos))}
         probs = inputs.get("probs")
-        if probs is not None:
-            self.query_info["prediction"] = np.asarray(probs[pos], dtype=np.float32).argmax(1).astype(np.int64)
-        return self.pool_ids[pos]
+        prediction = None if probs is None else np.asarray(probs[pos], dtype=np.float32).argmax(1).astype(np.int64)
+        return Query(self.pool_ids[pos], pick_priority(len(pos)), prediction)
 
     def chooses_initial(self) -> bool:
-        return self.arm.strategy in ("activeft", "activeft_al")
+        """Whether the arm's strategy picks round 0 itself (declared by the pipeline or the strategy)."""
+        return self.single_shot or self.strategy.chooses_first_batch
 
     def run_round(self, r: int, size: int) -> dict:
         """Run round r to its commit; resumes a half-done round from its saved query and labels."""
@@ -183,9 +224,8 @@ class Pipeline:
         timer = PhaseTimer()
         ids = self.state.saved_query(r)
         if ids is None:
-            self.query_info = {}
-            ids = self.select(r, size, timer)
-            self.state.save_query(r, ids, **self.query_info)
+            ids, score, prediction = self.select(r, size, timer)
+            self.state.save_query(r, ids, score=score, prediction=prediction)
         answered = self.state.labels_for_round(r)
         todo = np.asarray([i for i in ids.tolist() if i not in answered], dtype=np.int64)
         if len(todo):
@@ -217,19 +257,32 @@ class Pipeline:
 
     def finalize(self) -> dict | None:
         """Train the final model on the whole labeled set once all rounds are committed (`final.json`)."""
-        from raal.pipelines.finetune import finetune_labeled
-
         method = self.final_method()
         if method is None or self.state.completed_rounds < len(self.sizes()):
             return None
         if self.store.exists("final.json"):
             return self.store.read_json("final.json")
-        res = finetune_labeled(self, method=method, name="final", seed=round_seed(self.ctx.cfg.al.seed, 0, 4),
-                               save_as="checkpoints/final")
+        res = self.finetune(method=method, name="final", seed=round_seed(self.ctx.cfg.al.seed, 0, 4),
+                            save_as="checkpoints/final")
         out = {"method": method, "accuracy": res["accuracy"], "lp_accuracy": res["lp_accuracy"],
                "n_labeled": len(self.state.label_ids), "t_tr_full": res["wall_time"]}
         self.store.write_json("final.json", out)
         return out
+
+    def finetune(self, *, method: str, name: str, seed: int, save_as: str | None = None) -> dict:
+        """`finetune_labeled` on this arm's labeled set, the test split and the run's configs, into the arm's store
+        (a job already saved as `save_as` is read back without loading the labeled images)."""
+        from raal.pipelines.finetune import finetune_labeled, saved_result
+
+        done = saved_result(self.store, save_as)
+        if done is not None:
+            return done
+        batch = self.ctx.data.pool.take(self.positions(self.state.labeled_ids))
+        batch["label"] = self.state.labels
+        cfg = self.ctx.cfg
+        return finetune_labeled(batch, self.ctx.data.test, model_cfg=cfg.model, train_cfg=cfg.train,
+                                lora_cfg=cfg.lora, transform=self.ctx.transform, num_classes=self.ctx.num_classes,
+                                store=self.store, method=method, name=name, seed=seed, save_as=save_as)
 
     def evaluate_labeled(self, timer: PhaseTimer, row: dict) -> dict:
         """With the one evaluator, the round's `accuracy` is the evaluator's on this labeled set (seed paired by

@@ -16,7 +16,8 @@ from raal.config import RunConfig, diff_keys, from_yaml, to_dict, to_yaml, valid
 from raal.data.sources import effective_roots, load_data
 from raal.data.transforms import ImageTransform
 from raal.errors import ConfigError
-from raal.oracle import FilesOracle, SimulatedOracle, WaitingForLabels
+from raal.labeling.oracle import FilesOracle, SimulatedOracle, WaitingForLabels
+from raal.pipelines import registry
 from raal.pipelines.base import ArmSpec, Context, Pipeline
 from raal.store import RunStore, redact_uri
 
@@ -49,33 +50,20 @@ def arm_specs(cfg: RunConfig) -> list[ArmSpec]:
     return unique
 
 
-def pipeline_classes() -> dict[str, type[Pipeline]]:
-    from raal.pipelines.activeft import ActiveFTPipeline
-    from raal.pipelines.asvp import ASVPPipeline
-    from raal.pipelines.peal import PEALPipeline
-    from raal.pipelines.standard import StandardPipeline
-    from raal.pipelines.svpp import SVPpPipeline
-
-    return {"standard": StandardPipeline, "svpp": SVPpPipeline, "asvp": ASVPPipeline, "activeft": ActiveFTPipeline,
-            "peal": PEALPipeline}
-
-
-def validate_arms(specs: list[ArmSpec], classes: dict[str, type[Pipeline]]) -> None:
-    """Each arm's pipeline must exist and be able to supply what its strategy needs."""
+def validate_arms(specs: list[ArmSpec], classes: dict[str, type[Pipeline]] | None = None) -> None:
+    """Each arm's pipeline must exist and supply what its strategy requires (`Pipeline.mismatch`)."""
     from raal import strategies
-    from raal.pipelines.peal import PEAL_STRATEGIES
 
+    classes = registry.classes() if classes is None else classes
     for spec in specs:
         if spec.pipeline not in classes:
             raise ConfigError(f"al.pipeline={spec.pipeline!r} is not available in this build; "
                               f"available: {', '.join(sorted(classes))}")
-        needs = strategies.get(spec.strategy).requires
-        if spec.pipeline == "activeft" and needs & {"probs", "proxy"}:
-            raise ConfigError(f"al.strategy={spec.strategy!r} needs model probabilities, which the single-shot "
-                              "activeft pipeline never has; use activeft, coreset, featdist or random")
-        if spec.pipeline == "peal" and spec.strategy not in PEAL_STRATEGIES:
-            raise ConfigError(f"al.strategy={spec.strategy!r} is not a PEAL strategy; allowed: "
-                              f"{', '.join(PEAL_STRATEGIES)}")
+        pipeline = classes[spec.pipeline]
+        problem = pipeline.mismatch(strategies.get(spec.strategy))
+        if problem:
+            raise ConfigError(f"al.strategy={spec.strategy!r} {problem}; "
+                              f"it runs {', '.join(registry.runnable(pipeline))}")
 
 
 def _operational(key: str) -> bool:
@@ -110,7 +98,7 @@ class Experiment:
             known = self.store.read_json(LIST) if self.resumed and self.store.exists(LIST) else None
             data, self.undecodable = skip_undecodable(data, effective_roots(cfg.data), known)
         validate_against_pool(cfg, len(data.pool))
-        classes = pipeline_classes()
+        classes = registry.classes()
         specs = arm_specs(cfg)
         validate_arms(specs, classes)
         transform = ImageTransform(cfg.data.image_size, tuple(cfg.data.mean), tuple(cfg.data.std),
@@ -140,18 +128,15 @@ class Experiment:
 
     def prepare(self) -> dict:
         """Pre-compute the v0 features of the pool and the test split (once per experiment, resumable)."""
-        from raal.embed import embed_images
         from raal.features import FeatureStore
 
         self.commit_config()
         fs = FeatureStore(self.store)
         self.ctx.features = fs
         timing = self.store.read_json("features/timing.json") if self.store.exists("features/timing.json") else {}
-        for split, images in (("pool", self.ctx.data.pool), ("test", self.ctx.data.test)):
-            if not fs.has(0, split):
-                t0 = time.perf_counter()
-                embed_images(images, model_cfg=self.cfg.model, transform=self.ctx.transform, store=fs, version=0,
-                             split=split, embed_cfg=self.cfg.embed)
+        for split in ("pool", "test"):
+            t0 = time.perf_counter()
+            if self.ctx.embed(fs, 0, split):
                 timing[f"v0_{split}"] = time.perf_counter() - t0
                 self.store.write_json("features/timing.json", timing)
         self.ctx.t_pre = float(timing.get("v0_pool", 0.0) + timing.get("v0_test", 0.0))
@@ -198,9 +183,11 @@ class Experiment:
             except WaitingForLabels as w:
                 waiting[a.arm.name] = (a, w.missing)
         if waiting:
-            from raal.labeling import export_round
+            from raal.labeling.export import export_round
 
-            self.waiting = export_round(self.ctx, r, waiting)
+            queries = {name: a.state.saved_query_table(r) for name, (a, _missing) in waiting.items()}
+            self.waiting = export_round(self.store, r, queries, self.ctx.data.pool, self.ctx.data.class_names,
+                                        oracle_cfg=self.cfg.oracle)
             self.store.write_json("status.json", self.waiting)
             return rows
         self.waiting = None
@@ -294,11 +281,6 @@ class DriverActor:
         if not self.exp.arms:
             self.exp.prepare()
         return self.exp.finalize()
-
-    def pid(self) -> int:
-        import os
-
-        return os.getpid()
 
 
 def start_driver(cfg: RunConfig, max_restarts: int = 3):

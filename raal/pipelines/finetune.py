@@ -1,7 +1,8 @@
 """The shared "fine-tune the backbone on the labeled set" step (standard AL every round, ASVP refreshes, FT evals).
 
-A finished job leaves its backbone weights and a small JSON of its numbers in the arm's store; a resumed round
-finds them and does not train again.
+It takes the labeled rows, the test set and the configs, never a pipeline: a finished job leaves its backbone
+weights and a small JSON of its numbers in the target store, where a resumed round finds them and does not train
+again.
 """
 from __future__ import annotations
 
@@ -10,15 +11,10 @@ from dataclasses import replace
 
 import torch
 
-from raal.config import TrainConfig
+from raal.config import LoraConfig, ModelConfig, TrainConfig
+from raal.data.sources import ImageSet
+from raal.data.transforms import ImageTransform
 from raal.store import RunStore
-
-
-def labeled_images(pipe) -> dict:
-    """The labeled rows as a numpy batch (id, image column, label) in the order of the labels table."""
-    batch = pipe.ctx.data.pool.take(pipe.positions(pipe.state.labeled_ids))
-    batch["label"] = pipe.state.labels
-    return batch
 
 
 def training_storage(store: RunStore) -> RunStore:
@@ -36,36 +32,45 @@ def recipe(train: TrainConfig, method: str) -> TrainConfig:
     return replace(train, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def finetune_labeled(pipe, *, method: str, name: str, seed: int, save_as: str | None = None) -> dict:
-    """FT, LP-FT or LoRA on the labeled set as a Ray Train job; returns {accuracy, lp_accuracy, steps, wall_time}.
+def saved_result(store: RunStore, save_as: str | None) -> dict | None:
+    """The numbers of a finished `finetune_labeled(..., save_as=save_as)` job in `store`, or None."""
+    return store.read_json(save_as + ".json") if save_as and store.exists(save_as + ".json") else None
+
+
+def finetune_labeled(batch: dict, test: ImageSet, *, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                     lora_cfg: LoraConfig, transform: ImageTransform, num_classes: int, store: RunStore, method: str,
+                     name: str, seed: int, save_as: str | None = None) -> dict:
+    """FT, LP-FT or LoRA on a labeled `batch` (id, label, one image column) as a Ray Train job, evaluated on `test`;
+    returns {accuracy, lp_accuracy, steps, wall_time, method}. The job keeps its checkpoints under `store`'s
+    `ray_train/<name>`.
 
     With `save_as` (e.g. "checkpoints/backbone_v1"), the backbone goes to `save_as + ".pt"`, the new head to
-    `save_as + ".head.pt"` and the numbers to `save_as + ".json"`; if they exist already, nothing is trained.
+    `save_as + ".head.pt"` and the numbers to `save_as + ".json"` in `store`; if they exist already, nothing is
+    trained.
     """
-    if save_as and pipe.store.exists(save_as + ".json"):
-        return pipe.store.read_json(save_as + ".json")
+    done = saved_result(store, save_as)
+    if done is not None:
+        return done
     from raal.embed_pool import release
     from raal.train import finetune, finetune_lora
 
     release(gpu_only=True)  # warm GPU embedding actors hand their GPUs to the training workers
-    cfg = pipe.ctx.cfg
     method_key = method.lower().replace("-", "")
-    jobs = training_storage(pipe.store)
-    common = dict(num_classes=pipe.ctx.num_classes, model_cfg=cfg.model, transform=pipe.ctx.transform,
-                  storage_path=jobs, name=name, seed=seed)
+    jobs = training_storage(store)
+    common = dict(num_classes=num_classes, model_cfg=model_cfg, transform=transform, storage_path=jobs, name=name,
+                  seed=seed)
     if method_key == "lora":
-        res = finetune_lora(labeled_images(pipe), pipe.ctx.data.test, lora_cfg=cfg.lora, train_cfg=cfg.train, **common)
+        res = finetune_lora(batch, test, lora_cfg=lora_cfg, train_cfg=train_cfg, **common)
     else:
-        res = finetune(labeled_images(pipe), pipe.ctx.data.test, train_cfg=recipe(cfg.train, method_key),
-                       method=method_key, **common)
+        res = finetune(batch, test, train_cfg=recipe(train_cfg, method_key), method=method_key, **common)
     out = {"accuracy": float(res.accuracy), "lp_accuracy": None if res.lp_accuracy is None else float(res.lp_accuracy),
            "steps": int(res.steps), "wall_time": float(res.wall_time), "method": method}
     if save_as:
-        pipe.store.write_bytes(save_as + ".pt", jobs.child(name).read_bytes("backbone.pt"))
+        store.write_bytes(save_as + ".pt", jobs.child(name).read_bytes("backbone.pt"))
         buf = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in res.head_state.items()}, buf)
-        pipe.store.write_bytes(save_as + ".head.pt", buf.getvalue())
-        pipe.store.write_json(save_as + ".json", out)  # last: marks the step done
+        store.write_bytes(save_as + ".head.pt", buf.getvalue())
+        store.write_json(save_as + ".json", out)  # last: marks the step done
     return out
 
 

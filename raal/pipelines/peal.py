@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from raal.pipelines.standard import StandardPipeline
 
-PEAL_STRATEGIES = ("entropy", "featdist", "random")
-
 
 class PEALPipeline(StandardPipeline):
     name = "peal"
+    only_strategies = frozenset({"entropy", "featdist", "random"})  # the strategies PEAL is defined with
 
     def method(self) -> str:
         return "LoRA"

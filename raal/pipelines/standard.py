@@ -2,7 +2,7 @@
 
 Round r's job trains on the labels so far and is the round's evaluation; for round r+1 the pool is embedded with
 that backbone (a Ray Data pass into the arm's feature version r+1) and its new head turns the features into
-probabilities. The embedding is the backbone feature, since the head is linear (docs/algorithms.md §3.6).
+probabilities. The embedding is the backbone feature, the input of the linear head (docs/algorithms.md §3.6).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from raal.pipelines.base import PhaseTimer, Pipeline, round_seed
-from raal.pipelines.finetune import finetune_labeled, load_head
+from raal.pipelines.finetune import load_head
 
 
 def head_probs(features, head: dict[str, torch.Tensor], chunk: int = 65536) -> np.ndarray:
@@ -31,6 +31,7 @@ def head_proxy(head: dict[str, torch.Tensor]):
 
 class StandardPipeline(Pipeline):
     name = "standard"
+    supplies = frozenset({"embeddings", "probs", "proxy"})  # the fine-tuned backbone's features, its head
     uses_precomputed_features = False  # it re-embeds the pool with its own fine-tuned model each round
 
     def method(self) -> str:
@@ -55,7 +56,7 @@ class StandardPipeline(Pipeline):
         if not requires:
             return {}
         if r == 0:  # nothing trained yet: embedding-based choosers use the pre-trained features
-            if "probs" in requires or "proxy" in requires:
+            if requires - self.supplies_at_start:
                 raise ValueError(f"strategy {self.arm.strategy!r} needs a trained model, which round 0 cannot give")
             return {"embeddings": self.ctx.features.open(0, "pool").features}
         if self.partial():  # the last round's suffix re-embeds the whole pool from the cached activations
@@ -67,16 +68,12 @@ class StandardPipeline(Pipeline):
                 feats, probs = ev.probs(suffix, head)
             out = {"embeddings": feats, "probs": probs, "proxy": head_proxy(head.state_dict())}
             return {k: v for k, v in out.items() if k in requires}
-        from raal.embed import embed_images
         from raal.features import FeatureStore
 
         fs = FeatureStore(self.store)
         ckpt = self.checkpoint(r - 1)
         with timer.phase("t_f_full"):
-            if not fs.has(r, "pool"):
-                embed_images(self.ctx.data.pool, model_cfg=self.ctx.cfg.model, transform=self.ctx.transform, store=fs,
-                             version=r, split="pool", embed_cfg=self.ctx.cfg.embed, with_logits=False,
-                             state_dict_path=str(self.store.local_copy(ckpt + ".pt")))
+            self.ctx.embed(fs, r, "pool", weights=(self.store, ckpt + ".pt"), with_logits=False)
             feats = fs.open(r, "pool").features
             out = {"embeddings": feats}
             if "probs" in requires or "proxy" in requires:
@@ -98,7 +95,7 @@ class StandardPipeline(Pipeline):
             return {"accuracy": fit.accuracy, "eval_method": f"partial {self.method()}",
                     "train_method": self.method(), "features_version": r}
         with timer.phase("t_tr_full"):
-            res = finetune_labeled(self, method=self.method(), name=f"round_{r}",
-                                   seed=round_seed(self.ctx.cfg.al.seed, r, 3), save_as=self.checkpoint(r))
+            res = self.finetune(method=self.method(), name=f"round_{r}", seed=round_seed(self.ctx.cfg.al.seed, r, 3),
+                                save_as=self.checkpoint(r))
         return {"accuracy": res["accuracy"], "eval_method": self.method(), "train_method": self.method(),
                 "features_version": r}

@@ -50,7 +50,6 @@ class ArmState:
     label_rounds: list[int] = field(default_factory=list)
     label_sources: list[str] = field(default_factory=list)
     rounds: list[dict] = field(default_factory=list)
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def open(cls, store: RunStore) -> "ArmState":
@@ -65,8 +64,6 @@ class ArmState:
                 raise StoreError(f"{store.path('labels.parquet')}: duplicate ids")
         if store.exists("rounds.parquet"):
             st.rounds = [{**ROUND_DEFAULTS, **row} for row in store.read_table("rounds.parquet").to_pylist()]
-        if store.exists("state.json"):
-            st.extra = store.read_json("state.json")
         return st
 
     # -- reads ------------------------------------------------------------------------------------------------------
@@ -81,10 +78,6 @@ class ArmState:
     @property
     def labels(self) -> np.ndarray:
         return np.asarray(self.label_values, dtype=np.int64)
-
-    def committed_mask(self) -> np.ndarray:
-        done = self.completed_rounds
-        return np.asarray([r < done for r in self.label_rounds], dtype=bool)
 
     def saved_query(self, r: int) -> np.ndarray | None:
         table = self.saved_query_table(r)
@@ -148,8 +141,3 @@ class ArmState:
         self.rounds.append({k: full[k] for k in ROUND_COLUMNS})
         cols = {k: [r[k] for r in self.rounds] for k in ROUND_COLUMNS}
         self.store.write_table("rounds.parquet", pa.table(cols, schema=pa.schema(list(ROUND_COLUMNS.items()))))
-
-    def save_extra(self, **values) -> None:
-        """Small state-machine values (e.g. ASVP's previous score) persisted beside the rounds."""
-        self.extra.update(values)
-        self.store.write_json("state.json", self.extra)

@@ -16,6 +16,7 @@ from raal.pipelines.base import Context, PhaseTimer, Pipeline, round_seed
 
 class SVPpPipeline(Pipeline):
     name = "svpp"
+    supplies = frozenset({"embeddings", "probs", "proxy"})  # the proxy's embeddings and probabilities, the proxy
 
     def __init__(self, ctx: Context, arm):
         super().__init__(ctx, arm)
@@ -88,7 +89,7 @@ class SVPpPipeline(Pipeline):
         if not requires:
             return {}
         if r == 0:  # nothing labeled yet: only embedding-based choosers (ActiveFT) can run, on the features
-            if "probs" in requires or "proxy" in requires:
+            if requires - self.supplies_at_start:
                 raise ValueError(f"strategy {self.arm.strategy!r} needs a trained model, which round 0 cannot give")
             return {"embeddings": pool.features}
         proxy = self.proxy_after(r - 1, timer)
@@ -120,14 +121,12 @@ class SVPpPipeline(Pipeline):
         """Test accuracy of the round: the proxy's, or (eval.every_round=ft|lpft) a model fine-tuned on the
         labeled set as the paper evaluates every labeled-set size. The fine-tune is evaluation, not AL cost: its
         time goes to `t_eval`."""
-        from raal.pipelines.finetune import finetune_labeled
-
         method = self.round_eval_method(refreshed_now)
         if method is None:
             return {"accuracy": self.evaluate_proxy(proxy, timer, version=version), "eval_method": "proxy"}
         with timer.phase("t_eval"):
-            res = finetune_labeled(self, method=method, name=f"eval_round_{r}",
-                                   seed=round_seed(self.ctx.cfg.al.seed, r, 5), save_as=f"checkpoints/eval_round_{r}")
+            res = self.finetune(method=method, name=f"eval_round_{r}", seed=round_seed(self.ctx.cfg.al.seed, r, 5),
+                                save_as=f"checkpoints/eval_round_{r}")
         return {"accuracy": res["accuracy"], "eval_method": method}
 
     def after_labels(self, r: int, timer: PhaseTimer) -> dict:

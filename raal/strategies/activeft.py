@@ -409,6 +409,7 @@ class ActiveFT(Strategy):
 
     name = "activeft"
     requires = frozenset({"embeddings"})
+    chooses_first_batch = True
 
     def __init__(self, iterations: int = 300, batch: int = 100_000, lr: float = 1e-3, tau: float = 0.07,
                  balance: float = 1.0):

@@ -33,6 +33,7 @@ class ActiveFTAL(Strategy):
 
     name = "activeft_al"
     requires = frozenset({"embeddings"})
+    chooses_first_batch = True
 
     def __init__(self, iterations: int = 100, batch: int = 20_000, lr: float = 1e-3, tau: float = 0.07,
                  balance: float = 1.0, first_round: ActiveFT | None = None):

@@ -23,7 +23,8 @@ class Pool:
 
 
 class Strategy:
-    """A selection strategy. Subclasses set `name` and `requires` and implement `_select`.
+    """A selection strategy. Subclasses set `name` and `requires` (the inputs it needs: probs, embeddings, proxy;
+    a pipeline declares what it supplies) and implement `_select`.
 
     `select(budget, *, labeled_mask, probs=None, embeddings=None, proxy=None, seed=0)` returns `budget` distinct
     int64 pool positions, none labeled, in the strategy's pick order. `proxy` (for strategies that require it) is
@@ -35,6 +36,8 @@ class Strategy:
     name: str = ""
     requires: frozenset = frozenset()
     min_classes: int = 1  # probs columns the strategy needs
+    #: it picks an arm's first batch itself (on the pre-trained features) instead of `al.initial_strategy`
+    chooses_first_batch: bool = False
 
     def select(self, budget, *, labeled_mask, probs=None, embeddings=None, proxy=None, seed=0) -> np.ndarray:
         pool = check_inputs(self, budget, labeled_mask=labeled_mask, probs=probs, embeddings=embeddings, seed=seed,

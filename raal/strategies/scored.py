@@ -1,6 +1,8 @@
 """Strategies that rank items by a per-item score of the probabilities, and their `balanced` option."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from raal.strategies.base import Pool, Strategy, row_scores, top_by_score
@@ -40,6 +42,7 @@ class ScoreStrategy(Strategy):
 
     requires = frozenset({"probs"})
     largest = False
+    item_score: Callable[[np.ndarray], np.ndarray]  # each subclass's per-item score of a block of probs
 
     def __init__(self, balanced: bool = False):
         self.balanced = bool(balanced)

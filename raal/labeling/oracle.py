@@ -1,16 +1,17 @@
 """Oracles: who answers a query. `label(ids)` is the only way a label enters a run, and only for queried ids.
 
 The simulated oracle reveals hidden truth (benchmarks, tests); the files oracle answers from the labels people
-imported with `python -m raal.run label` (see `raal.labeling`) and says which ids are still waiting.
+imported with `python -m raal.run label` (`raal.labeling.imports`) and says which ids are still waiting.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from raal.errors import LabelImportError
+from raal.errors import LabelImportError, RaalError
+from raal.labeling.ledger import Ledger
 
 
-class WaitingForLabels(Exception):
+class WaitingForLabels(RaalError):
     """A round cannot go on before people answer its query; the run stops cleanly and says so."""
 
     def __init__(self, arm: str, round_: int, missing: list[int]):
@@ -52,7 +53,7 @@ class SimulatedOracle:
 
 
 class FilesOracle:
-    """Answers from the run's label ledger (`oracle/labels.parquet`), filled by `raal.labeling.import_labels`.
+    """Answers from the run's label ledger (`oracle/labels.parquet`), filled by `raal.labeling.imports`.
 
     A label imported once serves every arm that asked for that id, so no item is paid for twice.
     """
@@ -60,8 +61,6 @@ class FilesOracle:
     source = "files"
 
     def __init__(self, store, allow_partial: bool = False):
-        from raal.labeling import Ledger
-
         self.ledger = Ledger(store)
         self.allow_partial = allow_partial
 

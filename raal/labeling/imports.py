@@ -1,165 +1,28 @@
-"""Human labeling round trip (`oracle.kind=files`): export a round's queries, import people's answers.
-
-    python -m raal.run conf=X oracle.kind=files            # runs until a round needs labels, writes the files, stops
-    python -m raal.run label run_dir=DIR file=labels.csv   # or a Label Studio export (JSON, JSON-MIN, CSV)
-    python -m raal.run run_dir=DIR                         # continues once the round's query is answered
-
-Export (run store, `queries/`): `round_K.csv` (id, path, prediction, score, arms, label — fill in `label`),
-`round_K.parquet` (the same plus the image reference given to Label Studio), `round_K.labelstudio.json` (tasks with
-raal's prediction as a pre-annotation) and `labelstudio_config.xml` (formats: `raal.labelstudio`). `score` is
-higher = ask sooner for every strategy. Images that live inside arrays or a manifest's bytes are written as files
-under `queries/images/round_K/` so that annotators can see them.
+"""Import of people's labels into a run waiting for them (`python -m raal.run label`, or the live backend).
 
 Import is validated whole before anything is written (one error naming the problem, nothing changed): every id
 must be in the open round's query and not labeled yet, every label in the class list, no id twice with different
 labels in raal's own CSV (several annotations of one Label Studio task follow `oracle.annotations`), any path
 inside the data roots and equal to the exported one. Labels identical to ones already imported are skipped, so
-re-running an import after a crash is safe. Accepted labels go to one ledger (`oracle/labels.parquet`, written
+re-running an import after a crash is safe. Accepted labels go to one ledger (`raal.labeling.ledger`, written
 atomically) that answers every arm that asked for the id. Nothing here unpickles anything: CSV and JSON only.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import json
 import os
 
-import numpy as np
 import pyarrow as pa
 
 from raal import faults
 from raal import labelstudio as ls
 from raal.errors import ConfigError, LabelImportError, StoreError
+from raal.labeling.ledger import CLASSES, Ledger
 from raal.store import RunLease, RunStore
 
-LEDGER = "oracle/labels.parquet"
-PARTIAL = "oracle/partial.json"
-CLASSES = "oracle/classes.json"
-LEDGER_SCHEMA = pa.schema([("id", pa.int64()), ("label", pa.int64()), ("round", pa.int64()), ("file", pa.string()),
-                           ("sha256", pa.string())])
-EXPORT_COLUMNS = ("id", "path", "prediction", "score", "arms", "label")
 MAX_LABEL_FILE_BYTES = 256 << 20
 
 
-class Ledger:
-    """Every label people gave this run: id -> class index, with the round and the file it came in."""
-
-    def __init__(self, store: RunStore):
-        self.store = store
-
-    def table(self) -> pa.Table:
-        if not self.store.exists(LEDGER):
-            return LEDGER_SCHEMA.empty_table()
-        table = self.store.read_table(LEDGER)
-        if table.schema.remove_metadata() != LEDGER_SCHEMA or table.column("id").null_count:
-            raise StoreError(f"{self.store.path(LEDGER)}: the label ledger is corrupt: its columns are "
-                             f"{ls.short(str(table.schema).splitlines(), 200)}, not {LEDGER_SCHEMA.names} (int64 ids)")
-        ids = np.asarray(table.column("id").to_numpy(zero_copy_only=False), dtype=np.int64)
-        uniq, counts = np.unique(ids, return_counts=True)
-        if len(uniq) != len(ids):
-            dup = uniq[counts > 1]
-            raise StoreError(f"{self.store.path(LEDGER)}: the label ledger is corrupt: id {int(dup[0])} appears "
-                             f"{int(counts[counts > 1][0])} times ({len(dup)} duplicated ids); every id is labeled "
-                             "once")
-        return table
-
-    def load(self) -> dict[int, int]:
-        t = self.table()
-        return dict(zip(t.column("id").to_pylist(), t.column("label").to_pylist()))
-
-    def append(self, round_: int, ids: list[int], labels: list[int], file: str, digest: str) -> None:
-        new = pa.table({"id": ids, "label": labels, "round": [round_] * len(ids), "file": [file] * len(ids),
-                        "sha256": [digest] * len(ids)}, schema=LEDGER_SCHEMA)
-        self.store.write_table(LEDGER, pa.concat_tables([self.table(), new]))
-
-    def partial_rounds(self) -> set[int]:
-        rounds = self.store.read_json(PARTIAL) if self.store.exists(PARTIAL) else []
-        if not isinstance(rounds, list) or not all(type(r) is int for r in rounds):
-            raise StoreError(f"{self.store.path(PARTIAL)}: corrupt: expected a list of round numbers")
-        return set(rounds)
-
-    def mark_partial(self, round_: int) -> None:
-        self.store.write_json(PARTIAL, sorted(self.partial_rounds() | {round_}))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# export
-# ---------------------------------------------------------------------------------------------------------------
-def _image_files(ctx, r: int, ids: np.ndarray, positions: np.ndarray) -> list[str]:
-    """A path per queried item: its own file, or one written under queries/images/round_r/ for in-memory images."""
-    from PIL import Image
-
-    batch = ctx.data.pool.take(positions)
-    if "path" in batch:
-        return [str(p) for p in batch["path"]]
-    out = []
-    for i, item in zip(ids.tolist(), batch["image"] if "image" in batch else batch["bytes"]):
-        if "image" in batch:
-            buf = io.BytesIO()
-            Image.fromarray(np.asarray(item, dtype=np.uint8)).save(buf, format="PNG")
-            data, ext = buf.getvalue(), "png"
-        else:
-            data = bytes(item)
-            ext = "png" if data[:4] == b"\x89PNG" else "jpg"
-        rel = f"queries/images/round_{r}/{i}.{ext}"
-        if not ctx.store.exists(rel):
-            ctx.store.write_bytes(rel, data)
-        out.append(ctx.store.path(rel))
-    return out
-
-
-def export_round(ctx, r: int, waiting: dict) -> dict:
-    """Write the files people label for round r; `waiting` maps arm name -> (pipeline, missing ids).
-
-    The whole query of every waiting arm is exported, one row per id (the first arm's score), with the labels
-    imported so far already filled in. Returns the status the run stops with.
-    """
-    names = ctx.data.class_names
-    done = Ledger(ctx.store).load()
-    info: dict[int, dict] = {}
-    for arm_name, (pipe, _missing) in waiting.items():
-        cols = pipe.state.saved_query_table(r).to_pydict()
-        for k, i in enumerate(cols["id"]):
-            pred = cols.get("prediction", [-1] * len(cols["id"]))[k]
-            row = info.setdefault(i, {"id": i, "prediction": names[pred] if pred is not None and pred >= 0 else "",
-                                      "score": cols["score"][k], "arms": []})
-            row["arms"].append(arm_name)
-    ids = np.asarray(sorted(info), dtype=np.int64)
-    pipe = next(iter(waiting.values()))[0]
-    paths = _image_files(ctx, r, ids, pipe.positions(ids))
-    rows = []
-    for i, path in zip(ids.tolist(), paths):
-        row = info[i]
-        score = row["score"]
-        rows.append({"id": i, "path": path, "prediction": row["prediction"],
-                     "score": None if score is None or not np.isfinite(score) else float(score),
-                     "arms": ",".join(row["arms"]), "label": names[done[i]] if i in done else ""})
-    store = ctx.store
-    store.write_json(CLASSES, list(names))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows([{k: ("" if v is None else v) for k, v in row.items()} for row in rows])
-    store.write_text(f"queries/round_{r}.csv", text.getvalue())
-    o = ctx.cfg.oracle
-    refs = [ls.image_ref(x["path"], x["id"], mode=o.image_url, document_root=o.document_root,
-                         backend_url=o.backend_url) for x in rows]
-    store.write_table(f"queries/round_{r}.parquet", pa.table({
-        "id": pa.array([x["id"] for x in rows], pa.int64()), "path": [x["path"] for x in rows], "image": refs,
-        "prediction": [x["prediction"] for x in rows], "score": pa.array([x["score"] for x in rows], pa.float64()),
-        "arms": [x["arms"] for x in rows]}))
-    tasks = [ls.task(x["id"], r, ref, x["prediction"], x["score"]) for x, ref in zip(rows, refs)]
-    store.write_text(f"queries/round_{r}.labelstudio.json", json.dumps(tasks, indent=1))
-    store.write_text("queries/labelstudio_config.xml", ls.labeling_config(list(names)))
-    return {"state": "waiting_for_labels", "round": r, "queried": len(rows),
-            "labeled": sum(1 for x in rows if x["label"]),
-            "files": [store.path(f"queries/round_{r}.{ext}") for ext in ("csv", "parquet", "labelstudio.json")]}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# import
-# ---------------------------------------------------------------------------------------------------------------
 def _check_path(path: str, exported: str, roots: list[str], where: str) -> None:
     """A path given back must be the exported one and lie inside the data roots; a URL is not checked (the item
     is found by its raal_id, and Label Studio may rewrite the URL)."""
