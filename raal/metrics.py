@@ -1,8 +1,8 @@
 """Measures of an AL run: equivalent non-AL labels, the sample saving ratio, overall cost, time per phase.
 
-The sample saving ratio follows ASVP (algorithms.md §11.1, decisions.md §7): for an AL point (N1 labels, accuracy A)
+The sample saving ratio follows ASVP (docs/algorithms.md §11.1): for an AL point (N1 labels, accuracy A)
 the equivalent number of random-baseline labels N2 is read off the random learning curve, and r = (N2 - N1) / N2.
-The time model is algorithms.md §3.8; phase times are the measured ones from the run store, never estimates.
+The time model is docs/algorithms.md §3.8; phase times are the measured ones from the run store, never estimates.
 """
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ def saving_curve(random_curve: Curve | np.ndarray, al_curve: Curve | np.ndarray,
     """Equivalent labels, saving ratios, extrapolation flags and the mean ratio of an AL curve.
 
     `exclude` (one bool per AL point) leaves points out of the mean, e.g. rounds whose labeled set is still purely
-    random (decisions.md §7); their ratios are still reported.
+    random (docs/algorithms.md §11.1); their ratios are still reported.
     """
     n1, acc = _as_curve(al_curve, "al_curve")
     if exclude is None:
@@ -177,7 +177,7 @@ def sample_saving_ratio(random_curve: Curve | np.ndarray, al_curve: Curve | np.n
 
 @dataclass(frozen=True)
 class Prices:
-    """Unit prices in USD: per label, per GPU hour, per CPU-machine hour (algorithms.md §3.8; UNVERIFIED defaults)."""
+    """Unit prices in USD per label, GPU hour and CPU-machine hour (docs/algorithms.md §3.8; UNVERIFIED defaults)."""
 
     label_price: float = 0.12
     gpu_hour_price: float = 3.06
@@ -251,7 +251,7 @@ class PhaseTimes:
 
 
 def modelled_totals(t: PhaseTimes) -> dict[str, float]:
-    """T_s for standard AL, SVPp and ASVP (algorithms.md §3.8), from per-round averages."""
+    """T_s for standard AL, SVPp and ASVP (docs/algorithms.md §3.8), from per-round averages."""
     if t.n_al < 0 or t.n_pre < 1:
         raise ValueError(f"need n_al >= 0 and n_pre >= 1, got n_al={t.n_al}, n_pre={t.n_pre}")
     proxy = t.n_al * (t.t_tr_proxy + t.t_f_proxy)

@@ -1,6 +1,6 @@
 """Transferability scores for the ASVP trigger: LogME, PED (Potential Energy Decline) and LogME-PED.
 
-ASVP (algorithms.md §3.2, decisions.md §1-3) asks each round how many PED steps the labeled features need and, when
+ASVP (docs/algorithms.md §1-3.2) asks each round how many PED steps the labeled features need and, when
 PED moves them, how LogME of the moved features changed since the last round. Both run on the labeled set, which
 reaches 10^5 samples x 2048 dims at ImageNet scale, so everything here is written around one float64 pass over the
 rows (two for PED) and small class-level matrices:

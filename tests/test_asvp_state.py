@@ -1,4 +1,4 @@
-"""The ASVP refresh/switch state machine with stubbed scores (algorithms.md T-A4, T-A5)."""
+"""The ASVP refresh/switch state machine with stubbed scores (docs/algorithms.md §3.2: T-A4, T-A5)."""
 import math
 
 import pytest

@@ -29,6 +29,7 @@ def test_animal_mnist_is_real_and_split_is_fixed():
     assert not np.array_equal(a.test.ids, other.test.ids)
 
 
+@pytest.mark.ray
 def test_pool_carries_no_labels(ray_local):
     data = load_data(DataConfig(pool_size=300, test_size=100))
     assert data.pool.labels is None and "label" not in data.pool.columns
@@ -85,6 +86,7 @@ def test_image_folder_source(tmp_path):
     assert np.array_equal(red, labels == 0)  # red images are the cats
 
 
+@pytest.mark.ray
 def test_parquet_manifest_source(tmp_path, ray_local):
     colors = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
     rows = {"id": list(range(100, 130)), "image": [_png(colors[i % 3]) for i in range(30)],

@@ -71,6 +71,7 @@ def v0(ray_local, pool, transform, tmp_path_factory):
     return root, fs, fset
 
 
+@pytest.mark.ray
 def test_plan_actors_fits_two_cpus(ray_local):
     free = ray_local.available_resources().get("CPU", 0)
     p = plan_actors("cpu", 2)
@@ -91,6 +92,7 @@ def test_cpu_share_leaves_one_cpu_for_upstream_tasks():
     assert _cpu_share(16.0, 16) == 0.93  # 16 × 0.93 = 14.9 <= 15
 
 
+@pytest.mark.ray
 def test_features_equal_plain_forward_ids_in_order(v0, pool, reference):
     root, fs, fset = v0
     feats, logits = reference
@@ -111,6 +113,7 @@ def test_features_equal_plain_forward_ids_in_order(v0, pool, reference):
     assert (root / "features/v0/pool/manifest.json").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.ray
 def test_refresh_inside_a_zero_cpu_actor_writes_v1_beside_v0(v0, pool, transform, reference, tmp_path):
     """An ASVP refresh as the driver actor (num_cpus=0) runs it: a fine-tuned state dict, version 1."""
     import ray
@@ -163,6 +166,7 @@ KILLED_PASS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.ray
 def test_resume_after_sigkill_writes_each_shard_once_and_redoes_a_corrupt_one(ray_local, pool, transform,
                                                                               reference, tmp_path):
     script = tmp_path / "killed_pass.py"
@@ -220,6 +224,7 @@ def _tuned_state_dict(path):
     return sd
 
 
+@pytest.mark.ray
 def test_warm_actors_persist_across_passes_and_rebuild_for_new_weights(ray_local, pool, transform, reference,
                                                                        tmp_path):
     from raal import embed_pool

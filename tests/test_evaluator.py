@@ -76,6 +76,7 @@ def test_paired_seeds_depend_on_size_not_arm():
     assert eval_seed(1, 200) != eval_seed(0, 200)
 
 
+@pytest.mark.slow  # minutes of CPU: left out of `make test-fast`, run by `make test`
 def test_evaluator_is_deterministic_and_beats_chance(evaluator, data):
     ev, store = evaluator
     truth = np.asarray([data.truth[int(i)] for i in data.pool.ids])
@@ -98,6 +99,7 @@ def test_recipe_from_config_reads_eval_keys():
     assert r.steps == 7 and r.backbone_lr == 1e-5 and r.method == "ft"
 
 
+@pytest.mark.slow  # minutes of CPU: left out of `make test-fast`, run by `make test`
 def test_a_corrupt_cache_is_recomputed_not_read(evaluator, data):
     ev, store = evaluator
     name = next(n for n in store.listdir("eval_cache") if n.startswith("pool") and n.endswith(".f32"))

@@ -1,4 +1,4 @@
-"""LoRA on torchvision ViT's fused qkv (PEAL, algorithms.md §9): T-E1, T-E2, T-E3 and merging."""
+"""LoRA on torchvision ViT's fused qkv (PEAL, docs/algorithms.md §9): T-E1, T-E2, T-E3 and merging."""
 from __future__ import annotations
 
 import copy

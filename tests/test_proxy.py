@@ -1,4 +1,4 @@
-"""The MLP proxy (algorithms.md §3.3): shape (T-A2), schedule (T-A3), determinism, memmap input, accuracy."""
+"""The MLP proxy (docs/algorithms.md §3.3): shape (T-A2), schedule (T-A3), determinism, memmap input, accuracy."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""The strategy contract, run for every registered strategy, plus the sanity checks of algorithms.md §5–§9."""
+"""The strategy contract, run for every registered strategy, plus the sanity checks of docs/algorithms.md §5–§9."""
 from __future__ import annotations
 
 import numpy as np

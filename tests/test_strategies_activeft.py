@@ -1,4 +1,4 @@
-"""ActiveFT and ActiveFT(al) (algorithms.md §5): the written-out gradient against autograd of the reference loss,
+"""ActiveFT and ActiveFT(al) (docs/algorithms.md §5): the written-out gradient against autograd of the reference loss,
 the exact argmax under pruning, and T-F1–T-F4."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""BADGE (algorithms.md §6): T-B1–T-B4, and that the lazy sampler draws exactly from D^2 / sum D^2."""
+"""BADGE (docs/algorithms.md §6): T-B1–T-B4, and that the lazy sampler draws exactly from D^2 / sum D^2."""
 from __future__ import annotations
 
 import numpy as np

@@ -115,6 +115,7 @@ def test_bad_train_images_are_value_errors(data):
         check_train_images({k: v[:1] for k, v in good.items()}, 10)
 
 
+@pytest.mark.ray
 def test_worker_cpus_fit_two_cpus(ray_local):
     free = ray_local.available_resources()["CPU"]
     workers, cpus = worker_resources(TrainConfig(num_workers=2, cpus_per_worker=1.0), 300)
@@ -124,6 +125,7 @@ def test_worker_cpus_fit_two_cpus(ray_local):
 
 
 # ------------------------------------------------------------------------------------------------ Ray Train fits
+@pytest.mark.ray
 def test_two_worker_ft_beats_chance_and_saved_weights_reproduce_it(ray_local, data, tmp_path):
     # the default recipe (AdamW, warm-up + cosine, frozen BatchNorm statistics) with a 40-step budget
     tc = TrainConfig(method="ft", lp_epochs=0, epochs=1, min_steps=40, batch_size=64, eval_batch_size=128,
@@ -147,6 +149,7 @@ def test_two_worker_ft_beats_chance_and_saved_weights_reproduce_it(ray_local, da
                  transform=TRANSFORM, method="ft", storage_path=str(tmp_path), name="ft2", seed=1)
 
 
+@pytest.mark.ray
 @pytest.mark.parametrize("warm", ["auto", "off"])
 def test_lpft_worker_killed_mid_training_resumes_t_lp1_t_lp2(ray_local, data, tmp_path, monkeypatch, warm):
     marker = tmp_path / "crashed.txt"
@@ -178,6 +181,7 @@ def test_lpft_worker_killed_mid_training_resumes_t_lp1_t_lp2(ray_local, data, tm
     assert [e["lr"] for e in ft] == [[0.01, 0.01], [0.001, 0.001]]  # milestone 1 of the FT stage; state restored
 
 
+@pytest.mark.ray
 def test_lora_job_merged_weights_load_as_a_plain_vit(ray_local, data, tmp_path):
     factory = partial(small_vit_backbone, seed=0)
     lc = LoraConfig(rank=16, alpha=16.0, lr=1e-3, epochs=3, batch_size=32)
@@ -217,6 +221,7 @@ def test_a_run_folder_whose_newest_checkpoint_is_gone_is_moved_aside(tmp_path):
     assert rescue_damaged_run(run) is None and not run.exists()  # unreadable snapshot, nothing intact: scratch
 
 
+@pytest.mark.ray
 def test_a_killed_job_of_a_uri_store_resumes_from_checkpoints_under_the_store(ray_local, data, tmp_path, monkeypatch):
     """Issue #16, item 10: Ray Train's state lives under the run store (here a file:// URI, written through the
     store's pyarrow filesystem as for S3), not in a local temp dir per call; a job that died resumes from there."""
@@ -247,6 +252,7 @@ def test_a_killed_job_of_a_uri_store_resumes_from_checkpoints_under_the_store(ra
 
 
 # ------------------------------------------------------------------------------------------------ the two paths
+@pytest.mark.ray
 def test_warm_actor_and_ray_train_give_the_same_job_to_the_bit(ray_local, data, tmp_path):
     """One loop for both paths: a seed gives the same weights, log and accuracy on the warm actor and in Ray Train."""
     tc = TrainConfig(method="lpft", lp_epochs=1, epochs=2, min_steps=0, batch_size=32, eval_batch_size=64,
@@ -274,6 +280,7 @@ def test_warm_actor_and_ray_train_give_the_same_job_to_the_bit(ray_local, data, 
     assert digest(stored) == digest(ray_train) and stored.accuracy == ray_train.accuracy
 
 
+@pytest.mark.ray
 def test_bad_images_inside_the_warm_actor_are_one_line_exit_2(ray_local, data, tmp_path, capsys):
     from raal import cli_errors
 
@@ -287,6 +294,7 @@ def test_bad_images_inside_the_warm_actor_are_one_line_exit_2(ray_local, data, t
     assert "\n" not in line and "cannot read the image" in line, line
 
 
+@pytest.mark.ray
 def test_the_warm_actor_dies_with_its_owner_and_on_release(ray_local):
     import os
     import time

@@ -1,4 +1,4 @@
-"""LogME, PED and LogME-PED: the sanity checks T-L1..T-L5 and T-P1..T-P4 of algorithms.md, agreement with direct
+"""LogME, PED and LogME-PED: the sanity checks T-L1..T-L5 and T-P1..T-P4 of docs/algorithms.md, agreement with direct
 (per-class, unchunked) implementations written here, and the degenerate inputs."""
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ def test_t_l3_offset_for_n_below_d():
     np.testing.assert_array_equal(fast.alpha, exact.alpha)
     offset = np.mean(0.5 * (200 - 50) * np.log(fast.alpha) / 50)
     assert fast.score - exact.score == pytest.approx(offset, abs=1e-6)
-    # algorithms.md [CHECK]: fast 9.83, exact -0.56, offset 10.386 (our draw: 9.59, -0.66, 10.25)
+    # a reference check at N=50, D=200: fast 9.83, exact -0.56, offset 10.386 (our draw: 9.59, -0.66, 10.25)
     assert fast.score == pytest.approx(9.83, abs=0.5)
     assert exact.score == pytest.approx(-0.56, abs=0.2)
     assert offset == pytest.approx(10.386, abs=0.5)
@@ -282,7 +282,7 @@ def test_t_p4_zero_steps_exactly_when_no_pair_overlaps():
 
 
 def test_p5_step_count_depends_on_dt():
-    """algorithms.md P5: dt 0.1 -> 6 steps, 0.5 -> 1..3, >= 1 -> 1 on overlapping classes; separated -> 0."""
+    """docs/algorithms.md §2, P5: dt 0.1 -> 6 steps, 0.5 -> 1..3, >= 1 -> 1 on overlapping classes; separated -> 0."""
     for seed in range(3):
         X, y = blobs(np.random.default_rng(seed), 10, 30, 16, spread=1.0)
         assert ped(X, y, dt=0.1)[1] == 6

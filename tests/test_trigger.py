@@ -67,6 +67,7 @@ def fired_at(history):
     return [h["n"] for h in history if h["refreshed"]]
 
 
+@pytest.mark.slow  # minutes of CPU: left out of `make test-fast`, run by `make test`
 @pytest.mark.parametrize("seed", SEEDS)
 def test_legacy_delta_rule_fires_on_features_that_keep_learning(seed):
     """The defect: with the fast variant, |change| ~ D ln(alpha) (1/N_prev - 1/N) / 2 falls below 1 as N nears D."""
@@ -77,6 +78,7 @@ def test_legacy_delta_rule_fires_on_features_that_keep_learning(seed):
     assert 1.1 < hist[4]["score_diff"] < 1.3 and hist[5]["score_diff"] < 0.2
 
 
+@pytest.mark.slow  # minutes of CPU: left out of `make test-fast`, run by `make test`
 @pytest.mark.parametrize("seed", SEEDS)
 def test_gain_rule_does_not_fire_while_the_features_keep_learning(seed):
     x, y = learning(seed)
@@ -92,6 +94,7 @@ def test_gain_rule_does_not_fire_while_the_features_keep_learning(seed):
     assert min(sig[3:]) > 0.03
 
 
+@pytest.mark.slow  # minutes of CPU: left out of `make test-fast`, run by `make test`
 @pytest.mark.parametrize("seed", SEEDS)
 def test_gain_rule_fires_once_the_features_saturate(seed):
     x, y = saturating(seed)
@@ -107,6 +110,7 @@ def test_gain_rule_fires_once_the_features_saturate(seed):
     assert abs(acc[1] - acc[0]) < 0.03 and acc[1] > 0.8
 
 
+@pytest.mark.slow  # minutes of CPU: left out of `make test-fast`, run by `make test`
 def test_gain_signal_does_not_see_dimensions_that_carry_nothing():
     """By construction: padding the features with constant dims changes the fast LogME by (D' - D) ln(alpha) / 2N
     per class, the gain signal not at all (the probe is a ridge on centred features)."""

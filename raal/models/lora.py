@@ -1,4 +1,4 @@
-"""LoRA on the fused qkv projection of torchvision ViTs (PEAL, algorithms.md §9, decisions.md §6).
+"""LoRA on the fused qkv projection of torchvision ViTs (PEAL, docs/algorithms.md §9).
 
 torchvision's `EncoderBlock.self_attention` is an `nn.MultiheadAttention` whose `in_proj_weight` (3d×d) is the fused
 qkv projection. `LoraQKV` wraps that module and runs it with W + (α/r)·B·A in place of W, through the module's own

@@ -1,4 +1,4 @@
-"""ASVP: SVPp plus a trigger that fine-tunes and refreshes the pre-computed features.
+"""ASVP: SVPp plus a trigger that fine-tunes and refreshes the pre-computed features (docs/algorithms.md §3.2).
 
 After each round's labels (rounds >= 1): PED on the current features of the labeled set; if it needs at most
 `asvp.ped_max_steps_for_skip` steps (default -1: never), skip and do not refresh. Otherwise compute LogME-PED (the
@@ -68,7 +68,7 @@ def decide(history: list[dict], ped_steps: int, score_fn: Callable[[], float], c
            signal_fn: Callable[[], float] | None = None) -> Decision:
     """The refresh rule, a pure function of the committed rounds and this round's numbers.
 
-    rule "delta" (legacy): fire when |LogME-PED - previous| < `threshold`.
+    rule "delta" (legacy, docs/algorithms.md §3.2): fire when |LogME-PED - previous| < `threshold`.
     rule "gain" (docs/asvp_trigger.md): `signal_fn()` is the accuracy gain of LogME's linear probe from a quarter
     to a half of the labeled set (see `gain_signal`); fire when it is below `gain_threshold` in this round and in
     the `gain_rounds - 1` previous scored rounds since the last refresh. A NaN signal (too few labels) never fires.

@@ -2,7 +2,7 @@
 
 The same loop as standard AL, with the LoRA job (rank 16, alpha 16, Adam 1e-3, class-balanced sampler) instead of
 full fine-tuning; the merged weights re-embed the pool each round, so `featdist` (k-center on L2-normalised
-embeddings) and `entropy` see LoRA-updated features.
+embeddings) and `entropy` see LoRA-updated features (docs/algorithms.md §9).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Round r's job trains on the labels so far and is the round's evaluation; for round r+1 the pool is embedded with
 that backbone (a Ray Data pass into the arm's feature version r+1) and its new head turns the features into
-probabilities. The embedding is the backbone feature, the input of the linear head.
+probabilities. The embedding is the backbone feature, the input of the linear head (docs/algorithms.md §3.6).
 """
 from __future__ import annotations
 

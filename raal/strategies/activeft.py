@@ -1,5 +1,5 @@
 """ActiveFT (Xie et al., CVPR 2023), single shot: move B centroids to match the pool's feature distribution, then
-map each to its nearest unused item.
+map each to its nearest unused item (docs/algorithms.md §5.2).
 
 The loss is the reference code's, not the paper's formula. With f_i the L2-normalised features, theta_j = c_j/|c_j|,
 s_i = max_j f_i.theta_j / tau (argmax a_i) and S_j = sum_k exp(sg(theta_k).theta_j / tau) (k = j included):

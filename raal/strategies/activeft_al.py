@@ -1,4 +1,4 @@
-"""ActiveFT(al), ASVP's multi-round ActiveFT: the labeled items are fixed centroids."""
+"""ActiveFT(al), ASVP's multi-round ActiveFT: the labeled items are fixed centroids (docs/algorithms.md §5.3)."""
 from __future__ import annotations
 
 import numpy as np

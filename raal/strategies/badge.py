@@ -1,4 +1,4 @@
-"""BADGE: k-means++ seeding on hallucinated last-layer gradients (algorithms.md §6, decisions.md §5).
+"""BADGE: k-means++ seeding on hallucinated last-layer gradients (docs/algorithms.md §6).
 
 The gradient embedding of item x is g_x = (e_yhat - p_x) (outer) h_x, where yhat = argmax p_x and h_x is the
 penultimate embedding. It is never formed (C x d numbers per item): with a = e_yhat - p,

@@ -1,4 +1,4 @@
-"""Least-confidence sampling: query the items whose most likely class is least probable (algorithms.md §8)."""
+"""Least-confidence sampling: query the items whose most likely class is least probable (docs/algorithms.md §8)."""
 from __future__ import annotations
 
 import numpy as np

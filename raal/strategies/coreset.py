@@ -1,4 +1,4 @@
-"""CoreSet: greedy k-center on the embeddings, with the labeled set as the initial centres (algorithms.md §7)."""
+"""CoreSet: greedy k-center on the embeddings, with the labeled set as the initial centres (docs/algorithms.md §7)."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +12,7 @@ class CoreSet(Strategy):
 
     Each pick is the unlabeled item farthest from its nearest centre (labeled items and earlier picks); the first
     index wins exact ties. With nothing labeled the first pick is the item farthest from the pool mean
-    (decisions.md §5). Deterministic: `seed` is not used. The search is `raal.index.kcenter_greedy` (exact, lazy).
+    (docs/algorithms.md §7). Deterministic (`seed` is unused). The search is `raal.index.kcenter_greedy` (exact, lazy).
     """
 
     name = "coreset"

@@ -1,4 +1,4 @@
-"""Entropy sampling: query the items with the most uncertain softmax (algorithms.md §8, decisions.md §5)."""
+"""Entropy sampling: query the items with the most uncertain softmax (docs/algorithms.md §8)."""
 from __future__ import annotations
 
 import numpy as np

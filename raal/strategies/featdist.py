@@ -1,4 +1,4 @@
-"""PEAL's feature-distance strategy: greedy k-center on L2-normalised embeddings (algorithms.md §9)."""
+"""PEAL's feature-distance strategy: greedy k-center on L2-normalised embeddings (docs/algorithms.md §9)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Margin sampling: query the items whose top-2 softmax probabilities are closest (algorithms.md §8)."""
+"""Margin sampling: query the items whose top-2 softmax probabilities are closest (docs/algorithms.md §8)."""
 from __future__ import annotations
 
 import numpy as np
