@@ -16,13 +16,40 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from raal.config_schema import (  # noqa: F401 - the schema is part of this module's interface
-    ANNOTATION_POLICIES, AUTOCAST_MODES, DATA_SOURCES, DEVICES, EVAL_MODES, IMAGE_URL_MODES, IMAGENET_MEAN,
-    IMAGENET_STD, INITIAL_STRATEGIES, MAIN_KEYS, ORACLES, PIPELINES, STOP_MODES, TRAIN_METHODS, ALConfig,
-    ASVPConfig, CostConfig, DataConfig, EmbedConfig, EvalConfig, LogConfig, LoraConfig, MetricsConfig, ModelConfig,
-    OracleConfig, PEDConfig, ProxyConfig, RayConfig, RunConfig, StoppingConfig, TrackConfig, TrainConfig,
+    ANNOTATION_POLICIES,
+    AUTOCAST_MODES,
+    DATA_SOURCES,
+    DEVICES,
+    EVAL_MODES,
+    IMAGE_URL_MODES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INITIAL_STRATEGIES,
+    MAIN_KEYS,
+    ORACLES,
+    PIPELINES,
+    STOP_MODES,
+    TRAIN_METHODS,
+    ALConfig,
+    ASVPConfig,
+    CostConfig,
+    DataConfig,
+    EmbedConfig,
+    EvalConfig,
+    LogConfig,
+    LoraConfig,
+    MetricsConfig,
+    ModelConfig,
+    OracleConfig,
+    PEDConfig,
+    ProxyConfig,
+    RayConfig,
+    RunConfig,
+    StoppingConfig,
+    TrackConfig,
+    TrainConfig,
 )
-from raal.config_validate import (NUMERIC_RANGES, parse_schedule, validate,  # noqa: F401 - re-exported
-                                  validate_against_pool)
+from raal.config_validate import NUMERIC_RANGES, parse_schedule, validate, validate_against_pool  # noqa: F401 - re-exported
 from raal.errors import ConfigError  # noqa: F401 - re-exported
 
 

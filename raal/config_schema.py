@@ -5,7 +5,6 @@ A Ray Tune sweep or a user changes any key by its dotted name (`raal.config` loa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from raal.pipelines import registry as pipeline_registry
 
@@ -117,10 +116,10 @@ class TrainConfig:
     backbone_lr: float = 1e-4
     weight_decay: float = 1e-4
     momentum: float = 0.9
-    lpft_head_lr: Optional[float] = 1e-3  # LP-FT's own FT-stage recipe (None = the FT value above): its head
+    lpft_head_lr: float | None = 1e-3  # LP-FT's own FT-stage recipe (None = the FT value above): its head
     # starts converged, so it moves more slowly than FT's fresh one
-    lpft_backbone_lr: Optional[float] = None
-    lpft_weight_decay: Optional[float] = None
+    lpft_backbone_lr: float | None = None
+    lpft_weight_decay: float | None = None
     milestones: list[int] = field(default_factory=lambda: [6, 8])
     gamma: float = 0.1
     batch_size: int = 128

@@ -9,8 +9,20 @@ import math
 import re
 from typing import Any
 
-from raal.config_schema import (ANNOTATION_POLICIES, AUTOCAST_MODES, DATA_SOURCES, DEVICES, EVAL_MODES, IMAGE_URL_MODES,
-                                INITIAL_STRATEGIES, ORACLES, PIPELINES, STOP_MODES, TRAIN_METHODS, RunConfig)
+from raal.config_schema import (
+    ANNOTATION_POLICIES,
+    AUTOCAST_MODES,
+    DATA_SOURCES,
+    DEVICES,
+    EVAL_MODES,
+    IMAGE_URL_MODES,
+    INITIAL_STRATEGIES,
+    ORACLES,
+    PIPELINES,
+    STOP_MODES,
+    TRAIN_METHODS,
+    RunConfig,
+)
 from raal.errors import ConfigError
 
 _SCHEDULE_TERM = re.compile(r"^\[\s*(\d+(?:\s*,\s*\d+)*)\s*\](?:\s*\*\s*(\d+))?$")

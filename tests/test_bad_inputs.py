@@ -27,8 +27,18 @@ from hypothesis import strategies as st
 
 import raal.run
 from raal import strategies
-from raal.config import (DATA_SOURCES, DEVICES, EVAL_MODES, NUMERIC_RANGES, ORACLES, PIPELINES, TRAIN_METHODS,
-                         RunConfig, load_config, to_yaml)
+from raal.config import (
+    DATA_SOURCES,
+    DEVICES,
+    EVAL_MODES,
+    NUMERIC_RANGES,
+    ORACLES,
+    PIPELINES,
+    TRAIN_METHODS,
+    RunConfig,
+    load_config,
+    to_yaml,
+)
 
 pytestmark = [pytest.mark.timeout(300)]
 

@@ -5,10 +5,10 @@ import json
 import os
 import subprocess
 
+import lstudio
 import pyarrow as pa
 import pytest
 
-import lstudio
 from raal import labeling
 from raal import labelstudio as ls
 from raal.config import load_config, to_yaml

@@ -10,12 +10,12 @@ import subprocess
 import sys
 import time
 
+import lstudio
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import requests
 
-import lstudio
 from raal import labelstudio as ls
 from raal.data.sources import ANIMAL_MNIST_CLASSES, animal_mnist_arrays
 

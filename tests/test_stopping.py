@@ -6,7 +6,7 @@ import pytest
 
 from raal.config import load_config
 from raal.errors import ConfigError
-from raal.stopping import (StopRule, advise, cohen_kappa, first_stop, gain_per_100, plateau_round, replay)
+from raal.stopping import StopRule, advise, cohen_kappa, first_stop, gain_per_100, plateau_round, replay
 
 N = [100, 200, 400, 700, 1100, 1500, 1900]
 

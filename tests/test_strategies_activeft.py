@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 
 from raal import strategies
-from raal.strategies.activeft import (ActiveFTConfig, _Adam, _dots_by_index, loss_and_grad, map_to_items,
-                                     optimise_centroids)
+from raal.strategies.activeft import (
+    ActiveFTConfig,
+    _Adam,
+    _dots_by_index,
+    loss_and_grad,
+    map_to_items,
+    optimise_centroids,
+)
 from raal.strategies.activeft_al import hybrid_selection
 
 pytestmark = pytest.mark.timeout(90)

@@ -21,8 +21,8 @@ half-done (its fine-tuned checkpoint saved, some feature shards written) resumes
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from raal.config import ASVPConfig
 from raal.pipelines.base import PhaseTimer, round_seed

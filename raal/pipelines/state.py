@@ -52,7 +52,7 @@ class ArmState:
     rounds: list[dict] = field(default_factory=list)
 
     @classmethod
-    def open(cls, store: RunStore) -> "ArmState":
+    def open(cls, store: RunStore) -> ArmState:
         st = cls(store)
         if store.exists("labels.parquet"):
             t = store.read_table("labels.parquet")

@@ -20,9 +20,27 @@ line overrides the run config of all trials, `tune.key=value` the sweep settings
 one swept key (replacing the file's spec of that key).
 """
 from raal.tune.cli import USAGE, main  # noqa: F401 - the package's interface, as when it was one module
-from raal.tune.plan import (Plan, apply_params, baseline_config, check_pool, check_sweep_folder,  # noqa: F401
-                            label_points, make_plan, sweep_dir, trial_config)
+from raal.tune.plan import (  # noqa: F401
+                            Plan,
+                            apply_params,
+                            baseline_config,
+                            check_pool,
+                            check_sweep_folder,
+                            label_points,
+                            make_plan,
+                            sweep_dir,
+                            trial_config,
+)
 from raal.tune.results import collect_results, markdown_table, write_results  # noqa: F401
-from raal.tune.spec import (FORBIDDEN_PREFIXES, KINDS, METRICS, OPERATIONAL, SweepSpec, check_spec,  # noqa: F401
-                            expand_trials, load_sweep, sweep_path)
+from raal.tune.spec import (  # noqa: F401
+                            FORBIDDEN_PREFIXES,
+                            KINDS,
+                            METRICS,
+                            OPERATIONAL,
+                            SweepSpec,
+                            check_spec,
+                            expand_trials,
+                            load_sweep,
+                            sweep_path,
+)
 from raal.tune.trial import curve_of, run_baseline, run_sweep, run_trial, share_features, trial_metrics  # noqa: F401

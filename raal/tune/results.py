@@ -13,6 +13,7 @@ from raal.tune.plan import Plan
 from raal.tune.spec import fmt_params
 from raal.tune.trial import trial_metrics
 
+
 def collect_results(plan: Plan, baseline_curve: list[tuple[float, float]],
                     status: dict[int, tuple[str, str]]) -> list[dict]:
     """One row per trial, read from the trial run stores (the durable record), sorted best first."""

@@ -12,6 +12,7 @@ from raal.tracking import tune_callbacks
 from raal.tune.plan import Plan, _join, trial_config
 from raal.tune.spec import SweepSpec, fmt_params
 
+
 def curve_of(rows: list[dict]) -> list[tuple[float, float]]:
     return [(float(r["n_labeled"]), float(r["accuracy"]) if r.get("accuracy") is not None else math.nan)
             for r in rows]
