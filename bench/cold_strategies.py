@@ -18,6 +18,9 @@ exact threshold runs in full on its approximate index (and its recall@32 is meas
 only its index build is run in full and `ann_queries` of its k-NN searches; TypiClust at 1.28M runs the typicality
 of `typ_clusters` of its clusters.
 
+Workers run at the driver's niceness (start it under `nice -n 5` on a shared machine): a worker niced below the
+other jobs gets a few per cent of a core and its times say nothing.
+
 Baselines, the straightforward versions in numpy (64 MB chunks, float32 BLAS), in the same run: Lloyd's k-means
 with a full distance pass per step (kmeans_centroid, DropQuery, TypiClust's clustering; one step timed on
 `lloyd_rows` rows and scaled to all when set); ProbCover above its exact threshold, the exact 32-NN pass alone
@@ -55,7 +58,8 @@ PARTS = {
     # takes ~10 min: kmeans_centroid and dropquery run budget 2,000 here, and the notes scale k-means linearly in k
     # k = 10,000 runs two-level k-means (raal.index_kmeans), so every raal row runs in full
     "100k": dict(n=100_000, d=2048, c=1000, budget=10_000, labeled=1_000, memmap=False, kmeans_iters=NITER,
-                 probcover_n=100_000, probcover_queries=1_000, picks=20, strategies=None, proxy_classes=100,
+                 probcover_n=100_000, probcover_queries=1_000, picks=20, proxy_classes=100,
+                 strategies=["kmeans_centroid", "probcover", "dropquery", "typiclust"],
                  lloyd_rows=10_000),
     "1.28M": dict(n=1_280_000, d=2048, c=1000, budget=10_000, labeled=1_000, memmap=True, kmeans_iters=1,
                   typ_clusters=5, picks=20, probcover_queries=100, ann_queries=10_000,
@@ -355,7 +359,7 @@ def _lloyd_sub(rows, spec, rng):
 
 
 def run_worker(spec: dict, timeout: int = 14400) -> dict:
-    proc = subprocess.run(["nice", "-n", "19", sys.executable, __file__, "--worker", json.dumps(spec)],
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"worker {spec['strategy']}/{spec['impl']} failed:\n{proc.stderr[-3000:]}")
