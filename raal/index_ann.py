@@ -44,18 +44,25 @@ class PoolIndex:
                                                    faiss.METRIC_L2, False)
         self.index.train(read_rows(x, 0, len(train_rows), train_rows, normalize=normalize))  # codes only
         self._quantizer = quantizer  # faiss does not own it
+        # per row: squared norm of the indexed (normalised) row, and the factor that normalises the raw row, so the
+        # re-ranking reads raw candidate rows and never normalises a gathered copy
+        self.sqn, self.scale = np.empty(n, dtype=np.float32), np.ones(n, dtype=np.float32)
         for s, e in iter_slices(n, chunk_rows(dim, chunk_bytes)):
-            self.index.add(read_rows(x, s, e, normalize=normalize))
+            raw = read_rows(x, s, e)
+            if normalize:
+                nrm = np.sqrt(np.einsum("ij,ij->i", raw, raw))
+                self.scale[s:e] = 1.0 / np.maximum(nrm, np.float32(1e-12))
+            b = raw * self.scale[s:e, None] if normalize else raw
+            self.sqn[s:e] = np.einsum("ij,ij->i", b, b)
+            self.index.add(b)
         self.index.nprobe = self.nprobe
 
     def _exact(self, q: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Exact squared distances of each query row to its candidate rows (inf where the id is -1)."""
         flat = np.maximum(ids, 0).ravel()
-        order = np.argsort(flat, kind="stable")  # sorted reads: a memmap is read forward
-        cand = np.empty((len(flat), q.shape[1]), dtype=np.float32)
-        cand[order] = read_rows(self.x, 0, len(flat), flat[order], normalize=self.normalize)
-        cand = cand.reshape(ids.shape[0], ids.shape[1], -1)
-        d = np.einsum("ijk,ijk->ij", cand, cand) - 2 * np.einsum("ijk,ik->ij", cand, q) + np.einsum("ik,ik->i", q, q)[:, None]
+        cand = read_rows(self.x, 0, len(flat), flat).reshape(ids.shape[0], ids.shape[1], -1)
+        dot = np.matmul(cand, q[:, :, None])[:, :, 0] * self.scale[flat].reshape(ids.shape)  # a GEMV per query
+        d = self.sqn[flat].reshape(ids.shape) - 2 * dot + np.einsum("ik,ik->i", q, q)[:, None]
         d = np.maximum(d, 0).astype(np.float32)
         d[ids < 0] = np.inf
         return d
@@ -68,12 +75,15 @@ class PoolIndex:
         kk = int(min(len(self.x), max(k, round(self.rerank * k))))
         dist, ids = np.empty((n, k), dtype=np.float32), np.empty((n, k), dtype=np.int64)
         rows = max(1, chunk_rows(self.x.shape[1], self.chunk_bytes) // max(1, kk))  # candidate block <= a chunk
-        for s, e in iter_slices(n, rows):
-            q = read_rows(self.x, s, e, query_rows, normalize=self.normalize)
-            _, cand = self.index.search(q, kk)
-            d = self._exact(q, cand)
-            order = np.argsort(d, axis=1, kind="stable")[:, :k]
-            dist[s:e], ids[s:e] = np.take_along_axis(d, order, axis=1), np.take_along_axis(cand, order, axis=1)
+        for bs, be in iter_slices(n, chunk_rows(self.x.shape[1], self.chunk_bytes)):  # big batches for faiss
+            qb = read_rows(self.x, bs, be, query_rows, normalize=self.normalize)
+            _, cb = self.index.search(qb, kk)
+            for s, e in iter_slices(be - bs, rows):
+                cand = cb[s:e]
+                d = self._exact(qb[s:e], cand)
+                order = np.argsort(d, axis=1, kind="stable")[:, :k]
+                dist[bs + s:bs + e] = np.take_along_axis(d, order, axis=1)
+                ids[bs + s:bs + e] = np.take_along_axis(cand, order, axis=1)
         ids[~np.isfinite(dist)] = -1
         return dist, ids
 
