@@ -466,7 +466,7 @@ def _notes(s: str, r: dict) -> str:
     elif "per_pick_s" in nb:
         out.append(f"baseline: {nb['picks_timed']} picks timed ({nb['per_pick_s'] * 1e3:.1f} ms/pick)")
     if "t_step" in nb:
-        part = f", timed on {nb['step_rows']:,} rows and scaled" if nb.get("step_rows", 0) < raal["n"] - 10_000 else ""
+        part = f", timed on {nb['step_rows']:,} rows and scaled" if nb.get("step_rows", raal["n"]) < raal["n"] - 10_000 else ""
         out.append(f"baseline Lloyd step {nb['t_step']:.1f} s{part}")
     if "queries" in nb and s == "probcover":
         out.append(f"baseline: the exact 32-NN pass alone (N² D; graph and greedy not counted), {nb['queries']:,} "
@@ -537,8 +537,8 @@ def render(res: dict) -> str:
                   "objective ratio (hierarchical assignment) | load |", "|---|---|---|---|---|---|---|---|"]
         for q in res["kmeans_quality"]:
             lines.append(f"| {q['n']:,} x {q['d']} ({q['classes']}) | {q['k']:,} | {q['flat_s']:.1f} | "
-                         f"{q['two_level_s']:.1f} | {q['flat_s'] / q['two_level_s']:.1f}x | {q['ratio']:.4f} | "
-                         f"{q['ratio_own']:.4f} | {q['load']:.1f} |")
+                         f"{q['two_level_s']:.1f} | {q['flat_s'] / q['two_level_s']:.1f}x | {q['ratio']:.5f} | "
+                         f"{q['ratio_own']:.5f} | {q['load']:.1f} |")
         lines.append("")
     return "\n".join(lines)
 
