@@ -523,6 +523,10 @@ def render(res: dict) -> str:
                   f"{c['labeled']:,} labeled, budget {c['budget']:,}", "",
                   "| strategy | N | raal s | raal cpu s | load | raal extra MB | input MB | straightforward s | "
                   "speed-up | notes |", "|---|---|---|---|---|---|---|---|---|---|"]
+        if body.get("stale") or body.get("reruns"):
+            old = ", ".join(body.get("stale") or [r for x in body["reruns"] for r in x["only"]])
+            what = "from an earlier run of this part" if body.get("stale") else "re-run later"
+            lines[-2:-2] = [f"Rows {what}: {old}.", ""]
         for s, r in body["rows"].items():
             a, b = r["raal"], r.get("numpy")
             lines.append(f"| {s} | {a['n']:,} | {_s(a)} | {a['cpu_s']:.0f} | {a['load'][0]:.1f} | "
