@@ -3,7 +3,8 @@
 Exact search (squared L2 or inner product) is the default; an IVF index is an opt-in for very large bases. When faiss
 sees a GPU the searches run there, otherwise on the CPU (logged once). Inputs may be numpy arrays or memmaps of any
 floating dtype and are read in row chunks, optionally through a row-index subset, so memory is bounded by the chunk
-size: it never grows with N x |L| or N^2, and no big input is ever copied whole.
+size: it never grows with N x |L| or N^2, and no big input is ever copied whole. k-means (flat and two-level) is in
+`raal.index_kmeans` (its names are importable from here too), the approximate pool index in `raal.index_ann`.
 """
 from __future__ import annotations
 
@@ -392,7 +393,14 @@ def range_search(queries: np.ndarray, base: np.ndarray, radius_sq: float, *, que
     return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), ids
 
 
-# k-means lives in raal.index_kmeans; its names stay importable from here
-from raal.index_kmeans import (  # noqa: E402,F401  (after the definitions it imports)
-    BIG_COPY_BYTES, KMEANSPP_MAX_K, KMEANSPP_ROWS_PER_CENTROID, TWO_LEVEL_MIN_K, TWO_LEVEL_WORK, kmeans,
-    kmeans_labels, kmeanspp_seeds, two_level_kmeans)
+# k-means lives in raal.index_kmeans; its names stay importable from here, resolved on first use (raal.index_kmeans
+# imports this module, so a top-level import here would be circular)
+_KMEANS_NAMES = frozenset({"BIG_COPY_BYTES", "KMEANSPP_MAX_K", "KMEANSPP_ROWS_PER_CENTROID", "TWO_LEVEL_MIN_K",
+                           "TWO_LEVEL_WORK", "kmeans", "kmeans_labels", "kmeanspp_seeds", "two_level_kmeans"})
+
+
+def __getattr__(name: str):
+    if name in _KMEANS_NAMES:
+        from raal import index_kmeans
+        return getattr(index_kmeans, name)
+    raise AttributeError(f"module 'raal.index' has no attribute {name!r}")
