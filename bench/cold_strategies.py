@@ -468,6 +468,10 @@ def _notes(s: str, r: dict) -> str:
     if "t_step" in nb:
         part = f", timed on {nb['step_rows']:,} rows and scaled" if nb.get("step_rows", raal["n"]) < raal["n"] - 10_000 else ""
         out.append(f"baseline Lloyd step {nb['t_step']:.1f} s{part}")
+    if nb.get("load") and max(raal["load"][0], 1) / max(nb["load"][0], 1) > 3:
+        out.append(f"loads differ (raal {raal['load'][0]:.0f}, baseline {nb['load'][0]:.0f}): CPU seconds raal "
+                   f"{raal['cpu_s']:.0f} vs baseline {nb['cpu_s'] * nb['wall_s'] / nb['measured_s']:.0f}* "
+                   f"({nb['wall_s'] * nb['cpu_s'] / nb['measured_s'] / raal['cpu_s']:.1f}x)")
     if "queries" in nb and s == "probcover":
         out.append(f"baseline: the exact 32-NN pass alone (N² D; graph and greedy not counted), {nb['queries']:,} "
                    f"query rows timed ({nb['measured_s']:.0f} s) and scaled to N")
