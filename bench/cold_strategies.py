@@ -3,6 +3,7 @@
     python bench/cold_strategies.py --parts quick          # 20,000 x 256, a minute -> results/cold_strategies.*
     python bench/cold_strategies.py --parts 100k           # 100,000 x 2048, budget 10,000, 1,000 labeled
     python bench/cold_strategies.py --parts 1.28M          # typicality on a 1,280,000 x 2048 memmap (10.5 GB)
+    python bench/cold_strategies.py --parts kmeans_quality # two-level vs flat k-means objective, a few minutes
 
 The pools are bench/strategies.py's (`generate`: Gaussian classes, float32, features on disk), and so is the
 memory sampling (`MemSampler`: peak anonymous RSS above the loaded inputs, in a fresh subprocess per measurement).
@@ -11,12 +12,19 @@ good share of predictions (a head that always agrees would leave DropQuery in it
 
 Every raal row runs the strategy's own code. Where a full run would take hours on 2 shared cores, parts are timed
 and extrapolated linearly, and the row says so (`*`): k-means runs `kmeans_iters` Lloyd steps and the total adds
-(20 - kmeans_iters) x the mean step time faiss reported; ProbCover's all-pairs k-NN pass (N^2 D, the whole cost of an
-exact δ-ball graph) runs for `probcover_queries` query rows at 100k and is extrapolated, and the full strategy runs
-at `probcover_n`; TypiClust at 1.28M runs the typicality of `typ_clusters` of its clusters.
+(20 - kmeans_iters) x the mean step time faiss reported; ProbCover's exact all-pairs k-NN pass (N^2 D, the whole
+cost of an exact δ-ball graph) runs for `probcover_queries` query rows and is extrapolated; ProbCover above its
+exact threshold runs in full on its approximate index (and its recall@32 is measured on those query rows); at 1.28M
+only its index build is run in full and `ann_queries` of its k-NN searches; TypiClust at 1.28M runs the typicality
+of `typ_clusters` of its clusters.
+
+Workers run at the driver's niceness (start it under `nice -n 5` on a shared machine): a worker niced below the
+other jobs gets a few per cent of a core and its times say nothing.
 
 Baselines, the straightforward versions in numpy (64 MB chunks, float32 BLAS), in the same run: Lloyd's k-means
-with a full distance pass per step (kmeans_centroid, DropQuery, TypiClust's clustering); TypiClust as the reference
+with a full distance pass per step (kmeans_centroid, DropQuery, TypiClust's clustering; one step timed on
+`lloyd_rows` rows and scaled to all when set); ProbCover above its exact threshold, the exact 32-NN pass alone
+(a lower bound of an exact ProbCover); TypiClust as the reference
 code does it, a fresh k-NN search inside the cluster for every pick; ProbCover's greedy as the reference code does
 it, an edge list filtered with np.isin after every pick (on the same graph); DropQuery's dropout passes on the
 whole unlabeled matrix at once.
@@ -39,6 +47,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from strategies import MemSampler, machine  # noqa: E402  (bench/strategies.py)
 
+from raal.strategies.probcover import EXACT_MAX_N  # noqa: E402  (after the sys.path insert)
+
 RESULTS = ROOT / "bench" / "results"
 NITER = 20  # raal's default Lloyd steps
 PARTS = {
@@ -46,12 +56,17 @@ PARTS = {
                   probcover_n=20_000, probcover_queries=None, picks=200, strategies=None),
     # on 2 cores shared with ~10 other processes a k-means step at k = 10,000 over 100k x 2048 (2e12 multiply-adds)
     # takes ~10 min: kmeans_centroid and dropquery run budget 2,000 here, and the notes scale k-means linearly in k
-    "100k": dict(n=100_000, d=2048, c=1000, budget=10_000, labeled=1_000, memmap=False, kmeans_iters=1,
-                 probcover_n=10_000, probcover_queries=1_000, picks=100, strategies=None, proxy_classes=100,
-                 budgets={"kmeans_centroid": 2_000, "dropquery": 2_000}),
+    # k = 10,000 runs two-level k-means (raal.index_kmeans), so every raal row runs in full
+    "100k": dict(n=100_000, d=2048, c=1000, budget=10_000, labeled=1_000, memmap=False, kmeans_iters=NITER,
+                 probcover_n=100_000, probcover_queries=1_000, picks=20, proxy_classes=100,
+                 strategies=["kmeans_centroid", "probcover", "dropquery", "typiclust"],
+                 lloyd_rows=10_000),
     "1.28M": dict(n=1_280_000, d=2048, c=1000, budget=10_000, labeled=1_000, memmap=True, kmeans_iters=1,
-                  typ_clusters=5, picks=20, probcover_queries=100, strategies=["typiclust", "probcover"]),
+                  typ_clusters=5, picks=20, probcover_queries=100, ann_queries=10_000,
+                  strategies=["typiclust", "probcover"]),
 }
+# two-level against flat k-means, both in full (normalised rows, as kmeans_centroid): n, d, classes, k
+KMEANS_QUALITY = [(20_000, 256, 100, 1_000), (50_000, 512, 200, 2_000)]
 COLD = ["kmeans_centroid", "typiclust", "dropquery", "probcover"]
 
 
@@ -146,8 +161,41 @@ def _instrument_kmeans(calls: list, iters: int):
         out = raal.index.kmeans(*a, stats=st, **kw)
         calls.append(st)
         return out
+    def timed_labels(*a, **kw):
+        st = {"k": a[1], "niter": iters}
+        kw["niter"] = iters
+        out = raal.index.kmeans_labels(*a, stats=st, **kw)
+        calls.append(st)
+        return out
     for m in (dq, kc, pc, tc):
-        m.kmeans = timed
+        if hasattr(m, "kmeans"):
+            m.kmeans = timed
+        if hasattr(m, "kmeans_labels"):
+            m.kmeans_labels = timed_labels
+
+
+def _capture_pool_index(store: list):
+    """Keep ProbCover's approximate index (if it builds one) for the recall measurement."""
+    import raal.strategies.probcover as pc
+
+    class Kept(pc.PoolIndex):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            store.append(self)
+    pc.PoolIndex = Kept
+
+
+def _recall(feats, index, queries: int) -> dict:
+    """recall@32 of the approximate lists against the exact search, on the first `queries` rows; the exact part's
+    time is the straightforward pass's sample."""
+    from raal.index import knn
+    from raal.index_ann import recall_at_k
+    q = np.arange(min(queries, len(feats)))
+    t0 = time.perf_counter()
+    _, exact = knn(feats, feats, 32, query_rows=q, normalize=True)
+    t_exact = time.perf_counter() - t0
+    _, approx = index.knn(32, q)
+    return {"recall32": recall_at_k(approx, exact), "recall_queries": len(q), "t_exact_sample": t_exact}
 
 
 def worker(spec: dict) -> dict:
@@ -163,10 +211,23 @@ def worker(spec: dict) -> dict:
     res = {"strategy": name, "impl": impl, "n": len(feats), "budget": budget, "input_mb": feats.nbytes / 2**20}
     load0 = os.getloadavg()[0]
     calls: list = []
+    kept: list = []
     c0, t0 = time.process_time(), time.perf_counter()
     with MemSampler() as mem:
         if impl == "raal" and spec.get("part") == "typicality":
             res.update(_typicality_part(feats, mask, budget, spec, calls))
+        elif impl == "raal" and spec.get("part") == "ann":  # 1.28M: ProbCover's index in full, searches in part
+            from raal.index_ann import PoolIndex
+            index = PoolIndex(feats, normalize=True)
+            t_build = time.perf_counter() - t0
+            q = spec["ann_queries"]
+            t1 = time.perf_counter()
+            index.knn(32, np.arange(q))
+            t_q = time.perf_counter() - t1
+            res.update(measured_s=time.perf_counter() - t0, t_build=t_build, ann_queries=q, t_ann_sample=t_q,
+                       wall_s=t_build + t_q * len(feats) / q, extrapolated=True, nlist=index.nlist,
+                       nprobe=index.nprobe)
+            kept.append(index)
         elif impl == "raal" and spec.get("part") == "knn":
             from raal.index import knn
             q = spec["queries"]
@@ -175,6 +236,7 @@ def worker(spec: dict) -> dict:
                        wall_s=(time.perf_counter() - t0) * len(feats) / q, extrapolated=True)
         elif impl == "raal":
             _instrument_kmeans(calls, spec["kmeans_iters"])
+            _capture_pool_index(kept)
             opts = {"num_classes": spec["c"], "delta": spec.get("delta")} if name == "probcover" else {}
             s = strategies.get(name, **opts)
             kw = {"proxy": _proxy(spec["proxy_c"], feats.shape[1])} if name == "dropquery" else {}
@@ -192,6 +254,8 @@ def worker(spec: dict) -> dict:
     res["cpu_s"] = time.process_time() - c0
     res["mem"] = mem.result()
     res["load"] = [load0, os.getloadavg()[0]]
+    if kept and spec.get("queries"):  # after the timed and memory-sampled part
+        res.update(_recall(feats, kept[0], spec["queries"]))
     return res
 
 
@@ -231,11 +295,13 @@ def _baseline(name, feats, mask, budget, spec):
         k = budget if name == "kmeans_centroid" else min(int(mask.sum()) + budget, 500)
         rows = unl if name == "kmeans_centroid" else np.arange(len(feats))
         cent = np.asarray(feats[np.sort(rng.choice(rows, k, replace=False))], dtype=np.float32)
+        sub = _lloyd_sub(rows, spec, rng) if name == "kmeans_centroid" else rows  # typiclust's picks need all
         t1 = time.perf_counter()
-        cent, lab = lloyd_step_numpy(feats, rows, cent)
-        t_step = time.perf_counter() - t1
+        cent, lab = lloyd_step_numpy(feats, sub, cent)
+        t_step = (time.perf_counter() - t1) * len(rows) / len(sub)
         total = (t1 - t0) + (NITER + 1) * t_step  # NITER steps and the final assignment pass
-        out = {"t_step": t_step, "steps_timed": 1}
+        out = {"t_step": t_step, "steps_timed": 1, "step_rows": len(sub)}
+        rows = sub
         if name == "typiclust":  # the per-pick loop, timed in the largest cluster
             big = int(np.argmax(np.bincount(lab, minlength=k)))
             members = np.setdiff1d(rows[lab == big], np.flatnonzero(mask))
@@ -259,12 +325,19 @@ def _baseline(name, feats, mask, budget, spec):
         out = {"t_dropout": t_drop, "candidates": int(len(cand))}
         if len(cand) >= budget:
             cent = np.asarray(feats[np.sort(rng.choice(cand, budget, replace=False))], dtype=np.float32)
+            sub = _lloyd_sub(cand, spec, rng)
             t1 = time.perf_counter()
-            lloyd_step_numpy(feats, cand, cent)
-            t_step = time.perf_counter() - t1
+            lloyd_step_numpy(feats, sub, cent)
+            t_step = (time.perf_counter() - t1) * len(cand) / len(sub)
             total += (NITER + 1) * t_step
-            out["t_step"] = t_step
+            out.update(t_step=t_step, step_rows=len(sub))
         return dict(out, measured_s=time.perf_counter() - t0, wall_s=total, extrapolated=len(cand) >= budget)
+    if name == "probcover" and spec.get("part") == "knn":  # the exact 32-NN pass alone, on a sample of queries
+        from raal.index import knn
+        q = spec["queries"]
+        knn(feats, feats, 32, query_rows=np.arange(q), normalize=True)
+        return {"measured_s": time.perf_counter() - t0, "queries": q,
+                "wall_s": (time.perf_counter() - t0) * len(feats) / q, "extrapolated": True}
     if name == "probcover":  # the greedy on raal's own graph (same δ), as the reference code runs it
         from raal.strategies.probcover import ball_graph
         delta = spec["delta"]
@@ -279,8 +352,14 @@ def _baseline(name, feats, mask, budget, spec):
     raise ValueError(name)
 
 
+def _lloyd_sub(rows, spec, rng):
+    """The rows one baseline Lloyd step is timed on: all, or `lloyd_rows` of them (the step is linear in rows)."""
+    m = spec.get("lloyd_rows")
+    return rows if not m or m >= len(rows) else np.sort(rng.choice(rows, m, replace=False))
+
+
 def run_worker(spec: dict, timeout: int = 14400) -> dict:
-    proc = subprocess.run(["nice", "-n", "19", sys.executable, __file__, "--worker", json.dumps(spec)],
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"worker {spec['strategy']}/{spec['impl']} failed:\n{proc.stderr[-3000:]}")
@@ -300,18 +379,26 @@ def run_part(name: str, cfg: dict, workdir: Path, keep: bool = False, only: list
         generate(data, cfg["n"], cfg["d"], cfg["c"], n_labeled=cfg["labeled"])
         print(f"[{name}] generated {cfg['n']} x {cfg['d']} in {time.perf_counter() - t:.0f}s", flush=True)
     base = {"data": str(data), "memmap": cfg["memmap"], "budget": cfg["budget"], "c": cfg["c"],
-            "kmeans_iters": cfg["kmeans_iters"], "picks": cfg["picks"], "proxy_c": cfg.get("proxy_classes", cfg["c"])}
+            "kmeans_iters": cfg["kmeans_iters"], "picks": cfg["picks"], "proxy_c": cfg.get("proxy_classes", cfg["c"]),
+            "lloyd_rows": cfg.get("lloyd_rows"), "ann_queries": cfg.get("ann_queries")}
     rows = {}
     try:
         for s in only or cfg["strategies"] or COLD:
             r = rows[s] = {}
-            if cfg.get("typ_clusters"):  # 1.28M: typicality in part; for coverage only its N² k-NN pass, in part
-                r["raal"] = (run_worker(dict(base, strategy=s, impl="raal", part="typicality",
-                                             typ_clusters=cfg["typ_clusters"])) if s == "typiclust" else
-                             run_worker(dict(base, strategy=s, impl="raal", part="knn",
-                                             queries=cfg["probcover_queries"])))
+            if cfg.get("typ_clusters") and s == "typiclust":  # 1.28M: typicality in part
+                r["raal"] = run_worker(dict(base, strategy=s, impl="raal", part="typicality",
+                                            typ_clusters=cfg["typ_clusters"]))
                 continue
-            if s == "probcover":
+            if s == "probcover" and cfg.get("typ_clusters"):  # 1.28M: the approximate index and a sample of searches
+                q = dict(base, strategy=s, part="ann" if cfg.get("ann_queries") else "knn",
+                         queries=cfg["probcover_queries"])
+                r["raal"] = run_worker(dict(q, impl="raal"))
+                r["numpy"] = run_worker(dict(q, impl="numpy", part="knn"))
+            elif s == "probcover" and cfg["probcover_n"] > EXACT_MAX_N:  # in full on the approximate index
+                r["raal"] = run_worker(dict(base, strategy=s, impl="raal", queries=cfg["probcover_queries"]))
+                r["numpy"] = run_worker(dict(base, strategy=s, impl="numpy", part="knn",
+                                             queries=cfg["probcover_queries"]))
+            elif s == "probcover":
                 if cfg.get("probcover_queries"):
                     r["knn_pass"] = run_worker(dict(base, strategy=s, impl="raal", part="knn",
                                                     queries=cfg["probcover_queries"]))
@@ -347,8 +434,11 @@ def _notes(s: str, r: dict) -> str:
         x = body_budget(r) / raal["budget"]
         out.append(f"budget {raal['budget']:,}: k-means cost grows linearly with k (x{x:.0f} at the part's budget)")
     if raal.get("kmeans"):
-        ks = ", ".join(f"k={c['k']}: {c.get('niter', len(c['iteration_s']))} of {NITER} steps timed "
-                       f"({np.mean(c['iteration_s']):.1f} s/step), seeding {c['seed_s']:.1f} s" for c in raal["kmeans"])
+        ks = ", ".join((f"k={c['k']} two-level ({c['two_level']['coarse']} coarse clusters, "
+                        f"{c['two_level']['coarse_s']:.0f} s; all {c['train_s']:.0f} s)") if c.get("two_level") else
+                       (f"k={c['k']}: {c.get('niter', len(c['iteration_s']))} of {NITER} steps timed "
+                        f"({np.mean(c['iteration_s']):.1f} s/step), seeding {c['seed_s']:.1f} s")
+                       for c in raal["kmeans"])
         out.append(f"k-means {ks}")
     last = raal.get("last") or {}
     if "candidates" in last:
@@ -356,6 +446,14 @@ def _notes(s: str, r: dict) -> str:
     if "delta" in last:
         out.append(f"δ = {last['delta']:.3f}, {last['edges']:,} edges, {last['covered']:,} of "
                    f"{last['n']:,} covered")
+    if last.get("approx"):
+        out.append(f"approximate index (IVF-SQ8, nlist {last['approx']['nlist']}, nprobe {last['approx']['nprobe']})")
+    if "t_build" in raal:
+        out.append(f"approximate index (IVF-SQ8, nlist {raal['nlist']}, nprobe {raal['nprobe']}) built in full "
+                   f"({raal['t_build']:.0f} s), 32-NN searches of {raal['ann_queries']:,} rows timed "
+                   f"({raal['t_ann_sample']:.0f} s) and scaled to N; δ-balls and greedy not run")
+    if "recall32" in raal:
+        out.append(f"recall@32 {raal['recall32']:.4f} against exact ({raal['recall_queries']:,} queries)")
     if "t_typicality" in raal:
         out.append(f"k-means {raal['t_kmeans']:.0f} s, assignment {raal['t_assign']:.0f} s, typicality "
                    f"{raal['t_typicality']:.0f} s ({raal['clusters_timed']} of {raal['clusters']} clusters timed)")
@@ -368,7 +466,15 @@ def _notes(s: str, r: dict) -> str:
     elif "per_pick_s" in nb:
         out.append(f"baseline: {nb['picks_timed']} picks timed ({nb['per_pick_s'] * 1e3:.1f} ms/pick)")
     if "t_step" in nb:
-        out.append(f"baseline Lloyd step {nb['t_step']:.1f} s")
+        part = f", timed on {nb['step_rows']:,} rows and scaled" if nb.get("step_rows", raal["n"]) < raal["n"] - 10_000 else ""
+        out.append(f"baseline Lloyd step {nb['t_step']:.1f} s{part}")
+    if nb.get("load") and max(raal["load"][0], 1) / max(nb["load"][0], 1) > 3:
+        out.append(f"loads differ (raal {raal['load'][0]:.0f}, baseline {nb['load'][0]:.0f}): CPU seconds raal "
+                   f"{raal['cpu_s']:.0f} vs baseline {nb['cpu_s'] * nb['wall_s'] / nb['measured_s']:.0f}* "
+                   f"({nb['wall_s'] * nb['cpu_s'] / nb['measured_s'] / raal['cpu_s']:.1f}x)")
+    if "queries" in nb and s == "probcover":
+        out.append(f"baseline: the exact 32-NN pass alone (N² D; graph and greedy not counted), {nb['queries']:,} "
+                   f"query rows timed ({nb['measured_s']:.0f} s) and scaled to N")
     if "queries" in raal:
         out.append(f"only the all-pairs 32-NN pass (N² D) that builds the δ-ball graph, {raal['queries']:,} query "
                    f"rows timed ({raal['measured_s']:.0f} s) and scaled to N")
@@ -381,6 +487,31 @@ def _notes(s: str, r: dict) -> str:
         out.append(f"the all-pairs 32-NN pass (N² D) at N = {k['n']:,}: {k['wall_s']:.0f}* s ({k['queries']:,} "
                    f"queries timed, {k['mem']['extra_mb']:.0f} MB extra)")
     return "; ".join(out)
+
+
+def kmeans_quality() -> list[dict]:
+    """Two-level against flat k-means (both in full, 20 steps, normalised rows): objective = mean squared distance
+    of a row to its nearest centroid; the two-level's own (hierarchical) assignment is reported too."""
+    from raal.index import min_sq_dist_to
+    from raal.index_kmeans import kmeans_labels
+    out = []
+    for n, d, c, k in KMEANS_QUALITY:
+        path = Path("/tmp/raal-bench-cold-kmq")
+        generate(path, n, d, c, n_labeled=1)
+        x = np.load(path / "features.npy")
+        row = {"n": n, "d": d, "classes": c, "k": k, "load": os.getloadavg()[0]}
+        for name, tl in (("flat", False), ("two_level", True)):
+            t0 = time.perf_counter()
+            cent, _, dist = kmeans_labels(x, k, normalize=True, two_level=tl, seed=0)
+            row[f"{name}_s"] = time.perf_counter() - t0
+            row[f"{name}_obj"] = float(min_sq_dist_to(x, cent, normalize=True, normalize_centres=False).mean())
+            row[f"{name}_obj_own"] = float(dist.mean())
+        row["ratio"] = row["two_level_obj"] / row["flat_obj"]
+        row["ratio_own"] = row["two_level_obj_own"] / row["flat_obj"]
+        print(f"  kmeans quality {row}", flush=True)
+        out.append(row)
+        shutil.rmtree(path, ignore_errors=True)
+    return out
 
 
 def render(res: dict) -> str:
@@ -396,6 +527,10 @@ def render(res: dict) -> str:
                   f"{c['labeled']:,} labeled, budget {c['budget']:,}", "",
                   "| strategy | N | raal s | raal cpu s | load | raal extra MB | input MB | straightforward s | "
                   "speed-up | notes |", "|---|---|---|---|---|---|---|---|---|---|"]
+        if body.get("stale") or body.get("reruns"):
+            old = ", ".join(body.get("stale") or [r for x in body["reruns"] for r in x["only"]])
+            what = "from an earlier run of this part" if body.get("stale") else "re-run later"
+            lines[-2:-2] = [f"Rows {what}: {old}.", ""]
         for s, r in body["rows"].items():
             a, b = r["raal"], r.get("numpy")
             lines.append(f"| {s} | {a['n']:,} | {_s(a)} | {a['cpu_s']:.0f} | {a['load'][0]:.1f} | "
@@ -403,6 +538,15 @@ def render(res: dict) -> str:
                          f"{r['speedup']:.1f}x |" if b else f"| {s} | {a['n']:,} | {_s(a)} | {a['cpu_s']:.0f} | "
                          f"{a['load'][0]:.1f} | {a['mem']['extra_mb']:.0f} | {a['input_mb']:.0f} | | |")
             lines[-1] += f" {_notes(s, r)} |"
+        lines.append("")
+    if res.get("kmeans_quality"):
+        lines += ["## two-level against flat k-means (normalised rows, 20 steps each, in full)", "",
+                  "| N x D (classes) | k | flat s | two-level s | speed-up | objective ratio (nearest centroid) | "
+                  "objective ratio (hierarchical assignment) | load |", "|---|---|---|---|---|---|---|---|"]
+        for q in res["kmeans_quality"]:
+            lines.append(f"| {q['n']:,} x {q['d']} ({q['classes']}) | {q['k']:,} | {q['flat_s']:.1f} | "
+                         f"{q['two_level_s']:.1f} | {q['flat_s'] / q['two_level_s']:.1f}x | {q['ratio']:.5f} | "
+                         f"{q['ratio_own']:.5f} | {q['load']:.1f} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -423,6 +567,10 @@ def main() -> None:
     res["machine"] = machine()
     for part in args.parts.split(","):
         t = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        if part == "kmeans_quality":
+            res["kmeans_quality"] = kmeans_quality()
+            _write(res, out_json)
+            continue
         only = args.only.split(",") if args.only else None
         body = run_part(part, PARTS[part], Path(args.workdir), keep=args.keep_data, only=only)
         body["started"] = t
@@ -431,12 +579,16 @@ def main() -> None:
             res["parts"][part].setdefault("reruns", []).append({"started": t, "only": only})
         else:
             res["parts"][part] = body
-        tmp = out_json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(res, indent=1, default=float))
-        os.replace(tmp, out_json)
-        md = RESULTS / "cold_strategies.md"
-        md.with_suffix(".tmp").write_text(render(res) + "\n")
-        os.replace(md.with_suffix(".tmp"), md)
+        _write(res, out_json)
+
+
+def _write(res: dict, out_json: Path) -> None:
+    tmp = out_json.with_suffix(".tmp")
+    tmp.write_text(json.dumps(res, indent=1, default=float))
+    os.replace(tmp, out_json)
+    md = RESULTS / "cold_strategies.md"
+    md.with_suffix(".tmp").write_text(render(res) + "\n")
+    os.replace(md.with_suffix(".tmp"), md)
 
 
 if __name__ == "__main__":

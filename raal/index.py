@@ -3,7 +3,8 @@
 Exact search (squared L2 or inner product) is the default; an IVF index is an opt-in for very large bases. When faiss
 sees a GPU the searches run there, otherwise on the CPU (logged once). Inputs may be numpy arrays or memmaps of any
 floating dtype and are read in row chunks, optionally through a row-index subset, so memory is bounded by the chunk
-size: it never grows with N x |L| or N^2, and no big input is ever copied whole.
+size: it never grows with N x |L| or N^2, and no big input is ever copied whole. k-means (flat and two-level) is in
+`raal.index_kmeans` (its names are importable from here too), the approximate pool index in `raal.index_ann`.
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import glob
 import heapq
 import logging
 import os
-import time
 from collections.abc import Iterator
 
 import faiss
@@ -364,88 +364,7 @@ def _lazy_picks(heap, synced, mind, picks, budget, block_rows, n, centres, csq, 
         heapq.heappush(heap, (-float(mind[s:e].max()), b))
 
 
-# -- k-means and range search ----------------------------------------------------------------------------------------
-def _gather(x: np.ndarray, rows: np.ndarray | None, normalize: bool, chunk_bytes: int) -> np.ndarray:
-    """(The selected, optionally normalised) rows as one float32 array: a view when `x` already is one."""
-    if rows is None and not normalize and x.dtype == np.float32 and x.flags.c_contiguous:
-        return x  # a memmap stays a memmap: faiss reads it through the page cache
-    n = len(x) if rows is None else len(rows)
-    out = np.empty((n, x.shape[1]), dtype=np.float32)
-    for s, e in iter_slices(n, chunk_rows(x.shape[1], chunk_bytes)):
-        out[s:e] = read_rows(x, s, e, rows, normalize=normalize)
-    return out
-
-
-BIG_COPY_BYTES = 256 << 20  # k-means training copies above this are capped at 3/4 of the input's rows
-KMEANSPP_MAX_K = 1024  # k-means++ seeding up to this k (it is k sequential passes); faiss's random rows above
-KMEANSPP_ROWS_PER_CENTROID = 32  # the seeding runs on a sample of this many rows per centroid
-
-
-def kmeanspp_seeds(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k-means++ seeding (Arthur & Vassilvitskii 2007) on the rows of the in-memory float32 block `x`: the first row
-    uniformly, each next one with probability proportional to its squared distance to the nearest seed so far."""
-    sq = np.einsum("ij,ij->i", x, x)
-    seeds = [int(rng.integers(len(x)))]
-    with blas_threads(1):
-        mind = np.maximum(sq - 2.0 * (x @ x[seeds[0]]) + sq[seeds[0]], 0)
-        for _ in range(k - 1):
-            total = float(mind.sum(dtype=np.float64))
-            if total <= 0:  # fewer distinct rows than k: any row not taken yet
-                j = int(np.setdiff1d(np.arange(len(x)), seeds)[0])
-            else:
-                j = int(np.searchsorted(np.cumsum(mind, dtype=np.float64), rng.random() * total, side="right"))
-                j = min(j, len(x) - 1)
-            seeds.append(j)
-            np.minimum(mind, np.maximum(sq - 2.0 * (x @ x[j]) + sq[j], 0), out=mind)
-            mind[j] = 0
-    return x[np.asarray(seeds)]
-
-
-def kmeans(x: np.ndarray, k: int, *, rows: np.ndarray | None = None, normalize: bool = False, niter: int = 20,
-           seed: int = 0, max_points_per_centroid: int = 256, use_gpu: bool | None = None,
-           chunk_bytes: int = CHUNK_BYTES, stats: dict | None = None) -> np.ndarray:
-    """k-means centroids (k x D float32) of (a row subset of) `x`: Lloyd's steps by `faiss.Kmeans` (squared L2).
-
-    Seeded by k-means++ on a sample of 32 k rows when k <= 1024 (as scikit-learn, which the papers used; random
-    seeds split well-separated clusters badly), else by faiss's seeded random rows. Trained on at most
-    `max_points_per_centroid` x k rows (a seeded uniform sample), and on at most 3/4 of the input's rows when they
-    must be copied (a row subset or normalisation) and the copy would pass 256 MB, so it stays below the input's
-    size. The caller assigns all rows afterwards (`min_sq_dist_to(..., return_index=True)`). Rows are read in
-    chunks; a float32 array or memmap used whole is not copied. `stats`, when given, receives the seeding time and
-    faiss's per-iteration times (for benchmarks).
-    """
-    n = len(x) if rows is None else len(rows)
-    k = int(k)
-    if not 1 <= k <= n:
-        raise ValueError(f"k-means needs 1 <= k <= {n} (the rows), got k = {k}")
-    rng = np.random.default_rng(seed)
-    m = min(n, k * int(max_points_per_centroid))
-    copied = rows is not None or normalize or x.dtype != np.float32 or not x.flags.c_contiguous
-    if copied and m * x.shape[1] * 4 > BIG_COPY_BYTES:
-        m = min(m, max(k, (3 * len(x)) // 4))  # the training copy stays well below the input's size
-    if m < n:
-        pos = np.sort(rng.choice(n, m, replace=False))
-        rows = pos if rows is None else np.asarray(rows)[pos]
-    train = _gather(x, rows, normalize, chunk_bytes)
-    init = None
-    t0 = time.perf_counter()
-    if k <= KMEANSPP_MAX_K:
-        s = min(m, KMEANSPP_ROWS_PER_CENTROID * k)
-        pick = np.sort(rng.choice(m, s, replace=False)) if s < m else None
-        init = kmeanspp_seeds(_gather(train, pick, False, chunk_bytes) if pick is not None else
-                              np.ascontiguousarray(train), k, rng)
-    km = faiss.Kmeans(x.shape[1], k, niter=int(niter), seed=int(seed % 2147483647),
-                      max_points_per_centroid=int(max_points_per_centroid), gpu=_use_gpu(use_gpu), verbose=False)
-    km.cp.min_points_per_centroid = 1  # small pools are legitimate here: no warning per call
-    t1 = time.perf_counter()
-    km.train(train, init_centroids=init)
-    if stats is not None:
-        done = np.array([km.iteration_stats[i]["time"] for i in range(len(km.iteration_stats))])  # cumulative s
-        stats.update(seed_s=t1 - t0, iteration_s=np.diff(done, prepend=0.0).tolist(),
-                     train_s=time.perf_counter() - t1, rows=len(train))
-    return np.ascontiguousarray(km.centroids, dtype=np.float32)
-
-
+# -- range search ---------------------------------------------------------------------------------------------------------
 def range_search(queries: np.ndarray, base: np.ndarray, radius_sq: float, *, query_rows: np.ndarray | None = None,
                  normalize: bool = False, chunk_bytes: int = CHUNK_BYTES) -> tuple[np.ndarray, np.ndarray]:
     """Every base row within squared L2 distance < `radius_sq` of each query row, as CSR (lims int64, ids int32).
@@ -472,3 +391,16 @@ def range_search(queries: np.ndarray, base: np.ndarray, radius_sq: float, *, que
     counts = np.bincount(src, minlength=nq)
     ids = dst[np.lexsort((dst, src))]
     return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), ids
+
+
+# k-means lives in raal.index_kmeans; its names stay importable from here, resolved on first use (raal.index_kmeans
+# imports this module, so a top-level import here would be circular)
+_KMEANS_NAMES = frozenset({"BIG_COPY_BYTES", "KMEANSPP_MAX_K", "KMEANSPP_ROWS_PER_CENTROID", "TWO_LEVEL_MIN_K",
+                           "TWO_LEVEL_WORK", "kmeans", "kmeans_labels", "kmeanspp_seeds", "two_level_kmeans"})
+
+
+def __getattr__(name: str):
+    if name in _KMEANS_NAMES:
+        from raal import index_kmeans
+        return getattr(index_kmeans, name)
+    raise AttributeError(f"module 'raal.index' has no attribute {name!r}")

@@ -262,3 +262,55 @@ def test_probcover_matches_the_reference_greedy_on_normalised_rows_whatever_thei
     assert adj.sum(1).max() > 32  # some balls outgrow the 32-NN lists: the range-search branch is used
     assert out.tolist() == picks
     assert s.select(12, labeled_mask=np.zeros(len(x), bool), embeddings=x, seed=seed).tolist() == picks
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_probcover_approximate_index_probing_every_cell_gives_the_reference_picks(seed):
+    """Above `exact_max_n` the k-NN lists, purity search and large balls come from the IVF index; probing all its
+    cells leaves only the 8-bit codes' ranking between it and exact, and the exact re-ranking undoes that here
+    (up to float32 rounding at the ball's edge)."""
+    rng = np.random.default_rng(seed)
+    dirs = rng.standard_normal((3, 6))
+    x = np.concatenate([d + 0.35 * rng.standard_normal((n, 6)) for d, n in zip(dirs, (150, 100, 60))])
+    x = (x * rng.uniform(0.5, 20, (len(x), 1))).astype(np.float32)
+    exact = strategies.get("probcover", num_classes=3)
+    want = exact.select(12, labeled_mask=np.zeros(len(x), bool), embeddings=x, seed=seed)
+    s = strategies.get("probcover", num_classes=3, exact_max_n=0, nlist=8, nprobe=8)
+    out = s.select(12, labeled_mask=np.zeros(len(x), bool), embeddings=x, seed=seed)
+    assert s.last["approx"] == {"nlist": 8, "nprobe": 8} and exact.last["approx"] is None
+    assert s.last["delta"] == pytest.approx(exact.last["delta"], rel=1e-5)
+    # float32 rounding differs between faiss's range search and the re-ranking: a pair at distance ~δ may flip
+    assert abs(s.last["edges"] - exact.last["edges"]) <= 1e-3 * exact.last["edges"]
+    assert out.tolist() == want.tolist()
+
+
+def test_probcover_approximate_index_few_cells_probed_is_deterministic_and_valid():
+    x, _ = _blobs([400, 300, 200], seed=4, dim=8)
+    mask = np.zeros(len(x), bool)
+    mask[::97] = True
+    runs = [strategies.get("probcover", num_classes=3, exact_max_n=100, nprobe=2).select(
+        40, labeled_mask=mask, embeddings=x, seed=1) for _ in range(2)]
+    assert runs[0].tolist() == runs[1].tolist()
+    assert len(np.unique(runs[0])) == 40 and not mask[runs[0]].any()
+
+
+def test_kmeans_centroid_two_level_path(monkeypatch):
+    """With the thresholds forced low, k-means runs in two levels; the picks stay distinct, unlabeled, one per
+    cluster of the hierarchical assignment (its nearest member), and deterministic."""
+    import raal.index_kmeans as ik
+
+    monkeypatch.setattr(ik, "TWO_LEVEL_MIN_K", 1)
+    monkeypatch.setattr(ik, "TWO_LEVEL_WORK", 0)
+    x, _ = _blobs([120, 90, 60, 30], seed=3, dim=4)
+    mask = np.zeros(len(x), bool)
+    mask[:7] = True
+    s = strategies.get("kmeans_centroid")
+    out = s.select(25, labeled_mask=mask, embeddings=x, seed=2)
+    assert len(np.unique(out)) == 25 and not mask[out].any()
+    assert out.tolist() == s.select(25, labeled_mask=mask, embeddings=x, seed=2).tolist()
+    unl = np.flatnonzero(~mask)
+    cent, lab, d = ik.two_level_kmeans(x, 25, rows=unl, normalize=True, seed=2)
+    for c in range(25):
+        members = unl[lab == c]
+        if len(members):
+            assert members[np.argmin(d[lab == c])] in out

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from raal.index import chunk_rows, iter_slices, kmeans, read_rows
+from raal.index import chunk_rows, iter_slices, kmeans_labels, read_rows
 from raal.strategies.base import Pool, Strategy
 from raal.strategies.kmeans_centroid import centroid_items
 
@@ -45,7 +45,8 @@ class DropQuery(Strategy):
     candidates than the budget (the reference code would fail): all candidates, then the other unlabeled items by
     most flips, then lowest clean top score (least confidence), then index. Deviations: faiss k-means
     (k-means++ seeding up to k = 1024, `niter` = 20 steps instead of 100) on the raw features, where the reference
-    clusters its classifier's batch-normalised inputs. Deterministic for a seed. Cost: (M + 1) proxy passes over the
+    clusters its classifier's batch-normalised inputs; large budgets cluster in two levels, as kmeans_centroid
+    (`raal.index_kmeans`). Deterministic for a seed. Cost: (M + 1) proxy passes over the
     unlabeled features, then k-means over the candidates (niter x candidates x budget x D).
     """
 
@@ -68,5 +69,5 @@ class DropQuery(Strategy):
             order = np.lexsort((unl, top, -flips))
             return unl[order[:budget]]
         rows = unl[cand]
-        cent = kmeans(embeddings, budget, rows=rows, niter=self.niter, seed=seed)
-        return centroid_items(embeddings, cent, rows, normalize=False)
+        cent, lab, d = kmeans_labels(embeddings, budget, rows=rows, niter=self.niter, seed=seed)
+        return centroid_items(embeddings, cent, rows, normalize=False, assigned=(d, lab))

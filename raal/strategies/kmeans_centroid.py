@@ -3,19 +3,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from raal.index import kmeans, knn, min_sq_dist_to
+from raal.index import kmeans_labels, knn, min_sq_dist_to
 from raal.strategies.base import Pool, Strategy
 
 
-def centroid_items(x: np.ndarray, centroids: np.ndarray, rows: np.ndarray, *, normalize: bool) -> np.ndarray:
+def centroid_items(x: np.ndarray, centroids: np.ndarray, rows: np.ndarray, *, normalize: bool,
+                   assigned: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """One distinct row of `rows` per centroid: the member of its cluster nearest to it, largest clusters first.
 
-    A cluster left empty by the final assignment (faiss trains on a sample) takes the nearest row to its centroid
+    `assigned` = (squared distance, label) per row of `rows` when k-means already has it; else each row goes to
+    its nearest centroid. A cluster left empty by the final assignment (faiss trains on a sample) takes the nearest row to its centroid
     that no other cluster took. Returns positions in `x`, in the order described.
     """
     k = len(centroids)
-    d, lab = min_sq_dist_to(x, centroids, query_rows=rows, normalize=normalize, return_index=True,
-                            normalize_centres=False)
+    if assigned is None:
+        assigned = min_sq_dist_to(x, centroids, query_rows=rows, normalize=normalize, return_index=True,
+                                  normalize_centres=False)
+    d, lab = assigned
     order = np.lexsort((d, lab))  # by cluster, then nearest first
     first = np.ones(len(order), dtype=bool)
     first[1:] = lab[order][1:] != lab[order][:-1]
@@ -38,10 +42,14 @@ class KMeansCentroid(Strategy):
     """k-means with k = budget on the L2-normalised embeddings of the unlabeled items; each pick is the item nearest
     its centroid (within its cluster), largest clusters first.
 
-    Gupte et al. (2024) use this for the initial pool. Deviations: faiss's random-row initialisation and `niter`
-    (default 20) Lloyd steps instead of the reference's k-means++ and 100 steps (k-means++ is k sequential passes
-    over the pool); labeled items are left out of the clustering (round 0 has none, as in the paper).
-    Deterministic for a seed. Cost: niter x N x budget x D multiply-adds (faiss GEMM), memory O(N + budget x D).
+    Gupte et al. (2024) use this for the initial pool. Deviations: faiss k-means (k-means++ seeding up to k = 1024,
+    faiss's random rows above) and `niter` (default 20) Lloyd steps instead of the reference's k-means++ and 100
+    steps; labeled items are left out of the clustering (round 0 has none, as in the paper). Large budgets (k >= 512
+    and a flat step above 1.4e11 multiply-adds) use two-level k-means (`raal.index_kmeans`): sqrt(k) coarse
+    clusters split in proportion to their sizes, clusters and picks within a coarse cluster; its objective (mean
+    squared distance to the nearest centroid) was within 0.1% of flat k-means' on the bench's pools and 0.3-1.5%
+    above it on the tests' data (bench/results/cold_strategies.md). Deterministic for a seed. Cost: flat,
+    niter x N x budget x D multiply-adds; two-level, about niter x N x 2 sqrt(budget) x D; memory O(N + budget x D).
     """
 
     name = "kmeans_centroid"
@@ -52,6 +60,6 @@ class KMeansCentroid(Strategy):
         self.max_points_per_centroid = int(max_points_per_centroid)
 
     def _select(self, budget: int, pool: Pool, *, probs, embeddings, seed: int) -> np.ndarray:
-        cent = kmeans(embeddings, budget, rows=pool.unlabeled, normalize=True, niter=self.niter, seed=seed,
-                      max_points_per_centroid=self.max_points_per_centroid)
-        return centroid_items(embeddings, cent, pool.unlabeled, normalize=True)
+        cent, lab, d = kmeans_labels(embeddings, budget, rows=pool.unlabeled, normalize=True, niter=self.niter,
+                                     seed=seed, max_points_per_centroid=self.max_points_per_centroid)
+        return centroid_items(embeddings, cent, pool.unlabeled, normalize=True, assigned=(d, lab))

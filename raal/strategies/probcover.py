@@ -6,22 +6,26 @@ import math
 import numpy as np
 
 from raal.index import kmeans, knn, min_sq_dist_to, range_search
+from raal.index_ann import PoolIndex
 from raal.strategies.base import Pool, Strategy
 
 NEIGHBOURS = 32  # k-NN list per item: it yields both the purity distances and (mostly) the δ-balls
+EXACT_MAX_N = 50_000  # above this many items the k-NN lists and balls come from an approximate index (PoolIndex)
 
 
 def impure_distance(x: np.ndarray, pseudo: np.ndarray, *, normalize: bool, k: int = NEIGHBOURS,
-                    quantile_rank: int | None = None) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+                    quantile_rank: int | None = None, pool_index: PoolIndex | None = None
+                    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """Per item, the distance to its nearest item of another pseudo-label (∞ with a single label), and the k-NN
     lists (squared distances, ids) it came from.
 
     Exact where the answer lies in the k-NN list; elsewhere it is only known to be >= the k-th neighbour's
     distance, and those items are searched exactly (against the other labels) when they could reach
-    `quantile_rank` (the rank the purity rule reads), so the rule's value is exact.
+    `quantile_rank` (the rank the purity rule reads), so the rule's value is exact. With `pool_index` the lists
+    and that search are approximate (its recall), the distances in them exact.
     """
     n = len(x)
-    d2, nb = knn(x, x, min(n, k), normalize=normalize)
+    d2, nb = knn(x, x, min(n, k), normalize=normalize) if pool_index is None else pool_index.knn(min(n, k))
     other = (nb >= 0) & (pseudo[np.maximum(nb, 0)] != pseudo[:, None])
     hit = other.any(axis=1)
     dist = np.full(n, np.inf)
@@ -32,6 +36,9 @@ def impure_distance(x: np.ndarray, pseudo: np.ndarray, *, normalize: bool, k: in
         todo = np.flatnonzero(~hit & (lower <= upper))
         for c in np.unique(pseudo[todo]):
             q = todo[pseudo[todo] == c]
+            if pool_index is not None:
+                dist[q] = np.sqrt(pool_index.nearest_among(q, pseudo != c))
+                continue
             dist[q] = np.sqrt(min_sq_dist_to(x, x, query_rows=q, centre_rows=np.flatnonzero(pseudo != c),
                                              normalize=normalize))
     return dist, (d2, nb)
@@ -46,13 +53,17 @@ def purity_delta(dist: np.ndarray, alpha: float) -> float:
     return float(np.sort(dist)[n - math.ceil(alpha * n)])
 
 
-def ball_graph(x: np.ndarray, delta: float, *, normalize: bool, knn_lists=None) -> tuple[np.ndarray, np.ndarray]:
+def ball_graph(x: np.ndarray, delta: float, *, normalize: bool, knn_lists=None,
+               pool_index: PoolIndex | None = None) -> tuple[np.ndarray, np.ndarray]:
     """CSR (lims, ids) of every item's open δ-ball (itself included).
 
-    From the k-NN lists where a ball is smaller than the list; otherwise (or without lists) by exact range search.
+    From the k-NN lists where a ball is smaller than the list; otherwise (or without lists) by exact range search,
+    or by `pool_index`'s approximate one (lists from it too) when given.
     """
     n = len(x)
     r2 = np.float32(delta) ** 2
+    if knn_lists is None and pool_index is not None:
+        knn_lists = pool_index.knn(min(n, NEIGHBOURS))
     if knn_lists is None:
         return range_search(x, x, r2, normalize=normalize)
     d2, nb = knn_lists
@@ -61,7 +72,8 @@ def ball_graph(x: np.ndarray, delta: float, *, normalize: bool, knn_lists=None) 
     counts = inside.sum(axis=1)
     over = np.flatnonzero(full)
     if len(over):
-        over_lims, over_ids = range_search(x, x, r2, query_rows=over, normalize=normalize)
+        over_lims, over_ids = (range_search(x, x, r2, query_rows=over, normalize=normalize) if pool_index is None
+                               else pool_index.range_search(float(r2), over))
         counts[over] = np.diff(over_lims)
     lims = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     from_list = np.repeat(~full, counts)
@@ -123,38 +135,49 @@ class ProbCover(Strategy):
     ball graph comes from one exact k-NN pass (32 neighbours, which also gives the purity distances) plus a range
     search for the items whose ball outgrows their list: never an N x N matrix. Deviations: faiss k-means; after full
     coverage the remaining picks are uniformly random (the reference code repeats item 0). Cost: one exact N x N x D
-    search (faiss, chunked), memory O(N x 32 + edges). `num_classes` defaults to 10 when unknown; raal's pipelines
-    pass the dataset's class count.
+    search (faiss, chunked), memory O(N x 32 + edges). Above `exact_max_n` items (50,000; at 100,000 x 2048 the
+    exact pass is ~45 min on two cores) the lists, the purity search and the large balls come from an approximate
+    IVF index (`raal.index_ann.PoolIndex`: 4 sqrt(N) cells, `nprobe` probed, 8-bit codes, exact re-ranking), about
+    N x 8 sqrt(N) x D: an item's neighbour outside the probed cells is missed (recall@32 is reported by
+    bench/cold_strategies.py), which can only shrink balls and raise the purity distances. `num_classes` defaults
+    to 10 when unknown; raal's pipelines pass the dataset's class count.
     """
 
     name = "probcover"
     requires = frozenset({"embeddings"})
 
     def __init__(self, num_classes: int = 10, alpha: float = 0.95, delta: float | None = None,
-                 normalize: bool = True, niter: int = 20):
+                 normalize: bool = True, niter: int = 20, exact_max_n: int = EXACT_MAX_N, nprobe: int = 16,
+                 nlist: int | None = None):
         if not 0 < alpha <= 1:
             raise ValueError(f"alpha must be in (0, 1], got {alpha}")
         self.num_classes, self.alpha, self.niter = int(num_classes), float(alpha), int(niter)
         self.delta = None if delta is None else float(delta)
         self.normalize = bool(normalize)
+        self.exact_max_n, self.nprobe, self.nlist = int(exact_max_n), int(nprobe), nlist
         self.last: dict = {}  # delta, covered, n: what the last call did (for reports and benchmarks)
 
     def _select(self, budget: int, pool: Pool, *, probs, embeddings, seed: int) -> np.ndarray:
         n = pool.n
         lists = None
         delta = self.delta
+        index = None
+        if n > self.exact_max_n:
+            index = PoolIndex(embeddings, normalize=self.normalize, nlist=self.nlist, nprobe=self.nprobe, seed=seed)
         if delta is None:
             k = min(self.num_classes, n)
             cent = kmeans(embeddings, k, normalize=self.normalize, niter=self.niter, seed=seed)
             _, pseudo = min_sq_dist_to(embeddings, cent, normalize=self.normalize, return_index=True,
                                        normalize_centres=False)
             rank = n - math.ceil(self.alpha * n)
-            dist, lists = impure_distance(embeddings, pseudo, normalize=self.normalize, quantile_rank=rank)
+            dist, lists = impure_distance(embeddings, pseudo, normalize=self.normalize, quantile_rank=rank,
+                                          pool_index=index)
             delta = purity_delta(dist, self.alpha)
             if not np.isfinite(delta):  # a single pseudo-label: every ball is pure
                 delta = float(np.sqrt(lists[0][:, -1].max())) + 1.0
                 lists = None
-        lims, ids = ball_graph(embeddings, delta, normalize=self.normalize, knn_lists=lists)
+        lims, ids = ball_graph(embeddings, delta, normalize=self.normalize, knn_lists=lists, pool_index=index)
         picks, covered = greedy_cover(lims, ids, pool.labeled, budget, np.random.default_rng(seed))
-        self.last = {"delta": delta, "covered": covered, "n": n, "edges": int(lims[-1])}
+        self.last = {"delta": delta, "covered": covered, "n": n, "edges": int(lims[-1]),
+                     "approx": None if index is None else {"nlist": index.nlist, "nprobe": index.nprobe}}
         return picks
