@@ -28,14 +28,12 @@ import os
 import numpy as np
 import pyarrow as pa
 
-from raal import faults
+from raal import faults, layout
 from raal import labelstudio as ls
 from raal.errors import ConfigError, LabelImportError, StoreError
 from raal.store import RunLease, RunStore
 
-LEDGER = "oracle/labels.parquet"
-PARTIAL = "oracle/partial.json"
-CLASSES = "oracle/classes.json"
+LEDGER, PARTIAL, CLASSES = layout.LEDGER, layout.PARTIAL, layout.CLASSES
 LEDGER_SCHEMA = pa.schema([("id", pa.int64()), ("label", pa.int64()), ("round", pa.int64()), ("file", pa.string()),
                            ("sha256", pa.string())])
 EXPORT_COLUMNS = ("id", "path", "prediction", "score", "arms", "label")
@@ -102,7 +100,7 @@ def _image_files(ctx, r: int, ids: np.ndarray, positions: np.ndarray) -> list[st
         else:
             data = bytes(item)
             ext = "png" if data[:4] == b"\x89PNG" else "jpg"
-        rel = f"queries/images/round_{r}/{i}.{ext}"
+        rel = layout.export_image(r, i, ext)
         if not ctx.store.exists(rel):
             ctx.store.write_bytes(rel, data)
         out.append(ctx.store.path(rel))
@@ -141,20 +139,20 @@ def export_round(ctx, r: int, waiting: dict) -> dict:
     writer = csv.DictWriter(text, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows([{k: ("" if v is None else v) for k, v in row.items()} for row in rows])
-    store.write_text(f"queries/round_{r}.csv", text.getvalue())
+    store.write_text(layout.export(r, "csv"), text.getvalue())
     o = ctx.cfg.oracle
     refs = [ls.image_ref(x["path"], x["id"], mode=o.image_url, document_root=o.document_root,
                          backend_url=o.backend_url) for x in rows]
-    store.write_table(f"queries/round_{r}.parquet", pa.table({
+    store.write_table(layout.export(r, "parquet"), pa.table({
         "id": pa.array([x["id"] for x in rows], pa.int64()), "path": [x["path"] for x in rows], "image": refs,
         "prediction": [x["prediction"] for x in rows], "score": pa.array([x["score"] for x in rows], pa.float64()),
         "arms": [x["arms"] for x in rows]}))
     tasks = [ls.task(x["id"], r, ref, x["prediction"], x["score"]) for x, ref in zip(rows, refs)]
-    store.write_text(f"queries/round_{r}.labelstudio.json", json.dumps(tasks, indent=1))
-    store.write_text("queries/labelstudio_config.xml", ls.labeling_config(list(names)))
+    store.write_text(layout.export(r, "labelstudio.json"), json.dumps(tasks, indent=1))
+    store.write_text(layout.LABELSTUDIO_CONFIG, ls.labeling_config(list(names)))
     return {"state": "waiting_for_labels", "round": r, "queried": len(rows),
             "labeled": sum(1 for x in rows if x["label"]),
-            "files": [store.path(f"queries/round_{r}.{ext}") for ext in ("csv", "parquet", "labelstudio.json")]}
+            "files": [store.path(layout.export(r, ext)) for ext in layout.EXPORT_FORMATS]}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -225,7 +223,7 @@ def import_labels(run_dir: str, file: str, allow_partial: bool = False) -> dict:
 
     Runs under the run dir's lease (`RunLease`): a second import, or a run, on the same run dir is refused."""
     store = RunStore(run_dir, create=False)  # a mistyped run_dir is refused, not created
-    if not store.exists("config.yaml"):
+    if not store.exists(layout.CONFIG):
         raise LabelImportError(f"run_dir={run_dir!r} holds no run")
     if not os.path.isfile(file):
         raise LabelImportError(f"file={file!r} does not exist")
@@ -245,14 +243,14 @@ def _stored(store: RunStore, rel: str, ok: bool, expected: str) -> None:
 def open_round(store: RunStore) -> tuple[int, dict, dict]:
     """(round, status, export columns) of the round the run waits on, every stored file checked for its shape (a
     damaged run dir is a one-line StoreError, never a traceback); LabelImportError when it waits on none."""
-    status = store.read_json("status.json") if store.exists("status.json") else {}
-    _stored(store, "status.json", isinstance(status, dict), "a JSON object")
+    status = store.read_json(layout.STATUS) if store.exists(layout.STATUS) else {}
+    _stored(store, layout.STATUS, isinstance(status, dict), "a JSON object")
     if status.get("state") != "waiting_for_labels":
         raise LabelImportError(f"run_dir={store.root!r} is not waiting for labels (state "
                                f"{ls.short(status.get('state', 'unknown'))})")
     r = status.get("round")
-    _stored(store, "status.json", type(r) is int and r >= 0, "the waiting round as an integer >= 0")
-    rel = f"queries/round_{r}.parquet"
+    _stored(store, layout.STATUS, type(r) is int and r >= 0, "the waiting round as an integer >= 0")
+    rel = layout.export(r, "parquet")
     export = store.read_table(rel)
     _stored(store, rel, {"id", "path"} <= set(export.column_names) and pa.types.is_integer(export.schema.field(
         "id").type) and pa.types.is_string(export.schema.field("path").type), "columns id (integers) and path")
@@ -270,7 +268,7 @@ def import_bytes(store: RunStore, raw: bytes, name: str, allow_partial: bool) ->
     except UnicodeDecodeError:
         raise LabelImportError(f"{name} is not UTF-8 text (CSV or a Label Studio export)") from None
     parsed = ls.parse(text, name)
-    cfg = from_yaml(store.read_text("config.yaml"))
+    cfg = from_yaml(store.read_text(layout.CONFIG))
     if cfg.oracle.kind != "files":
         raise LabelImportError(f"run_dir={store.root!r} uses oracle.kind={cfg.oracle.kind!r}; labels are "
                                "imported only into runs with oracle.kind=files")
@@ -283,7 +281,7 @@ def import_bytes(store: RunStore, raw: bytes, name: str, allow_partial: bool) ->
     ledger = Ledger(store)
     known = ledger.load()
     partial = ledger.partial_rounds()  # read (and checked) before anything is written
-    roots = list(effective_roots(cfg.data)) + [store.path("queries/images")]
+    roots = list(effective_roots(cfg.data)) + [store.path(layout.EXPORT_IMAGES)]
     new, labels, skipped = validate(answers, name=name, round_=r, query=query, classes=classes, ledger=known,
                                     roots=roots, given=parsed)
     if new:
@@ -294,7 +292,7 @@ def import_bytes(store: RunStore, raw: bytes, name: str, allow_partial: bool) ->
     labeled = set(known) | set(new)
     answered = sum(1 for i in query if i in labeled)
     status.update({"labeled": answered, "partial": bool(allow_partial or r in partial)})
-    store.write_json("status.json", status)
+    store.write_json(layout.STATUS, status)
     return {"round": r, "new": len(new), "skipped_identical": skipped, "answered": answered, "queried": len(query),
             "partial": status["partial"], "policy": cfg.oracle.annotations,
             **{k: [i for i in v if i not in labeled] for k, v in unsettled.items()}}

@@ -15,6 +15,7 @@ from dataclasses import asdict
 
 import numpy as np
 
+from raal import layout
 from raal.embed import NO_ACTOR_RESTARTS
 from raal.features import DTYPE, FeatureSet, FeatureStore, PassProgress, ScoreSet, ShardAssembler, sha256
 from raal.proxy import PREDICT_OUTPUTS, ProxyMLP, load_proxy, predict, proxy_state_dict
@@ -58,7 +59,7 @@ class _Scorer:
         return {name: np.concatenate(parts) for name, parts in outs.items()}
 
     def _read(self, rec: dict, name: str, ext: str, dtype, shape) -> np.ndarray:
-        fname = f"{self.rel}/shards/{rec['index']:06d}.{name}.{ext}"
+        fname = f"{self.rel}/{layout.shard_file(rec['index'], f'{name}.{ext}')}"
         data = self.store.read_bytes(fname)
         if sha256(data) != rec["sha256"][name]:
             raise ValueError(f"{fname} fails its sha256: the feature set is corrupt; re-run the embedding pass")

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from raal import console, faults, progress
+from raal import console, faults, layout, progress
 from raal.config import LoraConfig, ModelConfig, TrainConfig
 from raal.data.transforms import IMAGE_COLUMNS, ImageTransform
 from raal.proxy import cosine_multiplier, epoch_batches
@@ -47,7 +47,7 @@ METHODS = ("ft", "lpft", "lora")
 CACHE_BYTES = 1 << 30  # per worker: above this the raw rows are cached and transformed per batch
 CPU_SHARE = 0.9  # of the free CPUs, for the workers; the rest stays for Ray Data and the controller (ray-notes)
 CRASH_ENV = "RAAL_TRAIN_CRASH_ONCE"  # "EPOCH:MARKER": rank 0 dies once at that epoch (fault-tolerance tests)
-STATE_FILE = "state.pt"
+STATE_FILE = layout.TRAIN_STATE
 
 
 @dataclass
@@ -710,11 +710,11 @@ def _run_job(method: str, train_images: dict, test, *, num_classes: int, model_c
     run_store, storage = ray_train_storage(storage_path, name)  # Ray Train writes through the store's filesystem
     fp = _fingerprint(method, batch, num_classes, model_cfg, train_cfg, lora_cfg, transform, seed, init_state_dict,
                       backbone_factory)
-    if run_store.exists("raal_inputs.json") and run_store.read_json("raal_inputs.json").get("fingerprint") != fp:
+    if run_store.exists(layout.TRAIN_INPUTS) and run_store.read_json(layout.TRAIN_INPUTS).get("fingerprint") != fp:
         raise ValueError(f"{run_store.path()} holds a training run with other inputs; pick another name")
     rescued = rescue_damaged_run(run_store.local_path()) if run_store.is_local else None
     run_store, _ = ray_train_storage(storage_path, name)  # (re)creates the folder if the damaged one moved aside
-    run_store.write_json("raal_inputs.json", {"fingerprint": fp, "method": method, "rows": len(batch["id"])})
+    run_store.write_json(layout.TRAIN_INPUTS, {"fingerprint": fp, "method": method, "rows": len(batch["id"])})
 
     workers, cpus = worker_resources(train_cfg, len(batch["id"]))
     resources = {"CPU": cpus}
@@ -755,17 +755,17 @@ def _run_job(method: str, train_images: dict, test, *, num_classes: int, model_c
     head = {k[len("head."):]: v for k, v in net_state.items() if k.startswith("head.")}
     buf = io.BytesIO()
     torch.save(trunk, buf)
-    run_store.write_bytes("backbone.pt", buf.getvalue())
+    run_store.write_bytes(layout.TRAIN_BACKBONE, buf.getvalue())
     epoch_log = [e for e in state["log"] if "epoch" in e and "stage" in e]
     result_obj = TrainResult(
         method=method, accuracy=float(state["accuracy"]), lp_accuracy=state["lp_accuracy"],
-        backbone_path=run_store.path("backbone.pt"), head_state=head, steps=int(state["step"]),
+        backbone_path=run_store.path(layout.TRAIN_BACKBONE), head_state=head, steps=int(state["step"]),
         epochs=int(state["epoch"]), wall_time=wall,
         epoch_times=[float(e.get("epoch_time", e.get("train_time", 0.0))) for e in epoch_log],
         log=list(state["log"]), num_workers=workers, cpus_per_worker=cpus,
         restarts=sum(1 for e in state["log"] if e.get("event") == "resume"))
     summary = {k: v for k, v in dataclasses.asdict(result_obj).items() if k != "head_state"}
-    run_store.write_json("train_result.json", summary)
+    run_store.write_json(layout.TRAIN_RESULT, summary)
     log.info("%s job %s: test accuracy %.4f (LP %s), %d steps in %.1f s (%d workers × %.2f CPU)", method, name,
              result_obj.accuracy, result_obj.lp_accuracy, result_obj.steps, wall, workers, cpus)
     return result_obj

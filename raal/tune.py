@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from raal import layout
 from raal.config import RunConfig, conf_dir, diff_keys, load_config, parse_schedule, to_dict, to_yaml, validate
 from raal.errors import ConfigError, StoreError
 from raal.tracking import tune_callbacks
@@ -339,14 +340,14 @@ def check_sweep_folder(plan: Plan) -> bool:
 
     store = RunStore(plan.root)
     ident = json.loads(json.dumps(plan.identity(), default=str))
-    if store.exists("sweep.json"):
-        old = store.read_json("sweep.json")
+    if store.exists(layout.SWEEP):
+        old = store.read_json(layout.SWEEP)
         differ = diff_keys(_flat(old), _flat(ident))
         if differ:
             raise ConfigError(f"tune.dir={plan.root!r} holds a different sweep; differing keys: "
                               f"{', '.join(differ[:8])}{' …' if len(differ) > 8 else ''} (use another tune.dir)")
         return True
-    store.write_json("sweep.json", ident)
+    store.write_json(layout.SWEEP, ident)
     return False
 
 
@@ -386,16 +387,17 @@ def share_features(src_dir: str, dst_dir: str) -> int:
     from raal.store import RunStore
 
     src, dst = RunStore(src_dir), RunStore(dst_dir)
-    if not src.exists("features/v0") or dst.exists("features/v0"):
+    v0 = layout.feature_version(0)
+    if not src.exists(v0) or dst.exists(v0):
         return 0
     import pyarrow.fs as pafs
 
     n = 0
-    staging = f"features/{dst.tmp_name()}"
-    for entry in src.fs.get_file_info(pafs.FileSelector(src.path("features/v0"), recursive=True)):
+    staging = f"{layout.FEATURES}/{dst.tmp_name()}"
+    for entry in src.fs.get_file_info(pafs.FileSelector(src.path(v0), recursive=True)):
         if entry.type != pafs.FileType.File or "/.tmp-" in entry.path:
             continue
-        rel = entry.path[len(src.path("features/v0")):].lstrip("/")
+        rel = entry.path[len(src.path(v0)):].lstrip("/")
         target = dst.path(f"{staging}/{rel}")
         dst.fs.create_dir(posixpath.dirname(target), recursive=True)
         if src.is_local and dst.is_local:
@@ -407,14 +409,14 @@ def share_features(src_dir: str, dst_dir: str) -> int:
             src.fs.copy_file(entry.path, target)
         n += 1
     if dst.is_local:  # one rename makes the set appear whole or not at all
-        os.replace(dst.path(staging), dst.path("features/v0"))
+        os.replace(dst.path(staging), dst.path(v0))
     else:  # object stores: per-object moves; the manifest's checksums catch a partial copy
         for entry in dst.fs.get_file_info(pafs.FileSelector(dst.path(staging), recursive=True)):
             if entry.type == pafs.FileType.File:
                 rel = entry.path[len(dst.path(staging)):].lstrip("/")
-                dst.fs.move(entry.path, dst.path(f"features/v0/{rel}"))
-    if src.exists("features/timing.json") and not dst.exists("features/timing.json"):
-        dst.write_bytes("features/timing.json", src.read_bytes("features/timing.json"))
+                dst.fs.move(entry.path, dst.path(f"{v0}/{rel}"))
+    if src.exists(layout.FEATURE_TIMING) and not dst.exists(layout.FEATURE_TIMING):
+        dst.write_bytes(layout.FEATURE_TIMING, src.read_bytes(layout.FEATURE_TIMING))
     return n
 
 
@@ -475,7 +477,7 @@ def run_baseline(cfg: RunConfig) -> list[tuple[float, float]]:
     finally:
         ray.kill(driver)
     name = arm_specs(cfg)[0].name
-    rows = RunStore(cfg.run_dir).child("arms", name).read_table("rounds.parquet").to_pylist()
+    rows = RunStore(cfg.run_dir).child(layout.arm(name)).read_table(layout.ROUNDS).to_pylist()
     return curve_of(rows)
 
 
@@ -522,7 +524,7 @@ def run_sweep(plan: Plan):
                              baseline_curve=baseline_curve),
         {"cpu": plan.spec.cpu, "gpu": plan.spec.gpu})
     space = {"trial": tune.grid_search([{"index": i, "params": p} for i, p in enumerate(plan.params)])}
-    tune_path = _join(plan.root, "tune")
+    tune_path = _join(plan.root, layout.TUNE)
     if tune.Tuner.can_restore(tune_path):
         print(f"raal.tune: restoring the interrupted sweep in {tune_path}", flush=True)
         tuner = tune.Tuner.restore(tune_path, trainable, resume_unfinished=True, resume_errored=True)
@@ -533,7 +535,7 @@ def run_sweep(plan: Plan):
             tune_config=tune.TuneConfig(metric=plan.spec.metric, mode=plan.spec.mode,
                                         max_concurrent_trials=_concurrency(plan.spec, len(plan.params)),
                                         trial_name_creator=name_of, trial_dirname_creator=name_of),
-            run_config=tune.RunConfig(name="tune", storage_path=plan.root, verbose=plan.spec.verbose,
+            run_config=tune.RunConfig(name=layout.TUNE, storage_path=plan.root, verbose=plan.spec.verbose,
                                       failure_config=tune.FailureConfig(max_failures=plan.spec.max_failures),
                                       callbacks=[_printer(plan), *tune_callbacks(plan.base, plan.root,
                                                                                  plan.spec.name)]))
@@ -564,15 +566,15 @@ def collect_results(plan: Plan, baseline_curve: list[tuple[float, float]],
     rows = []
     for i, (params, cfg) in enumerate(zip(plan.params, plan.trials)):
         arm = arm_specs(cfg)[0].name
-        store = RunStore(cfg.run_dir).child("arms", arm)
-        rounds = store.read_table("rounds.parquet").to_pylist() if store.exists("rounds.parquet") else []
+        store = RunStore(cfg.run_dir).child(layout.arm(arm))
+        rounds = store.read_table(layout.ROUNDS).to_pylist() if store.exists(layout.ROUNDS) else []
         state, error = status.get(i, ("NOT_RUN", ""))
         row = {"trial": i, **{f"param:{k}": _cell(v) for k, v in params.items()}, "status": state,
                "arm": arm, "rounds": len(rounds)}
         m = trial_metrics(rounds, baseline_curve, cfg) if rounds else {}
         for key in ("saving_ratio", "accuracy", "n_labeled", "refreshes", "extrapolated", "t_total_s"):
             row[key] = m.get(key, math.nan)
-        final = store.read_json("final.json")["accuracy"] if store.exists("final.json") else math.nan
+        final = store.read_json(layout.FINAL)["accuracy"] if store.exists(layout.FINAL) else math.nan
         row["final_accuracy"] = float(final)
         row["run_dir"] = cfg.run_dir
         row["error"] = error
@@ -618,10 +620,10 @@ def write_results(plan: Plan, rows: list[dict], baseline_curve: list[tuple[float
     store = RunStore(plan.root)
     cols = list(rows[0]) if rows else []
     table = pa.table({c: [r[c] for r in rows] for c in cols})
-    store.write_table("results.parquet", table)
+    store.write_table(layout.results("parquet"), table)
     buf = pa.BufferOutputStream()
     pacsv.write_csv(table, buf)
-    store.write_bytes("results.csv", buf.getvalue().to_pybytes())
+    store.write_bytes(layout.results("csv"), buf.getvalue().to_pybytes())
     metric = plan.spec.metric
     best = next((r for r in rows if r["status"] == "TERMINATED" and np.isfinite(r[metric])), None)
     md = [f"# Sweep {plan.spec.name}", "",
@@ -632,13 +634,13 @@ def write_results(plan: Plan, rows: list[dict], baseline_curve: list[tuple[float
     if best is not None:
         md.append(f"Best: trial {best['trial']:03d} ({_fmt_params(plan.params[best['trial']])}), "
                   f"{metric} = {best[metric]:.4f}; its full config is best.yaml.\n")
-    store.write_text("results.md", "\n".join(md))
+    store.write_text(layout.results("md"), "\n".join(md))
     if best is None:
         return None
     info = {"trial": best["trial"], "params": plan.params[best["trial"]], "metric": metric,
             "value": best[metric], "run_dir": best["run_dir"], "sweep": plan.spec.name}
-    store.write_json("best.json", info)
-    store.write_text("best.yaml", to_yaml(plan.trials[best["trial"]]))
+    store.write_json(layout.best("json"), info)
+    store.write_text(layout.best("yaml"), to_yaml(plan.trials[best["trial"]]))
     return info
 
 
@@ -685,8 +687,8 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(rows, plan.spec.metric))
     if best:
         print(f"raal.tune: best trial {best['trial']:03d} ({_fmt_params(best['params'])}): {best['metric']} = "
-              f"{best['value']:.4f} -> {_join(plan.root, 'best.yaml')}")
-    print(f"raal.tune: results in {_join(plan.root, 'results.md')} ({time.perf_counter() - t0:.0f} s)")
+              f"{best['value']:.4f} -> {_join(plan.root, layout.best('yaml'))}")
+    print(f"raal.tune: results in {_join(plan.root, layout.results('md'))} ({time.perf_counter() - t0:.0f} s)")
     failed = [r for r in rows if r["status"] != "TERMINATED"]
     return 1 if failed else 0
 

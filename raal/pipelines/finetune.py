@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import torch
 
+from raal import layout
 from raal.config import TrainConfig
 from raal.store import RunStore
 
@@ -24,7 +25,7 @@ def labeled_images(pipe) -> dict:
 def training_storage(store: RunStore) -> RunStore:
     """Where Ray Train keeps a fine-tune's checkpoints: `ray_train/` of the arm's store, on any filesystem (S3 too),
     so a killed job resumes from there and no local scratch folder is left behind."""
-    return store.child("ray_train")
+    return store.child(layout.RAY_TRAIN)
 
 
 def recipe(train: TrainConfig, method: str) -> TrainConfig:
@@ -39,7 +40,7 @@ def recipe(train: TrainConfig, method: str) -> TrainConfig:
 def finetune_labeled(pipe, *, method: str, name: str, seed: int, save_as: str | None = None) -> dict:
     """FT, LP-FT or LoRA on the labeled set as a Ray Train job; returns {accuracy, lp_accuracy, steps, wall_time}.
 
-    With `save_as` (e.g. "checkpoints/backbone_v1"), the backbone goes to `save_as + ".pt"`, the new head to
+    With `save_as` (e.g. layout.backbone_checkpoint(1)), the backbone goes to `save_as + ".pt"`, the new head to
     `save_as + ".head.pt"` and the numbers to `save_as + ".json"`; if they exist already, nothing is trained.
     """
     if save_as and pipe.store.exists(save_as + ".json"):
@@ -61,7 +62,7 @@ def finetune_labeled(pipe, *, method: str, name: str, seed: int, save_as: str | 
     out = {"accuracy": float(res.accuracy), "lp_accuracy": None if res.lp_accuracy is None else float(res.lp_accuracy),
            "steps": int(res.steps), "wall_time": float(res.wall_time), "method": method}
     if save_as:
-        pipe.store.write_bytes(save_as + ".pt", jobs.child(name).read_bytes("backbone.pt"))
+        pipe.store.write_bytes(save_as + ".pt", jobs.child(name).read_bytes(layout.TRAIN_BACKBONE))
         buf = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in res.head_state.items()}, buf)
         pipe.store.write_bytes(save_as + ".head.pt", buf.getvalue())
