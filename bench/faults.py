@@ -98,10 +98,12 @@ DAMAGE = {"corrupt_shard": corrupt_shard, "remove_newest_checkpoint": remove_new
 
 def state(run_dir: Path) -> dict:
     """What must survive: the labeled set, the queries, the rounds table, the ledger of versions and features."""
+    from raal import layout
+
     arm = run_dir / "arms" / ARM
     labels = pq.read_table(arm / "labels.parquet").to_pylist() if (arm / "labels.parquet").exists() else []
     rounds = pq.read_table(arm / "rounds.parquet").to_pylist() if (arm / "rounds.parquet").exists() else []
-    queries = {p.name: pq.read_table(p).column("id").to_pylist() for p in sorted((arm / "queries").glob("*.parquet"))}
+    queries = {p.name: pq.read_table(p).column("id").to_pylist() for p in sorted((arm / layout.SELECTIONS).glob("*.parquet"))}
     return {"labels": sorted((r["id"], r["label"], r["round"]) for r in labels), "queries": queries,
             "rounds": [{k: r[k] for k in ("round", "n_labeled", "n_new", "refreshed", "features_version",
                                           "train_method")} for r in rounds]}

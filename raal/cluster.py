@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from raal import layout
 from raal.errors import RaalError
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,8 @@ COMMAND_KEYS = ("initialization_commands", "setup_commands", "head_setup_command
                 "head_start_ray_commands", "worker_start_ray_commands")
 # What `fetch` leaves behind: feature shards, model weights and Ray Train/Tune scratch are large and not needed
 # to read or report a run.
-FETCH_SKIP_DIRS = ("features/v", "scores/", "checkpoints/", "ray_train/", "tune/", "report/")
+FETCH_SKIP_DIRS = (layout.FEATURES + "/v", *(d + "/" for d in (layout.SCORES, layout.CHECKPOINTS, layout.RAY_TRAIN,
+                                                             layout.TUNE, layout.REPORT)))
 FETCH_SKIP_SUFFIXES = (".pt", ".pth", ".npy", ".bin")
 
 

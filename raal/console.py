@@ -16,7 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-LOG_NAME = "raal.log"
+from raal import layout
+
+LOG_NAME = layout.LOG
 FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
 ENV_FILE, ENV_LEVEL = "RAAL_LOG_FILE", "RAAL_LOG_LEVEL"
 #: Ray's own loggers whose records are expected conditions, not problems: kept out of raal.log below ERROR.

@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from raal import progress
+from raal import layout, progress
 from raal.recipe import default_freeze, fit_probe, forward_in_chunks, split_trunk, train_suffix
 
 log = logging.getLogger(__name__)
 
-CACHE_DIR = "eval_cache"
+CACHE_DIR = layout.EVAL_CACHE
 
 
 def eval_threads() -> int:
@@ -99,7 +99,7 @@ class PrefixCache:
 
     def _paths(self) -> tuple[str, str]:
         key = self._digest(self.meta)
-        return f"{CACHE_DIR}/{self.split}-{key}.f32", f"{CACHE_DIR}/{self.split}-{key}.json"
+        return layout.eval_cache(self.split, key)
 
     def load(self) -> torch.Tensor | None:
         data_path, meta_path = self._paths()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from raal import layout
 from raal.progress import PassProgress
 from raal.shards import DTYPE, ShardAssembler, ShardedSet, default_cache_dir, ids_digest, sha256
 from raal.store import RunStore
@@ -128,7 +129,7 @@ class FeatureStore:
 
     def set_for(self, version: int, split: str) -> ShardedSet:
         self._check(version, split)
-        return ShardedSet(self.store, f"features/v{int(version)}/{split}", self.cache_dir)
+        return ShardedSet(self.store, layout.feature_set(version, split), self.cache_dir)
 
     def has(self, version: int, split: str) -> bool:
         return self.set_for(version, split).is_complete()
@@ -136,7 +137,7 @@ class FeatureStore:
     def versions(self, split: str | None = None) -> list[int]:
         """Versions with a complete set (for `split`, or for any split), ascending."""
         out = []
-        for name in self.store.listdir("features"):
+        for name in self.store.listdir(layout.FEATURES):
             m = re.fullmatch(r"v(\d+)", name)
             if not m:
                 continue

@@ -18,6 +18,7 @@ import os
 import threading
 
 from raal import labelstudio as ls
+from raal import layout
 from raal.errors import ConfigError, LabelImportError, StoreError
 
 log = logging.getLogger("raal.live")
@@ -106,7 +107,7 @@ class LiveRun:
 
     # -- reads ------------------------------------------------------------------------------------------------------
     def status(self) -> dict:
-        return self.store.read_json("status.json") if self.store.exists("status.json") else {"state": "new"}
+        return self.store.read_json(layout.STATUS) if self.store.exists(layout.STATUS) else {"state": "new"}
 
     def model_version(self) -> str:
         return f"raal-round-{self.status().get('round', 0)}"
@@ -114,7 +115,7 @@ class LiveRun:
     def _export(self, r: int, cache: dict) -> dict[int, dict]:
         """raal_id -> what round r's export holds for it (path, image, prediction, score); read once per call."""
         if r not in cache:
-            rel = f"queries/round_{r}.parquet"
+            rel = layout.export(r, "parquet")
             t = self.store.read_table(rel).to_pylist() if self.store.exists(rel) else []
             cache[r] = {row["id"]: {**row, "round": r} for row in t}
         return cache[r]
@@ -166,7 +167,7 @@ class LiveRun:
             return 0
         status = self.status()
         r = int(status["round"])
-        tasks = json.loads(self.store.read_text(f"queries/round_{r}.labelstudio.json"))
+        tasks = json.loads(self.store.read_text(layout.export(r, "labelstudio.json")))
         have = self.studio.raal_ids()
         new = [t for t in tasks if int(t["data"]["raal_id"]) not in have]
         if new:

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from raal import layout
+
 Curve = Sequence[tuple[float, float]]
 
-#: Per-round phase-time columns of rounds.parquet, in the order they are stacked in the report.
-PHASES: tuple[str, ...] = ("t_pre", "t_tr_proxy", "t_f_proxy", "t_tr_full", "t_f_full", "t_select", "t_eval")
+#: Per-round phase-time columns of the rounds table, in the order they are stacked in the report.
+PHASES: tuple[str, ...] = layout.PHASES
 
 #: Phases of the §3.8 time model (per-round averages over the rounds where the phase ran).
 MODEL_PHASES: tuple[str, ...] = ("t_pre", "t_tr_proxy", "t_f_proxy", "t_tr_full", "t_f_full")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raal import metrics
+from raal import layout, metrics
 from raal.report_load import Arm, NotARunError, Run, _run_name, load_run  # noqa: F401 - NotARunError: the API
 from raal.report_plots import (
     PHASE_NAMES,
@@ -453,10 +453,10 @@ def write_report(run_dirs: str | Path | Iterable[str | Path], out_dir: str | Pat
             parts.append(f"<details><summary>{e(s.key)}</summary>{_html_table(head, _round_rows(s, scale))}"
                          "</details>")
     parts.append("</body></html>")
-    path = out / "report.html"
+    path = out / layout.REPORT_HTML
     path.write_text("".join(parts), encoding="utf-8")
     summary = summary_text(runs, stats, notes)
-    (out / "summary.txt").write_text(summary, encoding="utf-8")
+    (out / layout.REPORT_SUMMARY).write_text(summary, encoding="utf-8")
     if echo:
         sys.stdout.write(summary)
         sys.stdout.write(f"\nreport: {path}\n")
@@ -475,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     first = args.run_dirs[0]
     local = None if "://" in first and not first.startswith("file://") else first.removeprefix("file://")
-    out = args.out or (Path(local) / "report" if len(args.run_dirs) == 1 and local else Path("raal_report"))
+    out = args.out or (Path(local) / layout.REPORT if len(args.run_dirs) == 1 and local else Path("raal_report"))
     try:
         write_report(args.run_dirs, out, echo=True)
     except NotARunError as exc:

@@ -14,24 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from raal import metrics
+from raal import layout, metrics
 from raal.errors import RaalError, StoreError
 from raal.store import RunStore, _resolve, redact_uri
 
-# column -> (kind, fill for missing/null values)
-ROUND_COLUMNS: dict[str, tuple[str, Any]] = {
-    "round": ("int", -1), "n_labeled": ("int", -1), "n_new": ("int", -1),
-    "accuracy": ("float", np.nan), "eval_method": ("str", ""), "random_only": ("bool", None),
-    "features_version": ("int", -1), "ped_steps": ("int", -1), "logme_ped": ("float", np.nan),
-    "score_diff": ("float", np.nan), "refreshed": ("bool", False), "train_method": ("str", ""),
-    **{p: ("float", 0.0) for p in metrics.PHASES}, "t_round": ("float", np.nan), "device": ("str", "cpu"),
-    "model_accuracy": ("float", np.nan), "model_eval": ("str", ""), "probe_accuracy": ("float", np.nan),
-    "trigger_signal": ("float", np.nan), "kappa": ("float", np.nan), "gain_per_100": ("float", np.nan),
-    "stop_advice": ("str", ""), "stop_reason": ("str", ""),
-}
-OPTIONAL_COLUMNS = ("random_only", "model_accuracy", "model_eval", "probe_accuracy", "trigger_signal", "kappa",
-                    "gain_per_100", "stop_advice", "stop_reason")  # absent in older runs
-REQUIRED_COLUMNS = ("round", "n_labeled", "accuracy")
+# column -> (kind, fill for missing/null values), from the one rounds schema
+_KINDS = {"int64": "int", "float64": "float", "bool": "bool", "string": "str"}
+ROUND_COLUMNS: dict[str, tuple[str, object]] = {
+    k: (_KINDS[t], layout.ROUND_MISSING[k]) for k, t in layout.ROUND_TYPES.items()}
+OPTIONAL_COLUMNS = layout.ROUND_OPTIONAL  # absent in older runs
+REQUIRED_COLUMNS = layout.ROUND_REQUIRED
 
 class NotARunError(RaalError, ValueError):
     """The path given is not an experiment directory (no config.yaml and no arms/)."""
@@ -108,13 +100,13 @@ class Run:
 
 
 def _read_config(store: RunStore, notes: list[str]) -> dict:
-    if not store.exists("config.yaml"):
+    if not store.exists(layout.CONFIG):
         notes.append("config.yaml is missing: default prices and options are used")
         return {}
     try:
         from omegaconf import OmegaConf
 
-        conf = OmegaConf.create(store.read_text("config.yaml"))
+        conf = OmegaConf.create(store.read_text(layout.CONFIG))
         try:
             data = OmegaConf.to_container(conf, resolve=True)
         except Exception:  # noqa: BLE001 - an unresolvable interpolation must not sink the report
@@ -240,13 +232,13 @@ def load_run(run_dir: str | Path, label: str | None = None) -> Run:
     """Read an experiment directory (a path or a RunStore URI); raises NotARunError if it is not one, otherwise
     never fails."""
     store = open_run_store(run_dir)
-    single = store.exists("rounds.parquet")
-    has_arms = "arms" in store.listdir()
-    if not store.exists("config.yaml") and not has_arms and not single:
+    single = store.exists(layout.ROUNDS)
+    has_arms = layout.ARMS in store.listdir()
+    if not store.exists(layout.CONFIG) and not has_arms and not single:
         raise NotARunError(f"{redact_uri(str(run_dir))} is not a raal run: it has neither config.yaml nor arms/")
     notes: list[str] = []
     config = _read_config(store, notes)
-    arm_dirs = [f"arms/{d}" for d in store.listdir("arms") if store.listdir(f"arms/{d}")] if has_arms else []
+    arm_dirs = [layout.arm(d) for d in store.listdir(layout.ARMS) if store.listdir(layout.arm(d))] if has_arms else []
     if not arm_dirs and single:
         arm_dirs = [""]
     run = Run(path=redact_uri(str(run_dir)), label=label or _run_name(run_dir), config=config, arms=[],
@@ -257,9 +249,9 @@ def load_run(run_dir: str | Path, label: str | None = None) -> Run:
         meta: dict = {}
         rel = f"{d}/" if d else ""
         dir_name = d.rsplit("/", 1)[-1] if d else run.label
-        if store.exists(rel + "arm.json"):
+        if store.exists(rel + layout.ARM_META):
             try:
-                meta = json.loads(store.read_text(rel + "arm.json"))
+                meta = json.loads(store.read_text(rel + layout.ARM_META))
                 if not isinstance(meta, dict):
                     raise ValueError("not a JSON object")
             except (OSError, ValueError, StoreError) as exc:
@@ -268,7 +260,7 @@ def load_run(run_dir: str | Path, label: str | None = None) -> Run:
         else:
             arm_notes.append("arm.json is missing; the directory name is used and the arm is not a baseline")
         meta.setdefault("name", dir_name)
-        rounds = _read_rounds(store, rel + "rounds.parquet", arm_notes)
+        rounds = _read_rounds(store, rel + layout.ROUNDS, arm_notes)
         run.arms.append(Arm(run_label=run.label, dir_name=dir_name, meta=meta, rounds=rounds, notes=arm_notes,
                             config=config))
     if not run.arms:

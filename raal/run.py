@@ -10,6 +10,7 @@ import os
 import sys
 import time
 
+from raal import layout
 from raal.config import MAIN_KEYS, RunConfig, available_configs, conf_dir, from_yaml, load_config
 from raal.errors import ConfigError
 
@@ -66,14 +67,14 @@ def resolve_config(argv: list[str]) -> RunConfig:
 
         store = RunStore(run_dirs[-1], create=False)
         others = [o for o in overrides if not o.startswith("run_dir=")]
-        if not others and not store.exists("config.yaml"):  # `run_dir=DIR` alone means: resume the run in DIR
+        if not others and not store.exists(layout.CONFIG):  # `run_dir=DIR` alone means: resume the run in DIR
             from raal.store import redact_uri
 
             what = "does not exist" if not store.exists("") else "holds no run (no config.yaml)"
             raise ConfigError(f"run_dir={redact_uri(run_dirs[-1])!r} {what}: nothing to resume; to start a run "
                               "there give conf=NAME (e.g. conf=demo)")
-        if store.exists("config.yaml"):
-            stored = from_yaml(store.read_text("config.yaml"))
+        if store.exists(layout.CONFIG):
+            stored = from_yaml(store.read_text(layout.CONFIG))
             if others:  # apply overrides over the stored config; the resume check judges them
                 from raal.config import apply_overrides
 
@@ -131,7 +132,7 @@ def uncommitted_entries(run_dir: str) -> tuple[bool, set[str]] | None:
     if not os.path.isdir(run_dir):
         return False, set()
     names = set(os.listdir(run_dir))
-    return None if "config.yaml" in names else (True, names)
+    return None if layout.CONFIG in names else (True, names)
 
 
 def roll_back(run_dir: str, before: set[str]) -> None:
@@ -140,11 +141,9 @@ def roll_back(run_dir: str, before: set[str]) -> None:
     under the lease."""
     import shutil
 
-    from raal.store import LEASE
-
     if not os.path.isdir(run_dir):
         return
-    for name in set(os.listdir(run_dir)) - before - {LEASE}:
+    for name in set(os.listdir(run_dir)) - before - {layout.LOCK}:
         path = os.path.join(run_dir, name)
         shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
 
@@ -257,9 +256,9 @@ def run(cfg: RunConfig) -> int:
             from raal.report import write_report
 
             print()
-            write_report([run_dir], local / "report", echo=True)
+            write_report([run_dir], local / layout.REPORT, echo=True)
             if tracker is not None:
-                tracker.log_report(local / "report")
+                tracker.log_report(local / layout.REPORT)
         except ImportError:
             pass
     if tracker is not None:

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from raal import layout
 from raal.errors import StoreError
 
 #: URI query keys whose values are harmless and may be shown and stored; every other value is redacted (allow-list:
@@ -197,8 +198,8 @@ def ray_train_storage(where: str | os.PathLike | RunStore, name: str) -> tuple[R
 
 
 # -- one writer per run dir -------------------------------------------------------------------------------------------
-LEASE = ".raal.lock"  # local run dirs: flock'ed file (removed again on release)
-REMOTE_LEASE = ".raal.lease.json"  # object stores: a best-effort lease object
+LEASE = layout.LOCK  # local run dirs: flock'ed file (removed again on release)
+REMOTE_LEASE = layout.REMOTE_LEASE  # object stores: a best-effort lease object
 
 
 class RunDirInUse(StoreError):

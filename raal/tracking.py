@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raal import metrics
+from raal import layout, metrics
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def tracking_uri(cfg, run_dir: str) -> str:
     from raal.console import local_dir
 
     local = local_dir(run_dir)
-    return (local / "mlruns" if local is not None else Path("mlruns").resolve()).as_uri()
+    return (local / layout.MLRUNS if local is not None else Path(layout.MLRUNS).resolve()).as_uri()
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, str]:

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from raal import layout
 from raal.config import LoraConfig, ModelConfig, TrainConfig
 from raal.data.transforms import IMAGE_COLUMNS, ImageTransform
 from raal.store import RunStore, ray_train_storage
@@ -262,7 +263,7 @@ def _run_job(method: str, train_images: dict, test, *, num_classes: int, model_c
     run_store, storage = ray_train_storage(storage_path, name)  # Ray Train writes through the store's filesystem
     fp = _fingerprint(method, batch, num_classes, model_cfg, train_cfg, lora_cfg, transform, seed, init_state_dict,
                       backbone_factory)
-    if run_store.exists("raal_inputs.json") and run_store.read_json("raal_inputs.json").get("fingerprint") != fp:
+    if run_store.exists(layout.TRAIN_INPUTS) and run_store.read_json(layout.TRAIN_INPUTS).get("fingerprint") != fp:
         raise ValueError(f"{run_store.path()} holds a training run with other inputs; pick another name")
     workers, cpus = worker_resources(train_cfg, len(batch["id"]))
     path, why = choose_path(train_cfg, workers)
@@ -270,7 +271,7 @@ def _run_job(method: str, train_images: dict, test, *, num_classes: int, model_c
     if path == "ray_train" and run_store.is_local:
         rescued = rescue_damaged_run(run_store.local_path())
     run_store, _ = ray_train_storage(storage_path, name)  # (re)creates the folder if the damaged one moved aside
-    run_store.write_json("raal_inputs.json", {"fingerprint": fp, "method": method, "rows": len(batch["id"])})
+    run_store.write_json(layout.TRAIN_INPUTS, {"fingerprint": fp, "method": method, "rows": len(batch["id"])})
     found = (torch.load(Path(rescued) / STATE_FILE, map_location="cpu", weights_only=True) if rescued
              else newest_checkpoint(run_store))
     config = {"method": method, "num_classes": num_classes, "model_cfg": model_cfg, "train_cfg": train_cfg,
@@ -307,17 +308,17 @@ def _run_job(method: str, train_images: dict, test, *, num_classes: int, model_c
     head = {k[len("head."):]: v for k, v in net_state.items() if k.startswith("head.")}
     buf = io.BytesIO()
     torch.save(trunk, buf)
-    run_store.write_bytes("backbone.pt", buf.getvalue())
+    run_store.write_bytes(layout.TRAIN_BACKBONE, buf.getvalue())
     epoch_log = [e for e in state["log"] if "epoch" in e and "stage" in e]
     result_obj = TrainResult(
         method=method, accuracy=float(state["accuracy"]), lp_accuracy=state["lp_accuracy"],
-        backbone_path=run_store.path("backbone.pt"), head_state=head, steps=int(state["step"]),
+        backbone_path=run_store.path(layout.TRAIN_BACKBONE), head_state=head, steps=int(state["step"]),
         epochs=int(state["epoch"]), wall_time=wall,
         epoch_times=[float(e.get("epoch_time", e.get("train_time", 0.0))) for e in epoch_log],
         log=list(state["log"]), num_workers=workers, cpus_per_worker=cpus,
         restarts=sum(1 for e in state["log"] if e.get("event") == "resume"), path=path, path_reason=why)
     summary = {k: v for k, v in dataclasses.asdict(result_obj).items() if k != "head_state"}
-    run_store.write_json("train_result.json", summary)
+    run_store.write_json(layout.TRAIN_RESULT, summary)
     log.info("%s job %s: test accuracy %.4f (LP %s), %d steps in %.1f s (%s path, %d workers × %.2f CPU)", method,
              name, result_obj.accuracy, result_obj.lp_accuracy, result_obj.steps, wall, path, workers, cpus)
     return result_obj

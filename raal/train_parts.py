@@ -19,12 +19,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from raal import layout
 from raal.config import LoraConfig, TrainConfig
 from raal.data.transforms import IMAGE_COLUMNS, ImageTransform
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "state.pt"
+STATE_FILE = layout.TRAIN_STATE
 CHECKPOINT_PREFIX = "checkpoint_"  # Ray Train's checkpoint folders and the warm actor's both start so
 
 

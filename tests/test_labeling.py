@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from raal import labeling
+from raal import labeling, layout
 from raal import labelstudio as ls
 from raal.config import load_config
 from raal.data.sources import ANIMAL_MNIST_CLASSES, animal_mnist_arrays
@@ -152,7 +152,7 @@ def test_files_oracle_round_trip(ray_local, tmp_path, capsys):
     rows1 = exp.run_round(1)
     answered = set(ids1[: len(rows) // 2])
     for arm in exp.arms:
-        asked = set(pq.read_table(run_dir / "arms" / arm.arm.name / "queries" / "round_1.parquet")
+        asked = set(pq.read_table(run_dir / layout.arm(arm.arm.name) / layout.selection(1))
                     .column("id").to_pylist())
         assert rows1[arm.arm.name]["n_new"] == len(asked & answered)
     assert exp.run_round(2) == {}

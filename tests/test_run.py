@@ -10,6 +10,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from raal import layout
+
 pytestmark = [pytest.mark.timeout(600), pytest.mark.ray]
 
 SMALL = ["conf=demo",
@@ -62,7 +64,7 @@ def test_end_to_end_small_run(uninterrupted):
         assert len({r["id"] for r in labels}) == 100
         queried = set()
         for k in range(5):
-            queried |= set(pq.read_table(run_dir / "arms" / arm / "queries" / f"round_{k}.parquet")
+            queried |= set(pq.read_table(run_dir / layout.arm(arm) / layout.selection(k))
                            .column("id").to_pylist())
         assert {r["id"] for r in labels} == queried  # every label answers a query
     assert (run_dir / "status.json").read_text().count('"done"') == 1

@@ -13,11 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from raal import layout
 from raal.data.sources import Dataset, ImageSet
 from raal.errors import EmptyPoolError, ImageDecodeError
 
 log = logging.getLogger(__name__)
-LIST = "data/undecodable.json"
+LIST = layout.UNDECODABLE
 CHUNK = 256
 
 

@@ -14,7 +14,7 @@ import os
 
 import pyarrow as pa
 
-from raal import faults
+from raal import faults, layout
 from raal import labelstudio as ls
 from raal.errors import ConfigError, LabelImportError, StoreError
 from raal.labeling.ledger import CLASSES, Ledger
@@ -88,7 +88,7 @@ def import_labels(run_dir: str, file: str, allow_partial: bool = False) -> dict:
 
     Runs under the run dir's lease (`RunLease`): a second import, or a run, on the same run dir is refused."""
     store = RunStore(run_dir, create=False)  # a mistyped run_dir is refused, not created
-    if not store.exists("config.yaml"):
+    if not store.exists(layout.CONFIG):
         raise LabelImportError(f"run_dir={run_dir!r} holds no run")
     if not os.path.isfile(file):
         raise LabelImportError(f"file={file!r} does not exist")
@@ -108,14 +108,14 @@ def _stored(store: RunStore, rel: str, ok: bool, expected: str) -> None:
 def open_round(store: RunStore) -> tuple[int, dict, dict]:
     """(round, status, export columns) of the round the run waits on, every stored file checked for its shape (a
     damaged run dir is a one-line StoreError, never a traceback); LabelImportError when it waits on none."""
-    status = store.read_json("status.json") if store.exists("status.json") else {}
-    _stored(store, "status.json", isinstance(status, dict), "a JSON object")
+    status = store.read_json(layout.STATUS) if store.exists(layout.STATUS) else {}
+    _stored(store, layout.STATUS, isinstance(status, dict), "a JSON object")
     if status.get("state") != "waiting_for_labels":
         raise LabelImportError(f"run_dir={store.root!r} is not waiting for labels (state "
                                f"{ls.short(status.get('state', 'unknown'))})")
     r = status.get("round")
-    _stored(store, "status.json", type(r) is int and r >= 0, "the waiting round as an integer >= 0")
-    rel = f"queries/round_{r}.parquet"
+    _stored(store, layout.STATUS, type(r) is int and r >= 0, "the waiting round as an integer >= 0")
+    rel = layout.export(r, "parquet")
     export = store.read_table(rel)
     _stored(store, rel, {"id", "path"} <= set(export.column_names) and pa.types.is_integer(export.schema.field(
         "id").type) and pa.types.is_string(export.schema.field("path").type), "columns id (integers) and path")
@@ -133,7 +133,7 @@ def import_bytes(store: RunStore, raw: bytes, name: str, allow_partial: bool) ->
     except UnicodeDecodeError:
         raise LabelImportError(f"{name} is not UTF-8 text (CSV or a Label Studio export)") from None
     parsed = ls.parse(text, name)
-    cfg = from_yaml(store.read_text("config.yaml"))
+    cfg = from_yaml(store.read_text(layout.CONFIG))
     if cfg.oracle.kind != "files":
         raise LabelImportError(f"run_dir={store.root!r} uses oracle.kind={cfg.oracle.kind!r}; labels are "
                                "imported only into runs with oracle.kind=files")
@@ -146,7 +146,7 @@ def import_bytes(store: RunStore, raw: bytes, name: str, allow_partial: bool) ->
     ledger = Ledger(store)
     known = ledger.load()
     partial = ledger.partial_rounds()  # read (and checked) before anything is written
-    roots = list(effective_roots(cfg.data)) + [store.path("queries/images")]
+    roots = list(effective_roots(cfg.data)) + [store.path(layout.EXPORT_IMAGES)]
     new, labels, skipped = validate(answers, name=name, round_=r, query=query, classes=classes, ledger=known,
                                     roots=roots, given=parsed)
     if new:
@@ -157,7 +157,7 @@ def import_bytes(store: RunStore, raw: bytes, name: str, allow_partial: bool) ->
     labeled = set(known) | set(new)
     answered = sum(1 for i in query if i in labeled)
     status.update({"labeled": answered, "partial": bool(allow_partial or r in partial)})
-    store.write_json("status.json", status)
+    store.write_json(layout.STATUS, status)
     return {"round": r, "new": len(new), "skipped_identical": skipped, "answered": answered, "queried": len(query),
             "partial": status["partial"], "policy": cfg.oracle.annotations,
             **{k: [i for i in v if i not in labeled] for k, v in unsettled.items()}}

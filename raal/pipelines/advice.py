@@ -14,6 +14,7 @@ import math
 import numpy as np
 import torch
 
+from raal import layout
 from raal.recipe import fit_probe
 from raal.stopping import StopRule, advise, cohen_kappa
 
@@ -50,8 +51,8 @@ def round_advice(store, r: int, history: list[dict], row: dict, *, predictions: 
                  rule: StopRule) -> dict:
     """The round's stop columns: kappa vs round r-1's sample predictions, the gain, the advice and its reason.
     `history` is the committed rounds before r, `row` the round being committed (n_labeled, accuracy)."""
-    _save(store, f"stopping/round_{r}.npy", predictions)
-    prev = _load(store, f"stopping/round_{r - 1}.npy") if r else None
+    _save(store, layout.stopping_predictions(r), predictions)
+    prev = _load(store, layout.stopping_predictions(r - 1)) if r else None
     kappa = cohen_kappa(prev, predictions) if prev is not None and prev.shape == predictions.shape else math.nan
     rows = list(history) + [{**row, "kappa": kappa}]
     adv = advise([x["n_labeled"] for x in rows], [x["accuracy"] for x in rows],

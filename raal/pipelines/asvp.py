@@ -24,6 +24,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from raal import layout
 from raal.config import ASVPConfig
 from raal.pipelines.base import PhaseTimer, round_seed
 from raal.pipelines.svpp import SVPpPipeline
@@ -188,7 +189,7 @@ class ASVPPipeline(SVPpPipeline):
         new = self.feature_version() + 1
         if self.ctx.cfg.train.freeze_blocks != 0:
             return self.refresh_partial(r, new, timer)
-        ckpt = f"checkpoints/backbone_v{new}"
+        ckpt = layout.backbone_checkpoint(new)
         with timer.phase("t_tr_full"):
             self.finetune(method="ft", name=f"refresh_v{new}", seed=round_seed(self.ctx.cfg.al.seed, r, 2),
                           save_as=ckpt)
@@ -213,7 +214,7 @@ class ASVPPipeline(SVPpPipeline):
                          seed=round_seed(self.ctx.cfg.al.seed, r, 2), recipe=Recipe.from_config(self.ctx.cfg.eval,
                                                                                               method="ft"))
         state = fit.state_dict()
-        save_state(self.store, f"checkpoints/backbone_v{new}.partial.pt", state)
+        save_state(self.store, layout.backbone_checkpoint(new) + ".partial.pt", state)
         digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in state["suffix"].values())).hexdigest()
         with timer.phase("t_pre"):
             for split, ids in (("pool", self.pool_ids), ("test", self.ctx.data.test.ids)):

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from raal import faults, progress, strategies
+from raal import faults, layout, progress, strategies
 from raal.config import RunConfig, parse_schedule
 from raal.data.positions import IdIndex
 from raal.data.sources import Dataset
@@ -143,13 +143,13 @@ class Pipeline:
     def __init__(self, ctx: Context, arm: ArmSpec):
         self.ctx = ctx
         self.arm = arm
-        self.store = ctx.store.child("arms", arm.name)
+        self.store = ctx.store.child(layout.arm(arm.name))
         self.state = ArmState.open(self.store)
         self.strategy = strategies.for_run(arm.strategy, num_classes=ctx.num_classes, balanced=ctx.cfg.al.balanced)
         self.pool_ids = ctx.data.pool.ids
         self.extra_rounds = max(0, self.state.completed_rounds - len(ctx.sizes())) if arm.baseline else 0
-        if not self.store.exists("arm.json"):
-            self.store.write_json("arm.json", {"name": arm.name, "pipeline": arm.pipeline,
+        if not self.store.exists(layout.ARM_META):
+            self.store.write_json(layout.ARM_META, {"name": arm.name, "pipeline": arm.pipeline,
                                                "strategy": arm.strategy, "baseline": arm.baseline,
                                                "seed": ctx.cfg.al.seed})
 
@@ -260,13 +260,13 @@ class Pipeline:
         method = self.final_method()
         if method is None or self.state.completed_rounds < len(self.sizes()):
             return None
-        if self.store.exists("final.json"):
-            return self.store.read_json("final.json")
+        if self.store.exists(layout.FINAL):
+            return self.store.read_json(layout.FINAL)
         res = self.finetune(method=method, name="final", seed=round_seed(self.ctx.cfg.al.seed, 0, 4),
-                            save_as="checkpoints/final")
+                            save_as=layout.FINAL_CHECKPOINT)
         out = {"method": method, "accuracy": res["accuracy"], "lp_accuracy": res["lp_accuracy"],
                "n_labeled": len(self.state.label_ids), "t_tr_full": res["wall_time"]}
-        self.store.write_json("final.json", out)
+        self.store.write_json(layout.FINAL, out)
         return out
 
     def finetune(self, *, method: str, name: str, seed: int, save_as: str | None = None) -> dict:

@@ -10,16 +10,16 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from raal import strategies
+from raal import layout, strategies
 
-INITIAL_DIR = "initial"
+INITIAL_DIR = layout.INITIAL
 
 
 def initial_batch(store, name: str, size: int, *, labeled_mask: np.ndarray, seed: int, features,
                   num_classes: int) -> np.ndarray:
     """Pool positions of the round-0 batch of strategy `name` (random, or one that needs only embeddings),
     computed once per experiment and kept in `store` (the experiment's RunStore)."""
-    rel = f"{INITIAL_DIR}/{name}_{size}_{seed}.parquet"
+    rel = layout.initial_batch(name, size, seed)
     if store.exists(rel):
         return store.read_table(rel).column("position").to_numpy().astype(np.int64)
     strategy = strategies.for_run(name, num_classes=num_classes)  # probcover's purity rule needs the class count

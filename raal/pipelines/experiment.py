@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from raal import layout
 from raal.config import RunConfig, diff_keys, from_yaml, to_dict, to_yaml, validate_against_pool
 from raal.data.sources import Dataset, effective_roots, load_data
 from raal.data.transforms import ImageTransform
@@ -73,9 +74,9 @@ def _operational(key: str) -> bool:
 
 def check_resume(store: RunStore, cfg: RunConfig) -> bool:
     """True if the store already holds this experiment; refuses a different config, naming the keys."""
-    if not store.exists("config.yaml"):
+    if not store.exists(layout.CONFIG):
         return False
-    old = to_dict(from_yaml(store.read_text("config.yaml")))
+    old = to_dict(from_yaml(store.read_text(layout.CONFIG)))
     new = to_dict(cfg)
     differ = [k for k in diff_keys(old, new) if not _operational(k)]
     if differ:
@@ -96,9 +97,10 @@ class Experiment:
         data = load_data(cfg.data) if data is None else data
         self.undecodable: list[dict] = []
         if cfg.data.skip_undecodable:
-            from raal.data.undecodable import LIST, skip_undecodable
+            from raal.data.undecodable import skip_undecodable
 
-            known = self.store.read_json(LIST) if self.resumed and self.store.exists(LIST) else None
+            known = (self.store.read_json(layout.UNDECODABLE)
+                     if self.resumed and self.store.exists(layout.UNDECODABLE) else None)
             data, self.undecodable = skip_undecodable(data, effective_roots(cfg.data), known)
         validate_against_pool(cfg, len(data.pool))
         classes = registry.classes()
@@ -121,12 +123,10 @@ class Experiment:
     def commit_config(self) -> None:
         """Write config.yaml as the first committed step begins (not before: a run that fails before any work
         leaves the run dir reusable with another config). From then on the run dir holds this experiment."""
-        if not self.store.exists("config.yaml"):
+        if not self.store.exists(layout.CONFIG):
             if self.cfg.data.skip_undecodable:
-                from raal.data.undecodable import LIST
-
-                self.store.write_json(LIST, self.undecodable)
-            self.store.write_text("config.yaml",
+                self.store.write_json(layout.UNDECODABLE, self.undecodable)
+            self.store.write_text(layout.CONFIG,
                                   to_yaml(dataclasses.replace(self.cfg, run_dir=redact_uri(self.cfg.run_dir))))
 
     def prepare(self) -> dict:
@@ -136,12 +136,12 @@ class Experiment:
         self.commit_config()
         fs = FeatureStore(self.store)
         self.ctx.features = fs
-        timing = self.store.read_json("features/timing.json") if self.store.exists("features/timing.json") else {}
+        timing = self.store.read_json(layout.FEATURE_TIMING) if self.store.exists(layout.FEATURE_TIMING) else {}
         for split in ("pool", "test"):
             t0 = time.perf_counter()
             if self.ctx.embed(fs, 0, split):
                 timing[f"v0_{split}"] = time.perf_counter() - t0
-                self.store.write_json("features/timing.json", timing)
+                self.store.write_json(layout.FEATURE_TIMING, timing)
         self.ctx.t_pre = float(timing.get("v0_pool", 0.0) + timing.get("v0_test", 0.0))
         if self.cfg.eval.every_round == "evaluator":
             from raal.evaluator import Evaluator, Recipe
@@ -152,9 +152,9 @@ class Experiment:
                                                  recipe=Recipe.from_config(self.cfg.eval))
         from raal.pipelines.state import ArmState
 
-        self.update_stop(ArmState.open(self.store.child("arms", self.specs[0].name)).rounds)  # before the arms size
+        self.update_stop(ArmState.open(self.store.child(layout.arm(self.specs[0].name))).rounds)  # before the arms size
         self.arms = [self._classes[s.pipeline](self.ctx, s) for s in self.specs]
-        self.store.write_json("status.json", {"state": "running", "round": self.completed_rounds()})
+        self.store.write_json(layout.STATUS, {"state": "running", "round": self.completed_rounds()})
         ev = self.ctx.evaluator
         return {"pool": len(self.ctx.data.pool), "test": len(self.ctx.data.test), "t_pre": self.ctx.t_pre,
                 "evaluator": None if ev is None else (
@@ -191,12 +191,12 @@ class Experiment:
             queries = {name: a.state.saved_query_table(r) for name, (a, _missing) in waiting.items()}
             self.waiting = export_round(self.store, r, queries, self.ctx.data.pool, self.ctx.data.class_names,
                                         oracle_cfg=self.cfg.oracle)
-            self.store.write_json("status.json", self.waiting)
+            self.store.write_json(layout.STATUS, self.waiting)
             return rows
         self.waiting = None
         self.update_stop(self.arms[0].state.rounds)
         done = r + 1 == self.num_rounds
-        self.store.write_json("status.json", {"state": "done" if done else "running", "round": r + 1})
+        self.store.write_json(layout.STATUS, {"state": "done" if done else "running", "round": r + 1})
         return rows
 
     def has_round(self, r: int) -> bool:
@@ -306,9 +306,9 @@ class DriverActor:
     def waiting(self) -> dict | None:
         """The waiting-for-labels status of the last round run, or None (read from the store, so that an actor
         restarted between `run_round` and this call still answers right)."""
-        if self.exp.waiting is not None or not self.exp.store.exists("status.json"):
+        if self.exp.waiting is not None or not self.exp.store.exists(layout.STATUS):
             return self.exp.waiting
-        status = self.exp.store.read_json("status.json")
+        status = self.exp.store.read_json(layout.STATUS)
         return status if status.get("state") == "waiting_for_labels" else None
 
     def history(self) -> dict[str, list[dict]]:

@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import torch
 
+from raal import layout
 from raal.config import LoraConfig, ModelConfig, TrainConfig
 from raal.data.sources import ImageSet
 from raal.data.transforms import ImageTransform
@@ -20,7 +21,7 @@ from raal.store import RunStore
 def training_storage(store: RunStore) -> RunStore:
     """Where Ray Train keeps a fine-tune's checkpoints: `ray_train/` of the arm's store, on any filesystem (S3 too),
     so a killed job resumes from there and no local scratch folder is left behind."""
-    return store.child("ray_train")
+    return store.child(layout.RAY_TRAIN)
 
 
 def recipe(train: TrainConfig, method: str) -> TrainConfig:
@@ -44,7 +45,7 @@ def finetune_labeled(batch: dict, test: ImageSet, *, model_cfg: ModelConfig, tra
     returns {accuracy, lp_accuracy, steps, wall_time, method}. The job keeps its checkpoints under `store`'s
     `ray_train/<name>`.
 
-    With `save_as` (e.g. "checkpoints/backbone_v1"), the backbone goes to `save_as + ".pt"`, the new head to
+    With `save_as` (e.g. layout.backbone_checkpoint(1)), the backbone goes to `save_as + ".pt"`, the new head to
     `save_as + ".head.pt"` and the numbers to `save_as + ".json"` in `store`; if they exist already, nothing is
     trained.
     """
@@ -66,7 +67,7 @@ def finetune_labeled(batch: dict, test: ImageSet, *, model_cfg: ModelConfig, tra
     out = {"accuracy": float(res.accuracy), "lp_accuracy": None if res.lp_accuracy is None else float(res.lp_accuracy),
            "steps": int(res.steps), "wall_time": float(res.wall_time), "method": method}
     if save_as:
-        store.write_bytes(save_as + ".pt", jobs.child(name).read_bytes("backbone.pt"))
+        store.write_bytes(save_as + ".pt", jobs.child(name).read_bytes(layout.TRAIN_BACKBONE))
         buf = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in res.head_state.items()}, buf)
         store.write_bytes(save_as + ".head.pt", buf.getvalue())

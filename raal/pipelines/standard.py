@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from raal import layout
 from raal.pipelines.base import PhaseTimer, Pipeline, round_seed
 from raal.pipelines.finetune import load_head
 
@@ -41,7 +42,7 @@ class StandardPipeline(Pipeline):
         return None  # every round already trains the real model: the last round is the final model
 
     def checkpoint(self, r: int) -> str:
-        return f"checkpoints/model_round_{r}"
+        return layout.model_checkpoint(r)
 
     def partial(self) -> bool:
         """Partial fine-tuning from the evaluator's cached activations (`train.freeze_blocks != 0`)."""

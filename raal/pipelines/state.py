@@ -1,7 +1,7 @@
 """The durable state of one arm: labeled set, every query, every label, and the rounds table.
 
 Write order inside a round makes a kill at any point safe:
-1. `queries/round_K.parquet` (what was asked) is written once; a resumed round reuses it instead of re-selecting;
+1. `selections/round_K.parquet` (what was asked) is written once; a resumed round reuses it instead of re-selecting;
 2. `labels.parquet` gains the answers (id, label, round, source);
 3. the round's row is appended to `rounds.parquet` — the commit point. A round is complete iff its row exists.
 Labels of a round whose row never landed stay valid (they answer that round's saved query): the resumed round
@@ -10,33 +10,19 @@ Each file is replaced atomically (RunStore), so a reader sees the state before o
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
+from raal import layout
 from raal.errors import LabelImportError, StoreError
+from raal.layout import ROUND_DEFAULTS
 from raal.store import RunStore
 
-ROUND_COLUMNS: dict[str, pa.DataType] = {
-    "round": pa.int64(), "n_labeled": pa.int64(), "n_new": pa.int64(), "accuracy": pa.float64(),
-    "eval_method": pa.string(), "random_only": pa.bool_(), "features_version": pa.int64(),
-    "ped_steps": pa.int64(), "logme_ped": pa.float64(), "score_diff": pa.float64(), "refreshed": pa.bool_(),
-    "train_method": pa.string(), "t_pre": pa.float64(), "t_tr_proxy": pa.float64(), "t_f_proxy": pa.float64(),
-    "t_tr_full": pa.float64(), "t_f_full": pa.float64(), "t_select": pa.float64(), "t_eval": pa.float64(),
-    "t_round": pa.float64(), "device": pa.string(), "model_accuracy": pa.float64(), "model_eval": pa.string(),
-    "probe_accuracy": pa.float64(), "trigger_signal": pa.float64(), "kappa": pa.float64(),
-    "gain_per_100": pa.float64(), "stop_advice": pa.string(), "stop_reason": pa.string(),
-}
-ROUND_DEFAULTS = {"accuracy": math.nan, "eval_method": "none", "random_only": False, "features_version": 0,
-                  "ped_steps": -1, "logme_ped": math.nan, "score_diff": math.nan, "refreshed": False,
-                  "train_method": "", "t_pre": 0.0, "t_tr_proxy": 0.0, "t_f_proxy": 0.0, "t_tr_full": 0.0,
-                  "t_f_full": 0.0, "t_select": 0.0, "t_eval": 0.0, "t_round": 0.0, "device": "cpu",
-                  "model_accuracy": math.nan, "model_eval": "none", "probe_accuracy": math.nan,
-                  "trigger_signal": math.nan, "kappa": math.nan, "gain_per_100": math.nan, "stop_advice": "",
-                  "stop_reason": ""}
 LABEL_SCHEMA = pa.schema([("id", pa.int64()), ("label", pa.int64()), ("round", pa.int64()), ("source", pa.string())])
+ROUND_SCHEMA = layout.round_schema()
+ROUND_COLUMNS: dict[str, pa.DataType] = {f.name: f.type for f in ROUND_SCHEMA}
 QUERY_SCHEMA = pa.schema([("id", pa.int64()), ("score", pa.float64()), ("prediction", pa.int64())])
 
 
@@ -54,16 +40,16 @@ class ArmState:
     @classmethod
     def open(cls, store: RunStore) -> ArmState:
         st = cls(store)
-        if store.exists("labels.parquet"):
-            t = store.read_table("labels.parquet")
+        if store.exists(layout.LABELS):
+            t = store.read_table(layout.LABELS)
             st.label_ids = t.column("id").to_pylist()
             st.label_values = t.column("label").to_pylist()
             st.label_rounds = t.column("round").to_pylist()
             st.label_sources = t.column("source").to_pylist()
             if len(set(st.label_ids)) != len(st.label_ids):
-                raise StoreError(f"{store.path('labels.parquet')}: duplicate ids")
-        if store.exists("rounds.parquet"):
-            st.rounds = [{**ROUND_DEFAULTS, **row} for row in store.read_table("rounds.parquet").to_pylist()]
+                raise StoreError(f"{store.path(layout.LABELS)}: duplicate ids")
+        if store.exists(layout.ROUNDS):
+            st.rounds = [{**ROUND_DEFAULTS, **row} for row in store.read_table(layout.ROUNDS).to_pylist()]
         return st
 
     # -- reads ------------------------------------------------------------------------------------------------------
@@ -99,12 +85,14 @@ class ArmState:
             raise StoreError(f"round {r}: the query re-asks labeled ids {sorted(clash)[:10]}")
         sc = np.full(len(ids), np.nan) if score is None else np.asarray(score, dtype=np.float64)
         pred = np.full(len(ids), -1, np.int64) if prediction is None else np.asarray(prediction, dtype=np.int64)
-        self.store.write_table(f"queries/round_{r}.parquet",
+        self.store.write_table(layout.selection(r),
                                pa.table({"id": ids, "score": sc, "prediction": pred}, schema=QUERY_SCHEMA))
 
     def saved_query_table(self, r: int) -> pa.Table | None:
-        rel = f"queries/round_{r}.parquet"
-        return self.store.read_table(rel) if self.store.exists(rel) else None
+        for rel in (layout.selection(r), layout.old_selection(r)):  # the old name: a run from before the rename
+            if self.store.exists(rel):
+                return self.store.read_table(rel)
+        return None
 
     def add_labels(self, r: int, ids: np.ndarray, labels: np.ndarray, source: str) -> None:
         ids = np.asarray(ids, dtype=np.int64)
@@ -126,7 +114,7 @@ class ArmState:
         self.label_values += labels.tolist()
         self.label_rounds += [r] * len(ids)
         self.label_sources += [source] * len(ids)
-        self.store.write_table("labels.parquet", pa.table(
+        self.store.write_table(layout.LABELS, pa.table(
             {"id": self.label_ids, "label": self.label_values, "round": self.label_rounds,
              "source": self.label_sources}, schema=LABEL_SCHEMA))
 
@@ -140,4 +128,4 @@ class ArmState:
             raise StoreError(f"committing round {full['round']} but {self.completed_rounds} rounds are complete")
         self.rounds.append({k: full[k] for k in ROUND_COLUMNS})
         cols = {k: [r[k] for r in self.rounds] for k in ROUND_COLUMNS}
-        self.store.write_table("rounds.parquet", pa.table(cols, schema=pa.schema(list(ROUND_COLUMNS.items()))))
+        self.store.write_table(layout.ROUNDS, pa.table(cols, schema=ROUND_SCHEMA))

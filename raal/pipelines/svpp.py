@@ -11,6 +11,7 @@ import io
 import numpy as np
 import torch
 
+from raal import layout
 from raal.pipelines.base import Context, PhaseTimer, Pipeline, round_seed
 
 
@@ -44,7 +45,7 @@ class SVPpPipeline(Pipeline):
 
     # -- the proxy ----------------------------------------------------------------------------------------------------
     def _proxy_path(self, r: int) -> str:
-        return f"checkpoints/proxy_round_{r}.pt"
+        return layout.proxy_checkpoint(r) + ".pt"
 
     def labeled_rows(self, version: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Features and labels of the labeled set, gathered in file order (memmap-friendly)."""
@@ -126,7 +127,7 @@ class SVPpPipeline(Pipeline):
             return {"accuracy": self.evaluate_proxy(proxy, timer, version=version), "eval_method": "proxy"}
         with timer.phase("t_eval"):
             res = self.finetune(method=method, name=f"eval_round_{r}", seed=round_seed(self.ctx.cfg.al.seed, r, 5),
-                                save_as=f"checkpoints/eval_round_{r}")
+                                save_as=layout.eval_checkpoint(r))
         return {"accuracy": res["accuracy"], "eval_method": method}
 
     def after_labels(self, r: int, timer: PhaseTimer) -> dict:
