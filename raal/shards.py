@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from raal import faults
+from raal import faults, layout
 from raal.errors import StoreError
 from raal.store import RunStore, atomic_local_file
 
@@ -82,13 +82,13 @@ class ShardedSet:
 
     @staticmethod
     def shard_file(k: int, name: str) -> str:
-        return f"shards/{k:06d}.{name}"
+        return layout.shard_file(k, name)
 
     # -- status ----------------------------------------------------------------------------------------------
     def manifest(self) -> dict | None:
-        if not self.store.exists(self.p("manifest.json")):
+        if not self.store.exists(self.p(layout.SET_MANIFEST)):
             return None
-        return self.store.read_json(self.p("manifest.json"))
+        return self.store.read_json(self.p(layout.SET_MANIFEST))
 
     def is_complete(self) -> bool:
         try:
@@ -126,15 +126,15 @@ class ShardedSet:
         n = int(ids.size)
         plan: dict[str, Any] = {"format": FORMAT, "rows": n, "shard_rows": int(shard_rows),
                 "num_shards": -(-n // int(shard_rows)), "arrays": {k: int(v) for k, v in arrays.items()},
-                "dtype": np.dtype(DTYPE).name, "ids_file": "ids.npy", "ids_sha256": ids_digest(ids)}
+                "dtype": np.dtype(DTYPE).name, "ids_file": layout.SET_IDS, "ids_sha256": ids_digest(ids)}
         clash = sorted(set(plan) & set(meta))
         if clash:
             raise ValueError(f"{self.rel}: meta keys {clash} are reserved by the store")
         plan.update(json.loads(json.dumps(meta)))
         old = None
-        if self.store.exists(self.p("plan.json")):
+        if self.store.exists(self.p(layout.SET_PLAN)):
             try:
-                old = self.store.read_json(self.p("plan.json"))
+                old = self.store.read_json(self.p(layout.SET_PLAN))
             except StoreError:
                 if not replace:  # plans are written atomically: an unreadable one was damaged from outside
                     raise
@@ -155,11 +155,11 @@ class ShardedSet:
             elif old.get("shard_rows") != plan["shard_rows"]:
                 log.info("%s: resuming with the existing shard_rows=%s", self.rel, old["shard_rows"])
                 plan["shard_rows"], plan["num_shards"] = old["shard_rows"], old["num_shards"]
-        if old is None or not self.store.exists(self.p("ids.npy")):
+        if old is None or not self.store.exists(self.p(layout.SET_IDS)):
             buf = io.BytesIO()
             np.save(buf, ids, allow_pickle=False)
-            self.store.write_bytes(self.p("ids.npy"), buf.getvalue())
-            self.store.write_json(self.p("plan.json"), plan)
+            self.store.write_bytes(self.p(layout.SET_IDS), buf.getvalue())
+            self.store.write_json(self.p(layout.SET_PLAN), plan)
         self.plan, self.ids = plan, ids
         self.records = {}
         todo = []
@@ -169,10 +169,10 @@ class ShardedSet:
                 todo.append(k)
             else:
                 self.records[k] = rec
-        if todo and self.store.exists(self.p("manifest.json")):
+        if todo and self.store.exists(self.p(layout.SET_MANIFEST)):
             log.warning("%s: %d shard(s) missing or corrupt in a set marked complete; recomputing them",
                         self.rel, len(todo))
-            self.store.delete(self.p("manifest.json"))
+            self.store.delete(self.p(layout.SET_MANIFEST))
         return todo
 
     def shard_range(self, k: int) -> tuple[int, int]:
@@ -240,7 +240,7 @@ class ShardedSet:
         manifest.update(extra or {})
         manifest["shards"] = [self.records[k] for k in range(self.plan["num_shards"])]
         manifest["complete"] = True
-        self.store.write_json(self.p("manifest.json"), manifest)
+        self.store.write_json(self.p(layout.SET_MANIFEST), manifest)
         return manifest
 
     # -- reading ---------------------------------------------------------------------------------------------
@@ -249,7 +249,7 @@ class ShardedSet:
         if local is not None:
             return local
         key = hashlib.sha256(f"{type(self.store.fs).__name__}:{self.store.root}".encode()).hexdigest()[:16]
-        return self.cache_root / "features" / key / self.rel
+        return self.cache_root / layout.FEATURES / key / self.rel
 
     def open(self, verify: bool | str = "auto") -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
         """(ids, {name: read-only memmap}, manifest) of a complete set; consolidates (or re-verifies) first."""
@@ -258,7 +258,7 @@ class ShardedSet:
         manifest = self.manifest()
         if not manifest or not manifest.get("complete"):
             raise StoreError(f"{self.store.path(self.rel)}: no complete set here (run the pass to finish it)")
-        raw = self.store.read_bytes(self.p(manifest.get("ids_file", "ids.npy")))
+        raw = self.store.read_bytes(self.p(manifest.get("ids_file", layout.SET_IDS)))
         try:
             ids = np.load(io.BytesIO(raw), allow_pickle=False)
         except ValueError as err:

@@ -282,8 +282,8 @@ def _run_job(method: str, train_images: dict, test, *, num_classes: int, model_c
     t0 = time.perf_counter()
     if found is not None and found.get("done") and found["fingerprint"] == fp:
         state, path, why = found, "stored", "a finished job found in its run folder"
-        if run_store.exists("train_result.json"):  # keep saying which path trained it
-            prev = run_store.read_json("train_result.json")
+        if run_store.exists(layout.TRAIN_RESULT):  # keep saying which path trained it
+            prev = run_store.read_json(layout.TRAIN_RESULT)
             why = prev.get("path_reason", why) if prev.get("path") == "stored" else \
                 f"{why} (trained on the {prev.get('path', 'ray_train')} path)"
     elif path == "warm":

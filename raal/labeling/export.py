@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from raal import labelstudio as ls
+from raal import layout
 from raal.config import OracleConfig
 from raal.data.positions import IdIndex
 from raal.data.sources import ImageSet
@@ -38,7 +39,7 @@ def _image_files(store: RunStore, r: int, ids: np.ndarray, batch: dict) -> list[
         else:
             data = bytes(item)
             ext = "png" if data[:4] == b"\x89PNG" else "jpg"
-        rel = f"queries/images/round_{r}/{i}.{ext}"
+        rel = layout.export_image(r, i, ext)
         if not store.exists(rel):
             store.write_bytes(rel, data)
         out.append(store.path(rel))
@@ -48,7 +49,7 @@ def _image_files(store: RunStore, r: int, ids: np.ndarray, batch: dict) -> list[
 def export_round(store: RunStore, r: int, queries: dict[str, pa.Table], pool: ImageSet, class_names: list[str], *,
                  oracle_cfg: OracleConfig) -> dict:
     """Write the files people label for round r into the run's `store`; `queries` maps each waiting arm to its
-    saved query (`queries/round_K.parquet` of the arm: id, score, prediction).
+    saved selection (`arms/<arm>/selections/round_K.parquet`: id, score, prediction).
 
     The whole query of every waiting arm is exported, one row per id (the first arm's score), with the labels
     imported so far already filled in. Returns the status the run stops with.
@@ -76,17 +77,17 @@ def export_round(store: RunStore, r: int, queries: dict[str, pa.Table], pool: Im
     writer = csv.DictWriter(text, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows([{k: ("" if v is None else v) for k, v in row.items()} for row in rows])
-    store.write_text(f"queries/round_{r}.csv", text.getvalue())
+    store.write_text(layout.export(r, "csv"), text.getvalue())
     o = oracle_cfg
     refs = [ls.image_ref(x["path"], x["id"], mode=o.image_url, document_root=o.document_root,
                          backend_url=o.backend_url) for x in rows]
-    store.write_table(f"queries/round_{r}.parquet", pa.table({
+    store.write_table(layout.export(r, "parquet"), pa.table({
         "id": pa.array([x["id"] for x in rows], pa.int64()), "path": [x["path"] for x in rows], "image": refs,
         "prediction": [x["prediction"] for x in rows], "score": pa.array([x["score"] for x in rows], pa.float64()),
         "arms": [x["arms"] for x in rows]}))
     tasks = [ls.task(x["id"], r, ref, x["prediction"], x["score"]) for x, ref in zip(rows, refs)]
-    store.write_text(f"queries/round_{r}.labelstudio.json", json.dumps(tasks, indent=1))
-    store.write_text("queries/labelstudio_config.xml", ls.labeling_config(list(class_names)))
+    store.write_text(layout.export(r, "labelstudio.json"), json.dumps(tasks, indent=1))
+    store.write_text(layout.LABELSTUDIO_CONFIG, ls.labeling_config(list(class_names)))
     return {"state": "waiting_for_labels", "round": r, "queried": len(rows),
             "labeled": sum(1 for x in rows if x["label"]),
-            "files": [store.path(f"queries/round_{r}.{ext}") for ext in ("csv", "parquet", "labelstudio.json")]}
+            "files": [store.path(layout.export(r, ext)) for ext in layout.EXPORT_FORMATS]}

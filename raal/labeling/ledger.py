@@ -5,12 +5,11 @@ import numpy as np
 import pyarrow as pa
 
 from raal import labelstudio as ls
+from raal import layout
 from raal.errors import StoreError
 from raal.store import RunStore
 
-LEDGER = "oracle/labels.parquet"
-PARTIAL = "oracle/partial.json"
-CLASSES = "oracle/classes.json"
+LEDGER, PARTIAL, CLASSES = layout.LEDGER, layout.PARTIAL, layout.CLASSES
 LEDGER_SCHEMA = pa.schema([("id", pa.int64()), ("label", pa.int64()), ("round", pa.int64()), ("file", pa.string()),
                            ("sha256", pa.string())])
 

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 
+from raal import layout
 from raal.errors import ConfigError, StoreError
 from raal.tune.plan import _join, check_pool, check_sweep_folder, make_plan
 from raal.tune.results import collect_results, markdown_table, write_results
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(rows, plan.spec.metric))
     if best:
         print(f"raal.tune: best trial {best['trial']:03d} ({fmt_params(best['params'])}): {best['metric']} = "
-              f"{best['value']:.4f} -> {_join(plan.root, 'best.yaml')}")
-    print(f"raal.tune: results in {_join(plan.root, 'results.md')} ({time.perf_counter() - t0:.0f} s)")
+              f"{best['value']:.4f} -> {_join(plan.root, layout.best('yaml'))}")
+    print(f"raal.tune: results in {_join(plan.root, layout.results('md'))} ({time.perf_counter() - t0:.0f} s)")
     failed = [r for r in rows if r["status"] != "TERMINATED"]
     return 1 if failed else 0

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from raal import layout
 from raal.config import RunConfig, apply_overrides, diff_keys, load_config, parse_schedule, to_dict
 from raal.errors import ConfigError
 from raal.tune.spec import OPERATIONAL, SweepSpec, expand_trials, load_sweep
@@ -102,14 +103,14 @@ def check_sweep_folder(plan: Plan) -> bool:
 
     store = RunStore(plan.root)
     ident = json.loads(json.dumps(plan.identity(), default=str))
-    if store.exists("sweep.json"):
-        old = store.read_json("sweep.json")
+    if store.exists(layout.SWEEP):
+        old = store.read_json(layout.SWEEP)
         differ = diff_keys(_flat(old), _flat(ident))
         if differ:
             raise ConfigError(f"tune.dir={plan.root!r} holds a different sweep; differing keys: "
                               f"{', '.join(differ[:8])}{' …' if len(differ) > 8 else ''} (use another tune.dir)")
         return True
-    store.write_json("sweep.json", ident)
+    store.write_json(layout.SWEEP, ident)
     return False
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from raal import layout
 from raal.config import to_yaml
 from raal.tune.plan import Plan
 from raal.tune.spec import fmt_params
@@ -23,15 +24,15 @@ def collect_results(plan: Plan, baseline_curve: list[tuple[float, float]],
     rows = []
     for i, (params, cfg) in enumerate(zip(plan.params, plan.trials)):
         arm = arm_specs(cfg)[0].name
-        store = RunStore(cfg.run_dir).child("arms", arm)
-        rounds = store.read_table("rounds.parquet").to_pylist() if store.exists("rounds.parquet") else []
+        store = RunStore(cfg.run_dir).child(layout.arm(arm))
+        rounds = store.read_table(layout.ROUNDS).to_pylist() if store.exists(layout.ROUNDS) else []
         state, error = status.get(i, ("NOT_RUN", ""))
         row = {"trial": i, **{f"param:{k}": _cell(v) for k, v in params.items()}, "status": state,
                "arm": arm, "rounds": len(rounds)}
         m = trial_metrics(rounds, baseline_curve, cfg) if rounds else {}
         for key in ("saving_ratio", "accuracy", "n_labeled", "refreshes", "extrapolated", "t_total_s"):
             row[key] = m.get(key, math.nan)
-        final = store.read_json("final.json")["accuracy"] if store.exists("final.json") else math.nan
+        final = store.read_json(layout.FINAL)["accuracy"] if store.exists(layout.FINAL) else math.nan
         row["final_accuracy"] = float(final)
         row["run_dir"] = cfg.run_dir
         row["error"] = error
@@ -77,10 +78,10 @@ def write_results(plan: Plan, rows: list[dict], baseline_curve: list[tuple[float
     store = RunStore(plan.root)
     cols = list(rows[0]) if rows else []
     table = pa.table({c: [r[c] for r in rows] for c in cols})
-    store.write_table("results.parquet", table)
+    store.write_table(layout.results("parquet"), table)
     buf = pa.BufferOutputStream()
     pacsv.write_csv(table, buf)
-    store.write_bytes("results.csv", buf.getvalue().to_pybytes())
+    store.write_bytes(layout.results("csv"), buf.getvalue().to_pybytes())
     metric = plan.spec.metric
     best = next((r for r in rows if r["status"] == "TERMINATED" and np.isfinite(r[metric])), None)
     md = [f"# Sweep {plan.spec.name}", "",
@@ -91,11 +92,11 @@ def write_results(plan: Plan, rows: list[dict], baseline_curve: list[tuple[float
     if best is not None:
         md.append(f"Best: trial {best['trial']:03d} ({fmt_params(plan.params[best['trial']])}), "
                   f"{metric} = {best[metric]:.4f}; its full config is best.yaml.\n")
-    store.write_text("results.md", "\n".join(md))
+    store.write_text(layout.results("md"), "\n".join(md))
     if best is None:
         return None
     info = {"trial": best["trial"], "params": plan.params[best["trial"]], "metric": metric,
             "value": best[metric], "run_dir": best["run_dir"], "sweep": plan.spec.name}
-    store.write_json("best.json", info)
-    store.write_text("best.yaml", to_yaml(plan.trials[best["trial"]]))
+    store.write_json(layout.best("json"), info)
+    store.write_text(layout.best("yaml"), to_yaml(plan.trials[best["trial"]]))
     return info

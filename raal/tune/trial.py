@@ -7,6 +7,7 @@ import os
 import posixpath
 import shutil
 
+from raal import layout
 from raal.config import RunConfig, to_dict
 from raal.tracking import tune_callbacks
 from raal.tune.plan import Plan, _join, trial_config
@@ -38,16 +39,17 @@ def share_features(src_dir: str, dst_dir: str) -> int:
     from raal.store import RunStore
 
     src, dst = RunStore(src_dir), RunStore(dst_dir)
-    if not src.exists("features/v0") or dst.exists("features/v0"):
+    v0 = layout.feature_version(0)
+    if not src.exists(v0) or dst.exists(v0):
         return 0
     import pyarrow.fs as pafs
 
     n = 0
-    staging = f"features/{dst.tmp_name()}"
-    for entry in src.fs.get_file_info(pafs.FileSelector(src.path("features/v0"), recursive=True)):
+    staging = f"{layout.FEATURES}/{dst.tmp_name()}"
+    for entry in src.fs.get_file_info(pafs.FileSelector(src.path(v0), recursive=True)):
         if entry.type != pafs.FileType.File or "/.tmp-" in entry.path:
             continue
-        rel = entry.path[len(src.path("features/v0")):].lstrip("/")
+        rel = entry.path[len(src.path(v0)):].lstrip("/")
         target = dst.path(f"{staging}/{rel}")
         dst.fs.create_dir(posixpath.dirname(target), recursive=True)
         if src.is_local and dst.is_local:
@@ -59,14 +61,14 @@ def share_features(src_dir: str, dst_dir: str) -> int:
             src.fs.copy_file(entry.path, target)
         n += 1
     if dst.is_local:  # one rename makes the set appear whole or not at all
-        os.replace(dst.path(staging), dst.path("features/v0"))
+        os.replace(dst.path(staging), dst.path(v0))
     else:  # object stores: per-object moves; the manifest's checksums catch a partial copy
         for entry in dst.fs.get_file_info(pafs.FileSelector(dst.path(staging), recursive=True)):
             if entry.type == pafs.FileType.File:
                 rel = entry.path[len(dst.path(staging)):].lstrip("/")
-                dst.fs.move(entry.path, dst.path(f"features/v0/{rel}"))
-    if src.exists("features/timing.json") and not dst.exists("features/timing.json"):
-        dst.write_bytes("features/timing.json", src.read_bytes("features/timing.json"))
+                dst.fs.move(entry.path, dst.path(f"{v0}/{rel}"))
+    if src.exists(layout.FEATURE_TIMING) and not dst.exists(layout.FEATURE_TIMING):
+        dst.write_bytes(layout.FEATURE_TIMING, src.read_bytes(layout.FEATURE_TIMING))
     return n
 
 
@@ -121,7 +123,7 @@ def run_baseline(cfg: RunConfig) -> list[tuple[float, float]]:
     finally:
         ray.kill(driver)
     name = arm_specs(cfg)[0].name
-    rows = RunStore(cfg.run_dir).child("arms", name).read_table("rounds.parquet").to_pylist()
+    rows = RunStore(cfg.run_dir).child(layout.arm(name)).read_table(layout.ROUNDS).to_pylist()
     return curve_of(rows)
 
 
@@ -164,7 +166,7 @@ def run_sweep(plan: Plan, data=None):
                              baseline_curve=baseline_curve, data=data),
         {"cpu": plan.spec.cpu, "gpu": plan.spec.gpu})
     space = {"trial": tune.grid_search([{"index": i, "params": p} for i, p in enumerate(plan.params)])}
-    tune_path = _join(plan.root, "tune")
+    tune_path = _join(plan.root, layout.TUNE)
     if tune.Tuner.can_restore(tune_path):
         print(f"raal.tune: restoring the interrupted sweep in {tune_path}", flush=True)
         tuner = tune.Tuner.restore(tune_path, trainable, resume_unfinished=True, resume_errored=True)
@@ -175,7 +177,7 @@ def run_sweep(plan: Plan, data=None):
             tune_config=tune.TuneConfig(metric=plan.spec.metric, mode=plan.spec.mode,
                                         max_concurrent_trials=_concurrency(plan.spec, len(plan.params)),
                                         trial_name_creator=name_of, trial_dirname_creator=name_of),
-            run_config=tune.RunConfig(name="tune", storage_path=plan.root, verbose=plan.spec.verbose,
+            run_config=tune.RunConfig(name=layout.TUNE, storage_path=plan.root, verbose=plan.spec.verbose,
                                       failure_config=tune.FailureConfig(max_failures=plan.spec.max_failures),
                                       callbacks=[_printer(plan), *tune_callbacks(plan.base, plan.root,
                                                                                  plan.spec.name)]))
