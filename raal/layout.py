@@ -20,7 +20,7 @@ UNDECODABLE = "data/undecodable.json"
 ARMS = "arms"
 FEATURES = "features"
 FEATURE_TIMING = f"{FEATURES}/timing.json"
-SCORES = "scores"
+SCORES = "scores"  # pool scores of older runs (cluster fetch skips them)
 INITIAL = "initial"
 EVAL_CACHE = "eval_cache"
 REPORT = "report"  # local runs: the report written when the run ends
@@ -45,7 +45,7 @@ CHECKPOINTS = "checkpoints"
 STOPPING = "stopping"
 RAY_TRAIN = "ray_train"
 
-# -- inside a feature or score set (feature_set / score_set) -------------------------------------------------------
+# -- inside a feature or score set (feature_set) -------------------------------------------------------
 SET_MANIFEST, SET_PLAN, SET_IDS = "manifest.json", "plan.json", "ids.npy"
 
 
@@ -75,10 +75,6 @@ def feature_version(version: int) -> str:
 
 def feature_set(version: int, split: str) -> str:
     return f"{feature_version(version)}/{split}"
-
-
-def score_set(key: str) -> str:
-    return f"{SCORES}/{key}"
 
 
 def initial_batch(name: str, size: int, seed: int) -> str:
@@ -156,7 +152,6 @@ FILES: tuple[tuple[str, str], ...] = (
     (UNDECODABLE, "images that failed to decode (data.skip_undecodable=true)"),
     (FEATURES + "/v0/{pool,test}/", "pre-computed features (shards + manifest with checksums)"),
     (FEATURE_TIMING, "how long each feature computation took"),
-    (SCORES + "/", "the proxy's pool scores, sharded like the features"),
     (INITIAL + "/", "the round-0 batch, chosen once per experiment"),
     (EVAL_CACHE + "/", "cached activations of the evaluator's frozen prefix"),
     (arm("<arm>") + "/" + ARM_META, "pipeline, strategy, baseline flag, seed"),
