@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -138,7 +138,7 @@ def _load_named(name: str, seen: list[str]) -> DictConfig:
         raise ConfigError(f"conf={name}: {path} must hold a mapping of keys")
     base = cfg.pop("base", None)
     if base:
-        cfg = OmegaConf.merge(_load_named(str(base), seen + [name]), cfg)
+        cfg = cast(DictConfig, OmegaConf.merge(_load_named(str(base), seen + [name]), cfg))  # a dict merged onto a dict
     return cfg
 
 

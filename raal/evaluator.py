@@ -178,7 +178,9 @@ class Evaluator:
     def features(self, suffix: nn.Module, split: str, rows: np.ndarray | None = None) -> torch.Tensor:
         acts = self.pool_acts if split == "pool" else self.test_acts
         x = acts if rows is None else acts[torch.as_tensor(np.asarray(rows, dtype=np.int64))]
-        return forward_in_chunks(suffix, x)
+        out = forward_in_chunks(suffix, x)
+        assert out is not None, "the pool and test splits are never empty (checked when the data loads)"
+        return out
 
     def _accuracy(self, suffix: nn.Module, head: nn.Linear) -> float:
         with torch.no_grad():
@@ -205,10 +207,14 @@ class Evaluator:
         suffix = self.new_suffix()
         torch.manual_seed(int(seed) % (2**31))
         if rc.method in ("lp", "lpft"):
-            head = fit_probe(forward_in_chunks(suffix, x), y, self.num_classes, l2=rc.probe_l2)
+            feats = forward_in_chunks(suffix, x)
+            assert feats is not None, "x has >= 2 rows (checked above)"
+            head = fit_probe(feats, y, self.num_classes, l2=rc.probe_l2)
             probe_acc = self._accuracy(suffix, head)
         else:
-            head = nn.Linear(forward_in_chunks(suffix, x[:1]).shape[1], self.num_classes)
+            first = forward_in_chunks(suffix, x[:1])
+            assert first is not None, "x has >= 2 rows (checked above)"
+            head = nn.Linear(first.shape[1], self.num_classes)
             probe_acc = float("nan")
         steps = 0 if rc.method == "lp" else rc.steps
         if steps:

@@ -112,8 +112,8 @@ def split_trunk(trunk: nn.Module, freeze_blocks: int) -> tuple[nn.Module, nn.Mod
 
 
 @torch.no_grad()
-def forward_in_chunks(module: nn.Module, x: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    """module(x) in eval mode, chunk by chunk (x may be a large cached activation tensor)."""
+def forward_in_chunks(module: nn.Module, x: torch.Tensor, chunk: int = 1024) -> torch.Tensor | None:
+    """module(x) in eval mode, chunk by chunk (x may be a large cached activation tensor); None for an empty x."""
     was = module.training
     module.eval()
     out = torch.cat([module(x[a:a + chunk]) for a in range(0, len(x), chunk)]) if len(x) else None

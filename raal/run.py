@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         before = uncommitted_entries(run_dir)
         lease = take_lease(cfg)
     except Exception as err:  # noqa: BLE001 - the error contract: one line, exit 2 (input) or 1 + log (bug)
-        if before is not None and not before[0]:
+        if before is not None and not before[0] and run_dir is not None:  # (run_dir is set before `before`)
             _remove_if_empty(run_dir)  # the lease was refused: leave no run dir it created
         return cli_errors.report(err, run_dir)
     code = 1

@@ -268,8 +268,9 @@ def _run_job(method: str, train_images: dict, test, *, num_classes: int, model_c
     workers, cpus = worker_resources(train_cfg, len(batch["id"]))
     path, why = choose_path(train_cfg, workers)
     rescued = None
-    if path == "ray_train" and run_store.is_local:
-        rescued = rescue_damaged_run(run_store.local_path())
+    local = run_store.local_path()  # None unless the store is local
+    if path == "ray_train" and local is not None:
+        rescued = rescue_damaged_run(local)
     run_store, _ = ray_train_storage(storage_path, name)  # (re)creates the folder if the damaged one moved aside
     run_store.write_json(layout.TRAIN_INPUTS, {"fingerprint": fp, "method": method, "rows": len(batch["id"])})
     found = (torch.load(Path(rescued) / STATE_FILE, map_location="cpu", weights_only=True) if rescued

@@ -62,9 +62,10 @@ class EpochLoop:
         self.steps_per_epoch = len(epoch_batches(per_rank, self.batch_per_rank, np.random.default_rng(0)))
         self.stages = _stages(self.method, self.tc, self.lc, self.steps_per_epoch)
         self.total_epochs = sum(s.epochs for s in self.stages)
-        self.ddp = None
-        self.opt = self.sched = None
-        self.stage_built = None
+        self.ddp: torch.nn.Module | None = None
+        self.opt: torch.optim.Optimizer | None = None
+        self.sched: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.stage_built: str | None = None
         self.epoch, self.step = 0, 0
         self.log: list[dict] = []
         self.lp_accuracy: float | None = None
@@ -142,6 +143,7 @@ class EpochLoop:
             if self.ddp is None:
                 self.ddp = self.session.prepare_model(net)
             params = lora_parameters(net.trunk) + list(net.head.parameters())
+            assert self.lc is not None, "a lora job always carries its LoraConfig"
             self.opt = torch.optim.Adam(params, lr=self.lc.lr)
             self.sched = None
             self.per_step_sched = False
@@ -199,6 +201,7 @@ class EpochLoop:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         seen = 0
+        assert self.opt is not None, "run() builds the stage before its first epoch"
         lrs = [g["lr"] for g in self.opt.param_groups]
         for pos in epoch_batches(len(order), self.batch_per_rank, rng):
             x, y = self.rows.batch(order[pos])
@@ -209,6 +212,7 @@ class EpochLoop:
                     f = self.net.trunk(x)
                 logits = self.net.head(f)
             else:
+                assert self.ddp is not None, "the ft and lora stages wrap the model when they are built"
                 logits = self.ddp(x)
             loss = F.cross_entropy(logits, y)
             self.opt.zero_grad(set_to_none=True)
@@ -217,6 +221,7 @@ class EpochLoop:
                 self._allreduce_grads(list(self.net.head.parameters()))
             self.opt.step()
             if self.per_step_sched:
+                assert self.sched is not None, "a per-step schedule is always built with its scheduler"
                 self.sched.step()
             loss_sum += loss.detach() * len(pos)
             correct += (logits.detach().argmax(1) == y).sum()
@@ -236,12 +241,16 @@ class EpochLoop:
         return t
 
     def _allreduce_grads(self, params: list[torch.Tensor]) -> None:
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        grads = []
+        for p in params:
+            assert p.grad is not None, "called right after backward on the trainable head"
+            grads.append(p.grad)
+        flat = torch.cat([g.reshape(-1) for g in grads])
         self._allreduce(flat)
         flat /= self.world
         a = 0
-        for p in params:
-            p.grad.copy_(flat[a:a + p.numel()].view_as(p))
+        for p, g in zip(params, grads):
+            g.copy_(flat[a:a + p.numel()].view_as(p))
             a += p.numel()
 
     @torch.no_grad()

@@ -197,6 +197,7 @@ def _stages(method: str, tc: TrainConfig, lc: LoraConfig | None, steps_per_epoch
     elif method == "ft":
         out = [_Stage("ft", 0, max(tc.lp_epochs + tc.epochs, ft_min))]
     else:
+        assert lc is not None, "a lora job always carries its LoraConfig"
         out = [_Stage("lora", 0, lc.epochs)]
     return [s for s in out if s.epochs > 0]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from typing import cast
 
 import pyarrow as pa
 
@@ -119,7 +120,7 @@ def open_round(store: RunStore) -> tuple[int, dict, dict]:
     export = store.read_table(rel)
     _stored(store, rel, {"id", "path"} <= set(export.column_names) and pa.types.is_integer(export.schema.field(
         "id").type) and pa.types.is_string(export.schema.field("path").type), "columns id (integers) and path")
-    return r, status, export.to_pydict()
+    return cast(int, r), status, export.to_pydict()  # r: an int, checked above
 
 
 def import_bytes(store: RunStore, raw: bytes, name: str, allow_partial: bool) -> dict:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from raal import layout
 from raal.config import ASVPConfig
@@ -178,7 +179,7 @@ class ASVPPipeline(SVPpPipeline):
         x, y = self.labeled_rows(version)
         stats = self.reference_stats(version)
         a = self.ctx.cfg.asvp
-        params = {"dt": a.ped.dt, "nsigma": a.ped.nsigma, "exit_ratio": a.ped.exit_ratio, "max_steps": a.ped.max_steps}
+        params: dict[str, Any] = {"dt": a.ped.dt, "nsigma": a.ped.nsigma, "exit_ratio": a.ped.exit_ratio, "max_steps": a.ped.max_steps}
         n = ped_steps(x, y, reference=stats, **params)
         return decide(self.state.rounds, n,
                       lambda: logme_ped(x, y, reference=stats, variant=a.logme_variant, **params)[0], a,
@@ -209,6 +210,7 @@ class ASVPPipeline(SVPpPipeline):
         from raal.evaluator import Recipe, save_state
 
         ev, fs = self.ctx.evaluator, self.feature_store(new)
+        assert ev is not None, "config validation ties train.freeze_blocks != 0 to the evaluator"
         with timer.phase("t_tr_full"):
             fit = ev.fit(self.positions(self.state.labeled_ids), self.state.labels,
                          seed=round_seed(self.ctx.cfg.al.seed, r, 2), recipe=Recipe.from_config(self.ctx.cfg.eval,

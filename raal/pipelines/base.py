@@ -10,7 +10,7 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -23,6 +23,11 @@ from raal.labeling.oracle import WaitingForLabels
 from raal.pipelines.state import ArmState
 from raal.store import RunStore
 from raal.strategies.base import pick_priority
+
+if TYPE_CHECKING:  # annotations only: the evaluator pulls in torch
+    from raal.evaluator import Evaluator
+    from raal.features import FeatureStore
+    from raal.labeling.oracle import FilesOracle, SimulatedOracle
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +52,11 @@ class Context:
     cfg: RunConfig
     store: RunStore
     data: Dataset
-    oracle: object  # raal.labeling.oracle.SimulatedOracle | FilesOracle
+    oracle: SimulatedOracle | FilesOracle
     transform: ImageTransform
-    features: object = None  # raal.features.FeatureStore of the experiment (v0 lives here)
+    features: FeatureStore | None = None  # the experiment's (v0 lives here); set by prepare() before any round
     t_pre: float = 0.0  # wall time of the v0 feature pass (pool + test)
-    evaluator: object = None  # raal.evaluator.Evaluator when eval.every_round == "evaluator"
+    evaluator: Evaluator | None = None  # when eval.every_round == "evaluator"
     stop_after: int | None = None  # al.stop=advice: the round after which the main arm was advised to stop
 
     @property
@@ -197,6 +202,7 @@ class Pipeline:
                 if name == "random":  # as before: one seeded draw, the same in every arm
                     pos = np.sort(strategies.get("random").select(size, labeled_mask=mask, seed=seed))
                 else:
+                    assert self.ctx.features is not None, "prepare() opens the v0 features before any round"
                     pos = initial_batch(self.ctx.store, name, size, labeled_mask=mask, seed=seed,
                                         features=self.ctx.features.open(0, "pool").features,
                                         num_classes=self.ctx.num_classes)
@@ -236,7 +242,7 @@ class Pipeline:
             missing = [i for i in ids.tolist() if i not in answered]
             if missing and not (answered and self.ctx.oracle.accepts_partial(r)):
                 raise WaitingForLabels(self.arm.name, r, missing)
-        row = {"round": r, "n_labeled": len(self.state.label_ids), "n_new": len(answered),
+        row: dict = {"round": r, "n_labeled": len(self.state.label_ids), "n_new": len(answered),
                "random_only": self.random_only(r)}
         row.update(self.after_labels(r, timer))
         row.update(self.evaluate_labeled(timer, row))
@@ -309,6 +315,7 @@ class Pipeline:
 
         cfg = self.ctx.cfg
         sample = stop_sample(len(self.pool_ids), cfg.stopping.sample, cfg.al.seed)
+        assert self.ctx.features is not None, "prepare() opens the v0 features before any round"
         pred = probe_predictions(self.ctx.features.open(0, "pool").features, self.positions(self.state.labeled_ids),
                                  self.state.labels, sample, self.ctx.num_classes)
         sizes = self.sizes()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import replace
+from typing import Any
 
 import torch
 
@@ -28,7 +29,7 @@ def recipe(train: TrainConfig, method: str) -> TrainConfig:
     """The FT recipe, or LP-FT's (its own head/backbone lr and weight decay where the config gives them)."""
     if method != "lpft":
         return train
-    overrides = {"head_lr": train.lpft_head_lr, "backbone_lr": train.lpft_backbone_lr,
+    overrides: dict[str, Any] = {"head_lr": train.lpft_head_lr, "backbone_lr": train.lpft_backbone_lr,
                  "weight_decay": train.lpft_weight_decay}
     return replace(train, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -58,7 +59,7 @@ def finetune_labeled(batch: dict, test: ImageSet, *, model_cfg: ModelConfig, tra
     release(gpu_only=True)  # warm GPU embedding actors hand their GPUs to the training workers
     method_key = method.lower().replace("-", "")
     jobs = training_storage(store)
-    common = dict(num_classes=num_classes, model_cfg=model_cfg, transform=transform, storage_path=jobs, name=name,
+    common: dict[str, Any] = dict(num_classes=num_classes, model_cfg=model_cfg, transform=transform, storage_path=jobs, name=name,
                   seed=seed)
     if method_key == "lora":
         res = finetune_lora(batch, test, lora_cfg=lora_cfg, train_cfg=train_cfg, **common)

@@ -6,6 +6,10 @@ Pipeline modules import torch and Ray, so the registry names where each class li
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: importing the base pulls in the pipelines' dependencies
+    from raal.pipelines.base import Pipeline
 
 _WHERE = {
     "standard": ("raal.pipelines.standard", "StandardPipeline"),
@@ -17,7 +21,7 @@ _WHERE = {
 NAMES: tuple[str, ...] = tuple(_WHERE)
 
 
-def get(name: str) -> type:
+def get(name: str) -> type[Pipeline]:
     """The pipeline class called `name` (a `raal.pipelines.base.Pipeline` subclass)."""
     if name not in _WHERE:
         raise ValueError(f"unknown pipeline {name!r}; known: {', '.join(NAMES)}")
@@ -25,12 +29,12 @@ def get(name: str) -> type:
     return getattr(importlib.import_module(module), cls)
 
 
-def classes() -> dict[str, type]:
+def classes() -> dict[str, type[Pipeline]]:
     """Every pipeline class by name."""
     return {n: get(n) for n in NAMES}
 
 
-def runnable(pipeline: type) -> list[str]:
+def runnable(pipeline: type[Pipeline]) -> list[str]:
     """Sorted names of the strategies `pipeline` can run (its `mismatch` finds nothing)."""
     from raal import strategies
 

@@ -59,11 +59,13 @@ class StandardPipeline(Pipeline):
         if r == 0:  # nothing trained yet: embedding-based choosers use the pre-trained features
             if requires - self.supplies_at_start:
                 raise ValueError(f"strategy {self.arm.strategy!r} needs a trained model, which round 0 cannot give")
+            assert self.ctx.features is not None, "prepare() opens the v0 features before any round"
             return {"embeddings": self.ctx.features.open(0, "pool").features}
         if self.partial():  # the last round's suffix re-embeds the whole pool from the cached activations
             from raal.evaluator import load_state
 
             ev = self.ctx.evaluator
+            assert ev is not None, "config validation ties train.freeze_blocks != 0 to the evaluator"
             suffix, head = ev.load_fitted(load_state(self.store, self.checkpoint(r - 1) + ".partial.pt"))
             with timer.phase("t_f_full"):
                 feats, probs = ev.probs(suffix, head)
@@ -78,10 +80,10 @@ class StandardPipeline(Pipeline):
             feats = fs.open(r, "pool").features
             out = {"embeddings": feats}
             if "probs" in requires or "proxy" in requires:
-                head = load_head(self.store, ckpt)
-                out["proxy"] = head_proxy(head)
+                head_state = load_head(self.store, ckpt)
+                out["proxy"] = head_proxy(head_state)
                 if "probs" in requires:
-                    out["probs"] = head_probs(feats, head)
+                    out["probs"] = head_probs(feats, head_state)
         return {k: v for k, v in out.items() if k in requires}
 
     def after_labels(self, r: int, timer: PhaseTimer) -> dict:
@@ -89,6 +91,7 @@ class StandardPipeline(Pipeline):
             from raal.evaluator import save_state
 
             rel = self.checkpoint(r) + ".partial.pt"
+            assert self.ctx.evaluator is not None, "config validation ties train.freeze_blocks != 0 to the evaluator"
             with timer.phase("t_tr_full"):
                 fit = self.ctx.evaluator.fit(self.positions(self.state.labeled_ids), self.state.labels,
                                              seed=round_seed(self.ctx.cfg.al.seed, r, 3), recipe=self._partial_recipe())

@@ -189,8 +189,10 @@ def _dots_by_index(f: np.ndarray, theta: np.ndarray, ids: np.ndarray, scale: np.
     if use_faiss:
         f, theta = np.ascontiguousarray(f, dtype=np.float32), np.ascontiguousarray(theta, dtype=np.float32)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        faiss.fvec_inner_products_by_idx(faiss.swig_ptr(out), faiss.swig_ptr(f), faiss.swig_ptr(theta),
-                                         faiss.swig_ptr(ids), f.shape[1], len(f), ids.shape[1])
+        # faiss's bundled __init__.pyi lacks this SWIG function (the library has it)
+        faiss.fvec_inner_products_by_idx(  # type: ignore[attr-defined]
+            faiss.swig_ptr(out), faiss.swig_ptr(f), faiss.swig_ptr(theta), faiss.swig_ptr(ids), f.shape[1], len(f),
+            ids.shape[1])
     else:
         r, j = np.nonzero(ids >= 0)
         for s, e in iter_slices(len(r), ROW_CHUNK):  # bounded gathers
@@ -341,6 +343,7 @@ def optimise_centroids(x: np.ndarray, init_rows: np.ndarray, cfg: ActiveFTConfig
         for _ in range(cfg.iterations):
             if full:
                 rows, f = None, feats
+                assert f is not None and scale is not None, "both are set before the loop when full"
             else:
                 rows = np.sort(rng.choice(n, size=cfg.batch, replace=False))
                 f = read_rows(x, 0, len(rows), rows)

@@ -102,9 +102,9 @@ def load_sweep(name: str, cli: list[str] | None = None) -> tuple[SweepSpec, list
                                  OmegaConf.from_dotlist(tune_dotlist))
         spec: SweepSpec = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None)
+        full_key = getattr(err, "full_key", None)
         msg = str(err).strip().splitlines()[0]
-        raise ConfigError(f"tune.{key}: {msg}" if key else f"tune: {msg}") from err
+        raise ConfigError(f"tune.{full_key}: {msg}" if full_key else f"tune: {msg}") from err
     spec.params = params
     spec.name = spec.name or path.stem
     spec.overrides = [str(o) for o in spec.overrides] + run_overrides
