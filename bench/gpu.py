@@ -235,8 +235,12 @@ def section_search(cfg: dict, dev: torch.device, tiny: bool) -> dict:
 # ------------------------------------------------------------------------------------------------- 4. LogME-PED
 @contextlib.contextmanager
 def _passes_on(dev: torch.device):
-    """raal.transfer's two N-sized passes in float64 on `dev` (torch); everything class-level stays raal's."""
-    import raal.transfer as tr
+    """raal.transfer's two N-sized passes in float64 on `dev` (torch); everything class-level stays raal's.
+
+    Patched where they are looked up: transfer_logme (class sums) and transfer_ped (class sums, scatter).
+    """
+    import raal.transfer_logme as tl
+    import raal.transfer_ped as tp
 
     def class_sums(X, codes, n_classes, gram):
         xt = torch.as_tensor(X, device=dev).double()
@@ -250,12 +254,12 @@ def _passes_on(dev: torch.device):
         r = xt - torch.as_tensor(means, device=dev)[ct]
         return torch.zeros_like(torch.as_tensor(means, device=dev)).index_add_(0, ct, r * r).cpu().numpy()
 
-    old = tr._class_sums, tr._class_scatter
-    tr._class_sums, tr._class_scatter = class_sums, class_scatter
+    old = tl._class_sums, tp._class_sums, tp._class_scatter
+    tl._class_sums, tp._class_sums, tp._class_scatter = class_sums, class_sums, class_scatter
     try:
         yield
     finally:
-        tr._class_sums, tr._class_scatter = old
+        tl._class_sums, tp._class_sums, tp._class_scatter = old
 
 
 def section_logme(cfg: dict, dev: torch.device, tiny: bool) -> dict:

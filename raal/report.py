@@ -15,248 +15,26 @@ import html
 import logging
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from raal import layout, metrics
-from raal.report_load import Arm, NotARunError, Run, _run_name, load_run  # noqa: F401 - NotARunError: the API
+from raal.report_load import NotARunError, Run, _run_name, load_run  # noqa: F401 - NotARunError: the API
 from raal.report_plots import (
     PHASE_NAMES,
-    _figure,
-    _gapped,
-    _legend_label,
-    _line_kw,
     _png,
     fmt_time,
     plot_accuracy,
+    plot_asvp,
+    plot_cost,
+    plot_saving,
     plot_time,
 )
+from raal.report_stats import ArmStats, _acc_scale, _collect
 from raal.report_tables import SUMMARY_HEAD, _text_table, summary_rows
 
 log = logging.getLogger(__name__)
-
-# ---------------------------------------------------------------------------------------------------------------
-# Per-arm measures
-# ---------------------------------------------------------------------------------------------------------------
-
-@dataclass
-class ArmStats:
-    """What the report shows about one arm."""
-
-    arm: Arm
-    key: str
-    color: object
-    saving: metrics.SavingCurve | None
-    cum_cost: np.ndarray          # overall cost (USD) after each round: labels x price + compute so far
-    seconds: np.ndarray           # compute seconds of each round
-    phases: dict[str, float]
-    final_labels: int | None
-    final_accuracy: float
-    total_cost: float
-    cost_to_target: float         # overall cost to reach the baseline's final accuracy (NaN if never/unknown)
-
-
-def _arm_stats(run: Run, arm: Arm, key: str, color) -> ArmStats:
-    r = arm.rounds
-    prices = run.prices
-    if r is None:
-        return ArmStats(arm, key, color, None, np.zeros(0), np.zeros(0), {}, None, float("nan"), float("nan"),
-                        float("nan"))
-    secs = metrics.round_seconds(r)
-    comp = metrics.compute_cost(secs, [str(d) for d in r["device"]], prices)
-    labels = np.maximum(r["n_labeled"], 0).astype(np.float64)
-    cum_cost = labels * prices.label_price + np.cumsum(comp)
-    acc = r["accuracy"]
-    evaluated = np.flatnonzero(np.isfinite(acc))
-    final_acc = float(acc[evaluated[-1]]) if evaluated.size else float("nan")
-    if evaluated.size and evaluated[-1] != len(acc) - 1:
-        arm.notes.append(f"the last round ({int(r['round'][-1])}) has no accuracy; the final accuracy shown is "
-                         f"that of round {int(r['round'][evaluated[-1]])}")
-    saving = None
-    base = run.baseline
-    brounds = base.rounds if base is not None else None  # the baseline is an arm with rounds
-    if brounds is not None and np.isfinite(brounds["accuracy"]).any() and evaluated.size:
-        bcurve = np.c_[brounds["n_labeled"], brounds["accuracy"]]
-        exclude = r["random_only"] if run.exclude_random_rounds else None
-        saving = metrics.saving_curve(bcurve, np.c_[labels, acc], exclude=exclude)
-    target = float("nan")
-    if brounds is not None and np.isfinite(brounds["accuracy"]).any():
-        bacc = brounds["accuracy"]
-        target = float(bacc[np.flatnonzero(np.isfinite(bacc))[-1]])
-    reach = np.flatnonzero(np.isfinite(acc) & (acc >= target)) if np.isfinite(target) else np.zeros(0, int)
-    return ArmStats(arm=arm, key=key, color=color, saving=saving, cum_cost=cum_cost, seconds=secs,
-                    phases=metrics.phase_totals(r), final_labels=int(r["n_labeled"][-1]), final_accuracy=final_acc,
-                    total_cost=float(cum_cost[-1]), cost_to_target=float(cum_cost[reach[0]]) if reach.size else
-                    float("nan"))
-
-
-def _collect(runs: Sequence[Run]) -> list[ArmStats]:
-    from matplotlib import colormaps
-
-    multi = len(runs) > 1
-    arms = [(run, a) for run in runs for a in sorted(run.arms, key=lambda a: not a.baseline)]
-    n_col = sum(1 for _, a in arms if not a.baseline)
-    cmap = colormaps["tab10" if n_col <= 10 else "tab20"]
-    stats, i = [], 0
-    for run, a in arms:
-        key = f"{run.label}/{a.name}" if multi else a.name
-        color: object
-        if a.baseline:
-            color = "black"
-        else:
-            color = cmap(i % cmap.N)
-            i += 1
-        stats.append(_arm_stats(run, a, key, color))
-    return stats
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Plots (matplotlib Figure + Agg canvas: no global backend state, safe inside a Ray worker)
-# ---------------------------------------------------------------------------------------------------------------
-
-def _acc_scale(stats: Sequence[ArmStats]) -> tuple[float, str]:
-    vals = [s.arm.rounds["accuracy"] for s in stats if s.arm.rounds is not None]
-    top = max((float(np.nanmax(v)) for v in vals if np.isfinite(v).any()), default=1.0)
-    return (100.0, "test accuracy (%)") if top <= 1.0 + 1e-9 else (1.0, "test accuracy")
-
-
-def plot_saving(stats):
-    from matplotlib.lines import Line2D
-
-    rows = [s for s in stats if s.saving is not None and not s.arm.baseline]
-    fig, axes = _figure(12, 5, 1, 2)
-    a1, a2 = axes[0]
-    if not rows:
-        for a in (a1, a2):
-            a.text(0.5, 0.5, "no saving ratio: no random baseline with evaluated rounds",
-                   ha="center", va="center", transform=a.transAxes, wrap=True)
-            a.set_axis_off()
-        fig.suptitle("Sample saving against the random baseline")
-        return fig
-    top = 0.0
-    for s in rows:
-        sv, rnd = s.saving, s.arm.rounds["round"]
-        ok = np.isfinite(sv.equivalent_labels)
-        ext = sv.extrapolated & ok
-        a1.plot(*_gapped(rnd[ok], sv.labels[ok], sv.equivalent_labels[ok]), "-", color=s.color, label=s.key)
-        a1.plot(sv.labels[ok & ~ext], sv.equivalent_labels[ok & ~ext], "o", color=s.color, ms=5)
-        a1.plot(sv.labels[ext], sv.equivalent_labels[ext], "o", mfc="white", mec=s.color, ms=6)
-        top = max(top, float(np.nanmax(sv.labels)), float(np.nanmax(sv.equivalent_labels[ok], initial=0)))
-        okr = np.isfinite(sv.ratios)
-        mean = f"{sv.mean * 100:.1f}%" if np.isfinite(sv.mean) else "n/a"
-        a2.plot(*_gapped(rnd[okr], rnd[okr], sv.ratios[okr] * 100), "-", color=s.color,
-                label=f"{s.key} (mean {mean})")
-        used, ex = okr & sv.used, okr & ~sv.used
-        a2.plot(rnd[used & ~sv.extrapolated], sv.ratios[used & ~sv.extrapolated] * 100, "o", color=s.color, ms=5)
-        a2.plot(rnd[used & sv.extrapolated], sv.ratios[used & sv.extrapolated] * 100, "o", mfc="white",
-                mec=s.color, ms=6)
-        a2.plot(rnd[ex], sv.ratios[ex] * 100, "x", color="grey", ms=7)
-    a1.plot([0, top], [0, top], ":", color="grey", label="no saving (N2 = N1)")
-    a1.set_title("Equivalent random-baseline labels")
-    a1.set_xlabel("AL labels N1 (count)")
-    a1.set_ylabel("random labels for the same accuracy N2 (count)")
-    a1.grid(alpha=0.3)
-    a1.legend(fontsize=8)
-    a2.axhline(0, color="grey", lw=1)
-    a2.set_title("Sample saving ratio per round, r = (N2 - N1) / N2")
-    a2.set_xlabel("round")
-    a2.set_ylabel("sample saving ratio (%)")
-    a2.grid(alpha=0.3)
-    extra = [Line2D([], [], ls="", marker="o", mfc="white", mec="black", label="extrapolated (outside random curve)"),
-             Line2D([], [], ls="", marker="x", color="grey", label="left out of the mean (random start)")]
-    h, lab = a2.get_legend_handles_labels()
-    a2.legend(h + extra, lab + [e.get_label() for e in extra], fontsize=8)
-    return fig
-
-
-def _asvp_arms(stats):
-    out = []
-    for s in stats:
-        r = s.arm.rounds
-        if r is None:
-            continue
-        if s.arm.pipeline == "asvp" or (r["ped_steps"] >= 0).any() or np.isfinite(r["logme_ped"]).any() \
-                or r["refreshed"].any():
-            out.append(s)
-    return out
-
-
-def plot_asvp(stats, scale, ylab, threshold):
-    from matplotlib.lines import Line2D
-
-    rows = _asvp_arms(stats)
-    if not rows:
-        return None
-    fig, axes = _figure(9, 10, 4, 1, sharex=True)
-    a_acc, a_ped, a_score, a_diff = axes[:, 0]
-    for s in rows:
-        r = s.arm.rounds
-        x, acc = r["n_labeled"], r["accuracy"] * scale
-        ok = np.isfinite(acc)
-        a_acc.plot(*_gapped(r["round"][ok], x[ok], acc[ok]), "-", color=s.color, label=s.key)
-        ft = np.array([m.upper() == "FT" for m in r["train_method"]], dtype=bool)
-        lp = np.array([m.upper() == "LP-FT" for m in r["train_method"]], dtype=bool)
-        a_acc.plot(x[ok & lp], acc[ok & lp], "o", color=s.color, ms=5)
-        a_acc.plot(x[ok & ft], acc[ok & ft], "s", color=s.color, ms=6)
-        a_acc.plot(x[ok & ~ft & ~lp], acc[ok & ~ft & ~lp], ".", color=s.color)
-        for xr in x[r["refreshed"]]:
-            for a in (a_acc, a_ped, a_score, a_diff):
-                a.axvline(xr, color=s.color, ls=":", lw=1.5)
-        refr = r["refreshed"] & ok
-        a_acc.plot(x[refr], acc[refr], "*", color=s.color, mec="black", ms=14)
-        ped = r["ped_steps"].astype(np.float64)
-        pk = ped >= 0
-        a_ped.plot(*_gapped(r["round"][pk], x[pk], ped[pk]), "o-", color=s.color, label=s.key)
-        sc = np.isfinite(r["logme_ped"])
-        a_score.plot(*_gapped(r["round"][sc], x[sc], r["logme_ped"][sc]), "o-", color=s.color, label=s.key)
-        d = np.abs(r["score_diff"])
-        dk = np.isfinite(d)
-        a_diff.plot(*_gapped(r["round"][dk], x[dk], d[dk]), "o-", color=s.color, label=s.key)
-    a_acc.set_title("ASVP decisions: PED steps, LogME-PED, feature refreshes, LP-FT / FT")
-    a_acc.set_ylabel(ylab)
-    h, lab = a_acc.get_legend_handles_labels()
-    extra = [Line2D([], [], ls="", marker="o", color="grey", label="trained with LP-FT"),
-             Line2D([], [], ls="", marker="s", color="grey", label="trained with FT"),
-             Line2D([], [], ls="", marker="*", color="grey", mec="black", ms=12,
-                    label="features refreshed (dotted line)")]
-    a_acc.legend(h + extra, lab + [e.get_label() for e in extra], fontsize=8)
-    a_ped.set_ylabel("PED steps (count)")
-    a_ped.axhline(1, color="grey", lw=1, ls="--")
-    a_ped.text(0.99, 0.02, "at or below the dashed line (<= 1 step): LogME-PED skipped, no refresh",
-               transform=a_ped.transAxes, fontsize=8, color="dimgrey", ha="right", va="bottom")
-    a_score.set_ylabel("LogME-PED score")
-    a_diff.set_ylabel("|change of LogME-PED|")
-    a_diff.axhline(threshold, color="red", lw=1, ls="--", label=f"threshold tau = {threshold:g}")
-    a_diff.legend(fontsize=8)
-    a_diff.set_xlabel("labeled samples (count)")
-    for a in axes[:, 0]:
-        a.grid(alpha=0.3)
-    return fig
-
-
-def plot_cost(stats, base_idx, scale, ylab):
-    fig, ax = _figure(8, 5)
-    ax = ax[0, 0]
-    for i, s in enumerate(stats):
-        r = s.arm.rounds
-        if r is None:
-            continue
-        ok = np.isfinite(r["accuracy"])
-        if ok.any():
-            ax.plot(*_gapped(r["round"][ok], s.cum_cost[ok], r["accuracy"][ok] * scale), label=_legend_label(s),
-                    **_line_kw(s, base_idx, i))
-    for s in stats:
-        if s.arm.baseline and np.isfinite(s.final_accuracy):
-            ax.axhline(s.final_accuracy * scale, color="grey", lw=1, ls=":")
-    ax.set_title("Overall cost (labels + compute) vs test accuracy")
-    ax.set_xlabel("overall cost so far (USD)")
-    ax.set_ylabel(ylab)
-    ax.grid(alpha=0.3)
-    if ax.has_data():
-        ax.legend(fontsize=8)
-    return fig
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The report's plots that compare arms: accuracy curves (with a band across seeds), time per phase.
+"""The report's plots: accuracy curves (with a band across seeds), sample saving, ASVP decisions, time per phase,
+cost against accuracy.
 
 matplotlib Figure + Agg canvas: no global backend state, safe inside a Ray worker. Arms that would hide each other
 (equal accuracies at equal labels, e.g. the shared random round 0) stay visible: each arm has its own marker and
@@ -176,3 +177,138 @@ def plot_time(stats):
     return fig
 
 
+def plot_saving(stats):
+    from matplotlib.lines import Line2D
+
+    rows = [s for s in stats if s.saving is not None and not s.arm.baseline]
+    fig, axes = _figure(12, 5, 1, 2)
+    a1, a2 = axes[0]
+    if not rows:
+        for a in (a1, a2):
+            a.text(0.5, 0.5, "no saving ratio: no random baseline with evaluated rounds",
+                   ha="center", va="center", transform=a.transAxes, wrap=True)
+            a.set_axis_off()
+        fig.suptitle("Sample saving against the random baseline")
+        return fig
+    top = 0.0
+    for s in rows:
+        sv, rnd = s.saving, s.arm.rounds["round"]
+        ok = np.isfinite(sv.equivalent_labels)
+        ext = sv.extrapolated & ok
+        a1.plot(*_gapped(rnd[ok], sv.labels[ok], sv.equivalent_labels[ok]), "-", color=s.color, label=s.key)
+        a1.plot(sv.labels[ok & ~ext], sv.equivalent_labels[ok & ~ext], "o", color=s.color, ms=5)
+        a1.plot(sv.labels[ext], sv.equivalent_labels[ext], "o", mfc="white", mec=s.color, ms=6)
+        top = max(top, float(np.nanmax(sv.labels)), float(np.nanmax(sv.equivalent_labels[ok], initial=0)))
+        okr = np.isfinite(sv.ratios)
+        mean = f"{sv.mean * 100:.1f}%" if np.isfinite(sv.mean) else "n/a"
+        a2.plot(*_gapped(rnd[okr], rnd[okr], sv.ratios[okr] * 100), "-", color=s.color,
+                label=f"{s.key} (mean {mean})")
+        used, ex = okr & sv.used, okr & ~sv.used
+        a2.plot(rnd[used & ~sv.extrapolated], sv.ratios[used & ~sv.extrapolated] * 100, "o", color=s.color, ms=5)
+        a2.plot(rnd[used & sv.extrapolated], sv.ratios[used & sv.extrapolated] * 100, "o", mfc="white",
+                mec=s.color, ms=6)
+        a2.plot(rnd[ex], sv.ratios[ex] * 100, "x", color="grey", ms=7)
+    a1.plot([0, top], [0, top], ":", color="grey", label="no saving (N2 = N1)")
+    a1.set_title("Equivalent random-baseline labels")
+    a1.set_xlabel("AL labels N1 (count)")
+    a1.set_ylabel("random labels for the same accuracy N2 (count)")
+    a1.grid(alpha=0.3)
+    a1.legend(fontsize=8)
+    a2.axhline(0, color="grey", lw=1)
+    a2.set_title("Sample saving ratio per round, r = (N2 - N1) / N2")
+    a2.set_xlabel("round")
+    a2.set_ylabel("sample saving ratio (%)")
+    a2.grid(alpha=0.3)
+    extra = [Line2D([], [], ls="", marker="o", mfc="white", mec="black", label="extrapolated (outside random curve)"),
+             Line2D([], [], ls="", marker="x", color="grey", label="left out of the mean (random start)")]
+    h, lab = a2.get_legend_handles_labels()
+    a2.legend(h + extra, lab + [e.get_label() for e in extra], fontsize=8)
+    return fig
+
+
+def _asvp_arms(stats):
+    out = []
+    for s in stats:
+        r = s.arm.rounds
+        if r is None:
+            continue
+        if s.arm.pipeline == "asvp" or (r["ped_steps"] >= 0).any() or np.isfinite(r["logme_ped"]).any() \
+                or r["refreshed"].any():
+            out.append(s)
+    return out
+
+
+def plot_asvp(stats, scale, ylab, threshold):
+    from matplotlib.lines import Line2D
+
+    rows = _asvp_arms(stats)
+    if not rows:
+        return None
+    fig, axes = _figure(9, 10, 4, 1, sharex=True)
+    a_acc, a_ped, a_score, a_diff = axes[:, 0]
+    for s in rows:
+        r = s.arm.rounds
+        x, acc = r["n_labeled"], r["accuracy"] * scale
+        ok = np.isfinite(acc)
+        a_acc.plot(*_gapped(r["round"][ok], x[ok], acc[ok]), "-", color=s.color, label=s.key)
+        ft = np.array([m.upper() == "FT" for m in r["train_method"]], dtype=bool)
+        lp = np.array([m.upper() == "LP-FT" for m in r["train_method"]], dtype=bool)
+        a_acc.plot(x[ok & lp], acc[ok & lp], "o", color=s.color, ms=5)
+        a_acc.plot(x[ok & ft], acc[ok & ft], "s", color=s.color, ms=6)
+        a_acc.plot(x[ok & ~ft & ~lp], acc[ok & ~ft & ~lp], ".", color=s.color)
+        for xr in x[r["refreshed"]]:
+            for a in (a_acc, a_ped, a_score, a_diff):
+                a.axvline(xr, color=s.color, ls=":", lw=1.5)
+        refr = r["refreshed"] & ok
+        a_acc.plot(x[refr], acc[refr], "*", color=s.color, mec="black", ms=14)
+        ped = r["ped_steps"].astype(np.float64)
+        pk = ped >= 0
+        a_ped.plot(*_gapped(r["round"][pk], x[pk], ped[pk]), "o-", color=s.color, label=s.key)
+        sc = np.isfinite(r["logme_ped"])
+        a_score.plot(*_gapped(r["round"][sc], x[sc], r["logme_ped"][sc]), "o-", color=s.color, label=s.key)
+        d = np.abs(r["score_diff"])
+        dk = np.isfinite(d)
+        a_diff.plot(*_gapped(r["round"][dk], x[dk], d[dk]), "o-", color=s.color, label=s.key)
+    a_acc.set_title("ASVP decisions: PED steps, LogME-PED, feature refreshes, LP-FT / FT")
+    a_acc.set_ylabel(ylab)
+    h, lab = a_acc.get_legend_handles_labels()
+    extra = [Line2D([], [], ls="", marker="o", color="grey", label="trained with LP-FT"),
+             Line2D([], [], ls="", marker="s", color="grey", label="trained with FT"),
+             Line2D([], [], ls="", marker="*", color="grey", mec="black", ms=12,
+                    label="features refreshed (dotted line)")]
+    a_acc.legend(h + extra, lab + [e.get_label() for e in extra], fontsize=8)
+    a_ped.set_ylabel("PED steps (count)")
+    a_ped.axhline(1, color="grey", lw=1, ls="--")
+    a_ped.text(0.99, 0.02, "at or below the dashed line (<= 1 step): LogME-PED skipped, no refresh",
+               transform=a_ped.transAxes, fontsize=8, color="dimgrey", ha="right", va="bottom")
+    a_score.set_ylabel("LogME-PED score")
+    a_diff.set_ylabel("|change of LogME-PED|")
+    a_diff.axhline(threshold, color="red", lw=1, ls="--", label=f"threshold tau = {threshold:g}")
+    a_diff.legend(fontsize=8)
+    a_diff.set_xlabel("labeled samples (count)")
+    for a in axes[:, 0]:
+        a.grid(alpha=0.3)
+    return fig
+
+
+def plot_cost(stats, base_idx, scale, ylab):
+    fig, ax = _figure(8, 5)
+    ax = ax[0, 0]
+    for i, s in enumerate(stats):
+        r = s.arm.rounds
+        if r is None:
+            continue
+        ok = np.isfinite(r["accuracy"])
+        if ok.any():
+            ax.plot(*_gapped(r["round"][ok], s.cum_cost[ok], r["accuracy"][ok] * scale), label=_legend_label(s),
+                    **_line_kw(s, base_idx, i))
+    for s in stats:
+        if s.arm.baseline and np.isfinite(s.final_accuracy):
+            ax.axhline(s.final_accuracy * scale, color="grey", lw=1, ls=":")
+    ax.set_title("Overall cost (labels + compute) vs test accuracy")
+    ax.set_xlabel("overall cost so far (USD)")
+    ax.set_ylabel(ylab)
+    ax.grid(alpha=0.3)
+    if ax.has_data():
+        ax.legend(fontsize=8)
+    return fig

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 
-from raal import transfer
+from raal import transfer, transfer_logme, transfer_passes, transfer_ped
 from raal.transfer import RescaleStats, logme, logme_details, logme_ped, ped, reference_stats
 
 pytestmark = pytest.mark.timeout(60)
@@ -102,9 +102,9 @@ def blobs(rng, n_classes, per_class, d, spread, noise=1.0):
 @pytest.fixture
 def tiny_chunks(monkeypatch):
     """Force every chunked loop to take many blocks."""
-    monkeypatch.setattr(transfer, "_CHUNK_BYTES", 8 * 7 * 64)
-    monkeypatch.setattr(transfer, "_PAIR_BLOCK", 13)
-    monkeypatch.setattr(transfer, "_CLASS_BLOCK", 40)
+    monkeypatch.setattr(transfer_passes, "_CHUNK_BYTES", 8 * 7 * 64)
+    monkeypatch.setattr(transfer_ped, "_PAIR_BLOCK", 13)
+    monkeypatch.setattr(transfer_logme, "_CLASS_BLOCK", 40)
 
 
 # ---------------------------------------------------------------------------------------------------------------
