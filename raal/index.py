@@ -162,7 +162,7 @@ def ivf_index(base: np.ndarray, metric: str = "l2", *, rows: np.ndarray | None =
         index.add(read_rows(base, s, e, rows, normalize=normalize))
     index.nprobe = int(nprobe)
     if _use_gpu(use_gpu):
-        index = faiss.index_cpu_to_gpu(_gpu_resources(), 0, index)
+        return faiss.index_cpu_to_gpu(_gpu_resources(), 0, index)
     return index
 
 
@@ -238,7 +238,7 @@ def knn(queries: np.ndarray, base: np.ndarray, k: int, *, metric: str = "l2", qu
         for s, e in iter_slices(nq, qrows):
             d, i = _knn_block(read_rows(queries, s, e, query_rows, normalize=normalize), b, kk, metric, gpu)
             i = i + bs if base_ids is None else base_ids[bs:be][i]
-            if one_chunk:
+            if heap is None:  # one_chunk
                 dist[s:e, :kk], ids[s:e, :kk] = d, i
             else:
                 heap.add_result_subset(np.arange(s, e, dtype=np.int64), d, i)
@@ -294,7 +294,7 @@ def kcenter_greedy(x: np.ndarray, budget: int, *, labeled_mask: np.ndarray | Non
     for s, e in iter_slices(n, crow):
         b = read_rows(x, s, e)
         sq = np.einsum("ij,ij->i", b, b)
-        if normalize:
+        if inv is not None:  # normalize
             nrm = np.sqrt(sq)
             inv[s:e] = 1.0 / np.maximum(nrm, np.float32(1e-12))
             sq = (nrm * inv[s:e]) ** 2  # 1, or 0 for an all-zero row
@@ -315,7 +315,7 @@ def kcenter_greedy(x: np.ndarray, budget: int, *, labeled_mask: np.ndarray | Non
     def dist_block(s: int, e: int, c: np.ndarray, c_sq: np.ndarray) -> np.ndarray:
         """Squared distances of rows s:e to the centres `c` (rows), shape (e-s, len(c))."""
         g = read_rows(x, s, e) @ c.T
-        if normalize:
+        if inv is not None:  # normalize
             g *= inv[s:e, None]
         d = sqn[s:e, None] - 2.0 * g + c_sq[None, :]
         return np.maximum(d, 0, out=d)
@@ -333,10 +333,10 @@ def kcenter_greedy(x: np.ndarray, budget: int, *, labeled_mask: np.ndarray | Non
         mind[unl] = np.inf
         mind[picks[0]] = -np.inf
 
-    heap = []
-    for b in range(nblocks):
-        s, e = b * block_rows, min(n, (b + 1) * block_rows)
-        heap.append((-float(mind[s:e].max()), b))
+    heap: list[tuple[float, int]] = []
+    for blk in range(nblocks):
+        s, e = blk * block_rows, min(n, (blk + 1) * block_rows)
+        heap.append((-float(mind[s:e].max()), blk))
     heapq.heapify(heap)
     max_centres = max(1, chunk_rows(block_rows, chunk_bytes // 4))  # bound the (block x centres) product
     with blas_threads(1):
@@ -376,18 +376,21 @@ def range_search(queries: np.ndarray, base: np.ndarray, radius_sq: float, *, que
     nq = len(queries) if query_rows is None else len(query_rows)
     nb = len(base)
     qrows, brows = chunk_rows(queries.shape[1], chunk_bytes), chunk_rows(base.shape[1], chunk_bytes)
-    src, dst = [], []
+    src_parts: list[np.ndarray] = []
+    dst_parts: list[np.ndarray] = []
     for bs, be in iter_slices(nb, brows):
         index = faiss.IndexFlatL2(base.shape[1])
         index.add(read_rows(base, bs, be, normalize=normalize))
         for s, e in iter_slices(nq, qrows):
-            lims, _, ids = index.range_search(read_rows(queries, s, e, query_rows, normalize=normalize),
-                                              float(radius_sq))
-            src.append(np.repeat(np.arange(s, e, dtype=np.int32), np.diff(lims.astype(np.int64))))
-            dst.append((ids + bs).astype(np.int32))
+            lims, _, hits = index.range_search(read_rows(queries, s, e, query_rows, normalize=normalize),
+                                               float(radius_sq))
+            per_query = np.diff(lims.astype(np.int64))
+            # numpy 2.4's stubs type the diff of an int64 array as timedelta64
+            src_parts.append(np.repeat(np.arange(s, e, dtype=np.int32), per_query))  # type: ignore[arg-type]
+            dst_parts.append((hits + bs).astype(np.int32))
         del index
-    src = np.concatenate(src) if src else np.zeros(0, np.int32)
-    dst = np.concatenate(dst) if dst else np.zeros(0, np.int32)
+    src = np.concatenate(src_parts) if src_parts else np.zeros(0, np.int32)
+    dst = np.concatenate(dst_parts) if dst_parts else np.zeros(0, np.int32)
     counts = np.bincount(src, minlength=nq)
     ids = dst[np.lexsort((dst, src))]
     return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), ids

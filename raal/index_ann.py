@@ -35,8 +35,9 @@ class PoolIndex:
         train_rows = np.sort(rng.choice(n, size=min(n, 16 * self.nlist), replace=False))
         cells = kmeans(x, self.nlist, rows=train_rows, normalize=normalize, niter=10, seed=seed)
         if self.nlist >= HNSW_QUANTIZER_MIN:
-            quantizer = faiss.IndexHNSWFlat(dim, 32)
-            quantizer.hnsw.efSearch = max(64, 4 * self.nprobe)
+            hnsw = faiss.IndexHNSWFlat(dim, 32)
+            hnsw.hnsw.efSearch = max(64, 4 * self.nprobe)
+            quantizer: faiss.Index = hnsw
         else:
             quantizer = faiss.IndexFlatL2(dim)
         quantizer.add(cells)
@@ -92,7 +93,7 @@ class PoolIndex:
         allowed[row] True (inf when the probed cells hold none)."""
         packed = np.packbits(np.asarray(allowed, dtype=bool), bitorder="little")
         sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(packed))
-        params = faiss.SearchParametersIVF(sel=sel, nprobe=self.nprobe)
+        params = faiss.SearchParametersIVF(sel=sel, nprobe=self.nprobe)  # type: ignore[call-arg]  # .pyi: no kwargs
         out = np.empty(len(query_rows), dtype=np.float32)
         for s, e in iter_slices(len(query_rows), chunk_rows(self.x.shape[1], self.chunk_bytes) // 4):
             q = read_rows(self.x, s, e, query_rows, normalize=self.normalize)

@@ -9,6 +9,7 @@ may take items across coarse borders); bench/cold_strategies.py measures its obj
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import faiss
 import numpy as np
@@ -100,7 +101,9 @@ def kmeans(x: np.ndarray, k: int, *, rows: np.ndarray | None = None, normalize: 
     t1 = time.perf_counter()
     km.train(train, init_centroids=init)
     if stats is not None:
-        done = np.array([km.iteration_stats[i]["time"] for i in range(len(km.iteration_stats))])  # cumulative s
+        its = km.iteration_stats
+        assert its is not None  # train() has filled it
+        done = np.array([its[i]["time"] for i in range(len(its))])  # cumulative s
         stats.update(seed_s=t1 - t0, iteration_s=np.diff(done, prepend=0.0).tolist(),
                      train_s=time.perf_counter() - t1, rows=len(train))
     return np.ascontiguousarray(km.centroids, dtype=np.float32)
@@ -143,8 +146,8 @@ def two_level_kmeans(x: np.ndarray, k: int, *, rows: np.ndarray | None = None, n
     if not 1 <= k <= n:
         raise ValueError(f"k-means needs 1 <= k <= {n} (the rows), got k = {k}")
     rows = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
-    kw = dict(normalize=normalize, niter=niter, max_points_per_centroid=max_points_per_centroid, use_gpu=use_gpu,
-              chunk_bytes=chunk_bytes, two_level=False)
+    kw: dict[str, Any] = dict(normalize=normalize, niter=niter, max_points_per_centroid=max_points_per_centroid,
+                              use_gpu=use_gpu, chunk_bytes=chunk_bytes, two_level=False)
     t0 = time.perf_counter()
     k1 = max(1, min(k, int(round(np.sqrt(k)))))
     st: dict = {}
@@ -185,8 +188,9 @@ def kmeans_labels(x: np.ndarray, k: int, *, rows: np.ndarray | None = None, norm
     n = len(x) if rows is None else len(rows)
     if two_level is None:
         two_level = use_two_level(n, int(k), x.shape[1], max_points_per_centroid)
-    kw = dict(rows=rows, normalize=normalize, niter=niter, seed=seed, max_points_per_centroid=max_points_per_centroid,
-              use_gpu=use_gpu, chunk_bytes=chunk_bytes, stats=stats)
+    kw: dict[str, Any] = dict(rows=rows, normalize=normalize, niter=niter, seed=seed,
+                              max_points_per_centroid=max_points_per_centroid, use_gpu=use_gpu,
+                              chunk_bytes=chunk_bytes, stats=stats)
     if two_level:
         return two_level_kmeans(x, k, **kw)
     cent = kmeans(x, k, two_level=False, **kw)

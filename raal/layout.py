@@ -86,7 +86,7 @@ def eval_cache(split: str, key: str) -> tuple[str, str]:
     return f"{EVAL_CACHE}/{split}-{key}.f32", f"{EVAL_CACHE}/{split}-{key}.json"
 
 
-def export(r: int, fmt: str) -> str:
+def export(r: int | str, fmt: str) -> str:
     """Round r's file for annotators in one of EXPORT_FORMATS."""
     return f"{EXPORTS}/round_{r}.{fmt}"
 
@@ -95,7 +95,7 @@ def export_image(r: int, i: int, ext: str) -> str:
     return f"{EXPORT_IMAGES}/round_{r}/{i}.{ext}"
 
 
-def selection(r: int) -> str:
+def selection(r: int | str) -> str:
     """An arm's round-r selection (id, score, prediction): what it asked, written before the oracle is asked."""
     return f"{SELECTIONS}/round_{r}.parquet"
 

@@ -10,6 +10,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -150,7 +151,7 @@ def _read_rounds(store: RunStore, rel: str, notes: list[str]) -> dict[str, np.nd
                 col = pc.fill_null(col.cast(pa.float64()), np.nan)
                 cols[name] = col.to_numpy().astype(np.float64)
             elif kind == "int":
-                col = pc.fill_null(col.cast(pa.int64()), int(fill))
+                col = pc.fill_null(col.cast(pa.int64()), int(cast(int, fill)))  # int columns' fill: -1
                 cols[name] = col.to_numpy().astype(np.int64)
             elif kind == "bool":
                 vals = col.cast(pa.bool_()).to_pylist()

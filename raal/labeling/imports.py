@@ -114,7 +114,7 @@ def open_round(store: RunStore) -> tuple[int, dict, dict]:
     if status.get("state") != "waiting_for_labels":
         raise LabelImportError(f"run_dir={store.root!r} is not waiting for labels (state "
                                f"{ls.short(status.get('state', 'unknown'))})")
-    r = status.get("round")
+    r = cast(int, status.get("round"))  # checked on the next line
     _stored(store, layout.STATUS, type(r) is int and r >= 0, "the waiting round as an integer >= 0")
     rel = layout.export(r, "parquet")
     export = store.read_table(rel)

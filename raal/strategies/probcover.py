@@ -65,14 +65,14 @@ def ball_graph(x: np.ndarray, delta: float, *, normalize: bool, knn_lists=None,
     if knn_lists is None and pool_index is not None:
         knn_lists = pool_index.knn(min(n, NEIGHBOURS))
     if knn_lists is None:
-        return range_search(x, x, r2, normalize=normalize)
+        return range_search(x, x, float(r2), normalize=normalize)
     d2, nb = knn_lists
     inside = (d2 < r2) & (nb >= 0)  # lists are sorted by distance: a ball is a prefix of its list
     full = inside[:, -1] & (d2.shape[1] < n)  # ...unless it fills the list and may hold more
     counts = inside.sum(axis=1)
     over = np.flatnonzero(full)
     if len(over):
-        over_lims, over_ids = (range_search(x, x, r2, query_rows=over, normalize=normalize) if pool_index is None
+        over_lims, over_ids = (range_search(x, x, float(r2), query_rows=over, normalize=normalize) if pool_index is None
                                else pool_index.range_search(float(r2), over))
         counts[over] = np.diff(over_lims)
     lims = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)

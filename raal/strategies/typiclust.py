@@ -17,7 +17,7 @@ def cluster_schedule(sizes: np.ndarray, n_labeled: np.ndarray, n_free: np.ndarra
     order = np.lexsort((np.arange(len(sizes)), -sizes, n_labeled))
     order = order[ok[order] & (n_free[order] > 0)]
     left = n_free[order].copy()
-    out = []
+    out: list[int] = []
     while len(out) < budget:
         live = np.flatnonzero(left > 0)
         if len(live) == 0:
