@@ -19,8 +19,11 @@ from raal.config import RunConfig, parse_schedule
 from raal.data.positions import IdIndex
 from raal.data.sources import Dataset
 from raal.data.transforms import ImageTransform
+from raal.embed import embed_images
 from raal.labeling.oracle import WaitingForLabels
+from raal.pipelines.coldstart import initial_batch
 from raal.pipelines.state import ArmState
+from raal.stopping import StopRule
 from raal.store import RunStore
 from raal.strategies.base import pick_priority
 
@@ -69,7 +72,6 @@ class Context:
         local disk only when there is work). True if this call computed anything."""
         if fs.has(version, split):
             return False
-        from raal.embed import embed_images
 
         images = self.data.pool if split == "pool" else self.data.test
         embed_images(images, model_cfg=self.cfg.model, transform=self.transform, store=fs, version=version,
@@ -190,7 +192,6 @@ class Pipeline:
         seed = round_seed(self.ctx.cfg.al.seed, r)
         mask = self.labeled_mask()
         if r == 0 and not self.chooses_initial():
-            from raal.pipelines.coldstart import initial_batch
 
             name = self.initial_strategy()
             with timer.phase("t_select"):
@@ -305,7 +306,6 @@ class Pipeline:
         """The round's stopping signals and advice (`raal.pipelines.advice`); the kappa model is the converged
         probe on the v0 features, whatever the pipeline."""
         from raal.pipelines.advice import probe_predictions, round_advice, stop_sample
-        from raal.stopping import StopRule
 
         cfg = self.ctx.cfg
         sample = stop_sample(len(self.pool_ids), cfg.stopping.sample, cfg.al.seed)

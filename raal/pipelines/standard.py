@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from raal import layout
+from raal.features import FeatureStore
 from raal.pipelines.base import PhaseTimer, Pipeline, round_seed
 from raal.pipelines.finetune import load_head
 
@@ -69,7 +70,6 @@ class StandardPipeline(Pipeline):
                 feats, probs = ev.probs(suffix, head)
             out = {"embeddings": feats, "probs": probs, "proxy": head_proxy(head.state_dict())}
             return {k: v for k, v in out.items() if k in requires}
-        from raal.features import FeatureStore
 
         fs = FeatureStore(self.store)
         ckpt = self.checkpoint(r - 1)
