@@ -29,6 +29,7 @@ from raal.config import DEVICES, EmbedConfig, ModelConfig
 from raal.data.sources import ImageSet
 from raal.data.transforms import ImageTransform
 from raal.features import FeatureSet, FeatureStore, PassProgress, ShardAssembler
+from raal.raylocal import init_local_ray
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,6 @@ def embed_images(images: ImageSet, *, model_cfg: ModelConfig, transform: ImageTr
         return store.open(version, split)
 
     if not ray.is_initialized():
-        from raal.raylocal import init_local_ray
 
         init_local_ray(quiet=not progress)
     assembler = ShardAssembler(target, todo, on_shard)

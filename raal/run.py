@@ -7,11 +7,22 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import time
 
-from raal import layout
-from raal.config import MAIN_KEYS, RunConfig, available_configs, conf_dir, from_yaml, load_config
+from raal import cli_errors, console, layout
+from raal import lifeline as lifeline_mod
+from raal.config import (
+    MAIN_KEYS,
+    RunConfig,
+    apply_overrides,
+    available_configs,
+    conf_dir,
+    from_yaml,
+    load_config,
+    to_dict,
+)
 from raal.errors import ConfigError
 
 log = logging.getLogger("raal")
@@ -32,7 +43,6 @@ def help_text() -> str:
     lines = [USAGE, f"configs ({conf_dir()}):", "  " + (", ".join(configs) or "none"),
              "sweeps (python -m raal.tune conf=NAME): " + (", ".join(available_configs(sweeps=True)) or "none"), "",
              "main keys:"]
-    from raal.config import to_dict
 
     defaults = to_dict(RunConfig())
     for key in MAIN_KEYS:
@@ -76,7 +86,6 @@ def resolve_config(argv: list[str]) -> RunConfig:
         if store.exists(layout.CONFIG):
             stored = from_yaml(store.read_text(layout.CONFIG))
             if others:  # apply overrides over the stored config; the resume check judges them
-                from raal.config import apply_overrides
 
                 stored = apply_overrides(stored, others)
             stored.run_dir = run_dirs[-1]
@@ -93,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help", "help") for a in argv):
         print(help_text())
         return 0
-    from raal import cli_errors
 
     run_dir, before = None, None
     try:
@@ -139,7 +147,6 @@ def roll_back(run_dir: str, before: set[str]) -> None:
     """Bad input found inside Ray (e.g. a corrupt image past the decode sample): remove what this run wrote into a
     run dir that held no committed state (`main` then removes the run dir itself if this run created it). Runs
     under the lease."""
-    import shutil
 
     if not os.path.isdir(run_dir):
         return
@@ -183,7 +190,6 @@ def print_waiting(status: dict, run_dir: str) -> None:
 def run(cfg: RunConfig) -> int:
     import ray
 
-    from raal import console
     from raal.pipelines.experiment import default_run_dir, format_header, format_row, start_driver
     from raal.progress import start_board
     from raal.raylocal import init_local_ray
@@ -198,7 +204,6 @@ def run(cfg: RunConfig) -> int:
     private = started_here and not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
     lifeline = None
     if private:  # if this process is killed, a watchdog stops the private Ray it started (raal.lifeline)
-        from raal import lifeline as lifeline_mod
 
         lifeline = lifeline_mod.start()
     out = console.Display()

@@ -22,7 +22,12 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import time
+
+import numpy as np
+
+from raal import console
 
 log = logging.getLogger("raal.train")
 
@@ -76,14 +81,12 @@ class _Trainer:
     def __init__(self, use_gpu: bool):
         import torch
 
-        from raal import console
 
         console.worker_setup()
         self.device = torch.device("cuda" if use_gpu else "cpu")
         self.cache: dict = {}
 
     def pid(self) -> int:
-        import os
 
         return os.getpid()
 
@@ -141,7 +144,6 @@ def release() -> None:
 def _as_arrays(batch: dict) -> dict:
     """Every column as a numpy array, as a Ray Data batch would arrive at a Ray Train worker (a list of same-shape
     images stacked, any other list an object array: bytes and paths stay whole)."""
-    import numpy as np
 
     out = {}
     for k, v in batch.items():
