@@ -308,7 +308,7 @@ def hold(resources: dict[str, float], command: list[str], *, timeout: float = 18
     """
     import ray
 
-    from raal.raylocal import init_local_ray
+    from raal.raylocal import init_local_ray  # lazy: heavy: ray
 
     if not command:
         raise ValueError("hold: no command to run after --")
@@ -342,7 +342,7 @@ def _wanted(rel: str) -> bool:
 def fetch(src: str, dest: str | os.PathLike) -> list[str]:
     """Copy the small files of a run store or sweep folder (configs, tables, JSON, Markdown) from a local path or a
     pyarrow.fs URI (s3://…) into `dest`; returns the copied relative paths. Feature shards and weights stay."""
-    import pyarrow.fs as pafs
+    import pyarrow.fs as pafs  # lazy: light CLI: pyarrow
 
     if "://" in src:
         fs, root = pafs.FileSystem.from_uri(src)

@@ -34,9 +34,9 @@ STALE_S = 5.0  # a finished phase stays on the progress line this long
 
 def local_dir(run_dir: str) -> Path | None:
     """The run dir as a local path (a plain path or a `file://` URI), else None; creates nothing."""
-    import pyarrow.fs as pafs
+    import pyarrow.fs as pafs  # lazy: light CLI: pyarrow
 
-    from raal.store import _resolve
+    from raal.store import _resolve  # lazy: light CLI: pyarrow
 
     fs, root = _resolve(run_dir)
     return Path(root) if isinstance(fs, pafs.LocalFileSystem) else None

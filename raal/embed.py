@@ -90,7 +90,7 @@ class _Embedder:
                  device: str, autocast: str, with_logits: bool, torch_threads: int):
         import torch
 
-        from raal.models.backbones import build_backbone, load_state_dict
+        from raal.models.backbones import build_backbone, load_state_dict  # lazy: heavy: torch
 
         if torch_threads > 0:  # decode/resize run on CPU threads on every device
             torch.set_num_threads(torch_threads)
@@ -139,7 +139,7 @@ def _subset(images: ImageSet, pos: np.ndarray) -> ImageSet:
 
 def weights_fingerprint(model_cfg: ModelConfig, state_dict_path: str | None) -> tuple[str, int, int | None]:
     """(weights id, feature dim, logits dim or None) of the backbone the actors will build."""
-    from raal.models.backbones import build_backbone, file_digest, load_state_dict
+    from raal.models.backbones import build_backbone, file_digest, load_state_dict  # lazy: heavy: torch
 
     if state_dict_path:
         path = Path(state_dict_path)
@@ -200,7 +200,7 @@ def embed_images(images: ImageSet, *, model_cfg: ModelConfig, transform: ImageTr
     assembler = ShardAssembler(target, todo, on_shard)
     sub = _subset(images, assembler.positions)
     n = len(sub)
-    from raal import embed_pool
+    from raal import embed_pool  # lazy: cycle
 
     warm = embed_cfg.warm and sub.parquet is None and embed_pool.single_node()
     if warm:

@@ -51,7 +51,7 @@ def check_classes(data: Dataset) -> None:
 def check_backbone(cfg: RunConfig) -> None:
     """Build the backbone once: an unknown `model.arch`, a missing or non-state-dict weights file, or keys and
     shapes that do not match the architecture are one ConfigError each (raal.models.backbones says which)."""
-    from raal.models.backbones import build_backbone
+    from raal.models.backbones import build_backbone  # lazy: heavy: torch
 
     build_backbone(cfg.model)
 

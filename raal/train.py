@@ -299,7 +299,7 @@ def _run_job(method: str, train_images: dict, test, *, num_classes: int, model_c
         raise RuntimeError(f"training job {name} stopped at epoch {state['epoch']} without finishing")
     net_state = state["net"]
     if method == "lora":
-        from raal.models.lora import merge_lora_state_dict
+        from raal.models.lora import merge_lora_state_dict  # lazy: heavy: torch
 
         net_state = merge_lora_state_dict(net_state)
     trunk = {k[len("trunk."):]: v for k, v in net_state.items() if k.startswith("trunk.")}
@@ -334,7 +334,7 @@ def _fit_ray_train(config: dict, batch: dict, test_batch: dict, train_cfg: Train
     )
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from raal.train_loop import _worker_loop
+    from raal.train_loop import _worker_loop  # lazy: heavy: torch
 
     resources = {"CPU": cpus}
     if train_cfg.use_gpu:

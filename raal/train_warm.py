@@ -60,7 +60,7 @@ class WarmSession:
     def save(self, state: dict | None, metrics: dict, epoch: int) -> None:
         import torch
 
-        from raal.train_parts import STATE_FILE
+        from raal.train_parts import STATE_FILE  # lazy: heavy: torch
 
         buf = io.BytesIO()
         torch.save(state, buf)
@@ -91,7 +91,7 @@ class _Trainer:
         return os.getpid()
 
     def run(self, config: dict, train: dict, test: dict, store) -> dict:
-        from raal.train_loop import EpochLoop
+        from raal.train_loop import EpochLoop  # lazy: heavy: torch
 
         loop = EpochLoop(config, WarmSession(config, train, test, store, self.device), self.cache)
         loop.run()

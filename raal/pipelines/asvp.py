@@ -204,7 +204,7 @@ class ASVPPipeline(SVPpPipeline):
         their features of pool and test written as version `new` (the same store layout as a full refresh)."""
 
 
-        from raal.evaluator import Recipe, save_state
+        from raal.evaluator import Recipe, save_state  # lazy: heavy: torch
 
         ev, fs = self.ctx.evaluator, self.feature_store(new)
         with timer.phase("t_tr_full"):

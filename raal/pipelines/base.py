@@ -273,7 +273,7 @@ class Pipeline:
     def finetune(self, *, method: str, name: str, seed: int, save_as: str | None = None) -> dict:
         """`finetune_labeled` on this arm's labeled set, the test split and the run's configs, into the arm's store
         (a job already saved as `save_as` is read back without loading the labeled images)."""
-        from raal.pipelines.finetune import finetune_labeled, saved_result
+        from raal.pipelines.finetune import finetune_labeled, saved_result  # lazy: heavy: torch
 
         done = saved_result(self.store, save_as)
         if done is not None:
@@ -293,7 +293,7 @@ class Pipeline:
         out = {"model_accuracy": row.get("accuracy"), "model_eval": row.get("eval_method")}
         if ev is None:
             return out
-        from raal.evaluator import eval_seed
+        from raal.evaluator import eval_seed  # lazy: heavy: torch
 
         n = len(self.state.label_ids)
         with timer.phase("t_eval"):
@@ -305,7 +305,7 @@ class Pipeline:
     def stop_advice(self, r: int, row: dict) -> dict:
         """The round's stopping signals and advice (`raal.pipelines.advice`); the kappa model is the converged
         probe on the v0 features, whatever the pipeline."""
-        from raal.pipelines.advice import probe_predictions, round_advice, stop_sample
+        from raal.pipelines.advice import probe_predictions, round_advice, stop_sample  # lazy: heavy: torch
 
         cfg = self.ctx.cfg
         sample = stop_sample(len(self.pool_ids), cfg.stopping.sample, cfg.al.seed)

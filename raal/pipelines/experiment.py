@@ -146,7 +146,7 @@ class Experiment:
                 self.store.write_json(layout.FEATURE_TIMING, timing)
         self.ctx.t_pre = float(timing.get("v0_pool", 0.0) + timing.get("v0_test", 0.0))
         if self.cfg.eval.every_round == "evaluator":
-            from raal.evaluator import Evaluator, Recipe
+            from raal.evaluator import Evaluator, Recipe  # lazy: heavy: torch
 
             self.ctx.evaluator = Evaluator.build(store=self.store, data=self.ctx.data, model_cfg=self.cfg.model,
                                                  transform=self.ctx.transform,

@@ -53,7 +53,7 @@ def finetune_labeled(batch: dict, test: ImageSet, *, model_cfg: ModelConfig, tra
     done = saved_result(store, save_as)
     if done is not None:
         return done
-    from raal.train import finetune, finetune_lora
+    from raal.train import finetune, finetune_lora  # lazy: heavy: torch
 
     release(gpu_only=True)  # warm GPU embedding actors hand their GPUs to the training workers
     method_key = method.lower().replace("-", "")

@@ -32,6 +32,6 @@ def classes() -> dict[str, type]:
 
 def runnable(pipeline: type) -> list[str]:
     """Sorted names of the strategies `pipeline` can run (its `mismatch` finds nothing)."""
-    from raal import strategies
+    from raal import strategies  # lazy: light: strategies pull numpy/scipy
 
     return [n for n in strategies.names() if pipeline.mismatch(strategies.get(n)) is None]

@@ -50,7 +50,7 @@ class StandardPipeline(Pipeline):
         return self.ctx.cfg.train.freeze_blocks != 0
 
     def _partial_recipe(self):
-        from raal.evaluator import Recipe
+        from raal.evaluator import Recipe  # lazy: heavy: torch
 
         return Recipe.from_config(self.ctx.cfg.eval, method="lpft" if self.method() == "LP-FT" else "ft")
 
@@ -62,7 +62,7 @@ class StandardPipeline(Pipeline):
                 raise ValueError(f"strategy {self.arm.strategy!r} needs a trained model, which round 0 cannot give")
             return {"embeddings": self.ctx.features.open(0, "pool").features}
         if self.partial():  # the last round's suffix re-embeds the whole pool from the cached activations
-            from raal.evaluator import load_state
+            from raal.evaluator import load_state  # lazy: heavy: torch
 
             ev = self.ctx.evaluator
             suffix, head = ev.load_fitted(load_state(self.store, self.checkpoint(r - 1) + ".partial.pt"))
@@ -86,7 +86,7 @@ class StandardPipeline(Pipeline):
 
     def after_labels(self, r: int, timer: PhaseTimer) -> dict:
         if self.partial():
-            from raal.evaluator import save_state
+            from raal.evaluator import save_state  # lazy: heavy: torch
 
             rel = self.checkpoint(r) + ".partial.pt"
             with timer.phase("t_tr_full"):
