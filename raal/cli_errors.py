@@ -70,7 +70,7 @@ def _from_text(e: BaseException) -> BaseException | None:
     for name, msg in reversed(_IN_TEXT.findall(str(e))):
         cls = getattr(errors, name, None)
         if cls is None:
-            from raal import store
+            from raal import store  # lazy: light CLI: store pulls pyarrow
 
             cls = getattr(store, name, None)
         if isinstance(cls, type) and issubclass(cls, USER_ERRORS):
@@ -113,7 +113,7 @@ def write_log(err: BaseException, run_dir: str | None) -> str:
         folder = tempfile.gettempdir()
     path = os.path.join(os.path.abspath(folder), f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
     text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-    from raal.store import atomic_local_file
+    from raal.store import atomic_local_file  # lazy: light CLI: store pulls pyarrow
 
     with atomic_local_file(path) as f:
         f.write(text.encode("utf-8", "replace"))

@@ -28,7 +28,13 @@ import re
 import subprocess
 import sys
 import time
+import tomllib
+from importlib.metadata import PackageNotFoundError, requires
 from pathlib import Path
+
+import jsonschema
+import yaml
+from jsonschema.exceptions import relevance
 
 from raal import layout
 from raal.errors import RaalError
@@ -59,7 +65,6 @@ class ClusterConfigError(RaalError, ValueError):
 
 def load_cluster_yaml(path: str | os.PathLike) -> dict:
     """The cluster file as a dict; a missing file or malformed YAML is a ClusterConfigError."""
-    import yaml
 
     p = Path(path)
     if not p.is_file():
@@ -86,8 +91,6 @@ def _key_path(parts) -> str:
 
 def schema_errors(config: dict) -> list[str]:
     """Every violation of ray-schema.json as "key.path: schema message", the most relevant first."""
-    import jsonschema
-    from jsonschema.exceptions import relevance
 
     schema = json.loads(ray_schema_path().read_text(encoding="utf-8"))
     validator = jsonschema.Draft7Validator(schema)
@@ -102,7 +105,6 @@ def prepare(config: dict) -> dict:
 
     Returns the prepared config (provider defaults merged, per-type min/max filled in); errors as one line.
     """
-    import jsonschema
     from ray.autoscaler._private.util import prepare_config, validate_config
 
     logging.getLogger("ray.autoscaler._private.util").setLevel(logging.WARNING)  # "setting max workers…"
@@ -124,13 +126,11 @@ def pinned_requirements() -> list[str]:
     """
     reqs: list[str] = []
     try:
-        from importlib.metadata import PackageNotFoundError, requires
 
         reqs = list(requires("raal") or [])
     except PackageNotFoundError:
         pass
     if not reqs:
-        import tomllib
 
         pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
         if pyproject.is_file():
@@ -308,7 +308,7 @@ def hold(resources: dict[str, float], command: list[str], *, timeout: float = 18
     """
     import ray
 
-    from raal.raylocal import init_local_ray
+    from raal.raylocal import init_local_ray  # lazy: heavy: ray
 
     if not command:
         raise ValueError("hold: no command to run after --")
@@ -342,7 +342,7 @@ def _wanted(rel: str) -> bool:
 def fetch(src: str, dest: str | os.PathLike) -> list[str]:
     """Copy the small files of a run store or sweep folder (configs, tables, JSON, Markdown) from a local path or a
     pyarrow.fs URI (s3://…) into `dest`; returns the copied relative paths. Feature shards and weights stay."""
-    import pyarrow.fs as pafs
+    import pyarrow.fs as pafs  # lazy: light CLI: pyarrow
 
     if "://" in src:
         fs, root = pafs.FileSystem.from_uri(src)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
+import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -78,7 +79,6 @@ def available_configs(sweeps: bool = False) -> list[str]:
 def parse_overrides(overrides: list[str], schema: DictConfig | None = None) -> DictConfig:
     """`a.b=c` strings -> a config. Values are YAML scalars/lists, except for string-typed keys, which take the
     text as written (so `al.schedule=[200]*10+[500]*8` needs no quoting)."""
-    import yaml
 
     schema = schema if schema is not None else OmegaConf.structured(RunConfig)
     out = OmegaConf.create()
@@ -182,7 +182,6 @@ def from_yaml(text: str) -> RunConfig:
 
     A stored config is input too (a run dir may be damaged or hand-edited): anything that is not a mapping of known,
     well-typed keys is a one-line ConfigError."""
-    import yaml
 
     try:
         data = OmegaConf.create(text)

@@ -54,7 +54,7 @@ def _check(cond: bool, key: str, allowed: str, value: Any) -> None:
 
 def validate(cfg: RunConfig) -> None:
     """Semantic checks the schema cannot express. Pool-size checks happen in `validate_against_pool`."""
-    from raal import strategies
+    from raal import strategies  # lazy: light: strategies pull numpy/scipy
 
     _check_ranges(cfg)  # numeric ranges of embed/proxy/train/lora, each naming its own key
     d = cfg.data

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from raal import layout
 
@@ -32,9 +34,9 @@ STALE_S = 5.0  # a finished phase stays on the progress line this long
 
 def local_dir(run_dir: str) -> Path | None:
     """The run dir as a local path (a plain path or a `file://` URI), else None; creates nothing."""
-    import pyarrow.fs as pafs
+    import pyarrow.fs as pafs  # lazy: light CLI: pyarrow
 
-    from raal.store import _resolve
+    from raal.store import _resolve  # lazy: light CLI: pyarrow
 
     fs, root = _resolve(run_dir)
     return Path(root) if isinstance(fs, pafs.LocalFileSystem) else None
@@ -45,7 +47,6 @@ def log_file_for(run_dir: str) -> Path:
     local = local_dir(run_dir)
     if local is not None:
         return local / LOG_NAME
-    from urllib.parse import urlsplit
 
     name = Path(urlsplit(run_dir).path.rstrip("/")).name or "run"  # the path only: a URI's query may hold secrets
     return Path("runs").resolve() / f"{name}.{LOG_NAME}"
@@ -178,7 +179,6 @@ class Display:
 
 
 def _columns() -> int:
-    import shutil
 
     return shutil.get_terminal_size((100, 20)).columns
 

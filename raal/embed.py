@@ -29,6 +29,7 @@ from raal.config import DEVICES, EmbedConfig, ModelConfig
 from raal.data.sources import ImageSet
 from raal.data.transforms import ImageTransform
 from raal.features import FeatureSet, FeatureStore, PassProgress, ShardAssembler
+from raal.raylocal import init_local_ray
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class _Embedder:
                  device: str, autocast: str, with_logits: bool, torch_threads: int):
         import torch
 
-        from raal.models.backbones import build_backbone, load_state_dict
+        from raal.models.backbones import build_backbone, load_state_dict  # lazy: heavy: torch
 
         if torch_threads > 0:  # decode/resize run on CPU threads on every device
             torch.set_num_threads(torch_threads)
@@ -138,7 +139,7 @@ def _subset(images: ImageSet, pos: np.ndarray) -> ImageSet:
 
 def weights_fingerprint(model_cfg: ModelConfig, state_dict_path: str | None) -> tuple[str, int, int | None]:
     """(weights id, feature dim, logits dim or None) of the backbone the actors will build."""
-    from raal.models.backbones import build_backbone, file_digest, load_state_dict
+    from raal.models.backbones import build_backbone, file_digest, load_state_dict  # lazy: heavy: torch
 
     if state_dict_path:
         path = Path(state_dict_path)
@@ -194,13 +195,12 @@ def embed_images(images: ImageSet, *, model_cfg: ModelConfig, transform: ImageTr
         return store.open(version, split)
 
     if not ray.is_initialized():
-        from raal.raylocal import init_local_ray
 
         init_local_ray(quiet=not progress)
     assembler = ShardAssembler(target, todo, on_shard)
     sub = _subset(images, assembler.positions)
     n = len(sub)
-    from raal import embed_pool
+    from raal import embed_pool  # lazy: cycle
 
     warm = embed_cfg.warm and sub.parquet is None and embed_pool.single_node()
     if warm:

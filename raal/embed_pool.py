@@ -21,6 +21,10 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import numpy as np
+
+from raal.embed import _Embedder
+
 log = logging.getLogger(__name__)
 
 IN_FLIGHT = 2  # batches queued per actor: one computing, one arriving
@@ -48,7 +52,6 @@ class _Worker:
 
     def embed(self, key: tuple, spec: dict, batch: dict) -> dict:
         if key != self.key:
-            from raal.embed import _Embedder
 
             self.embedder = None  # free the old backbone before building the new one
             self.embedder = _Embedder(device=self.device, torch_threads=0, **spec)
@@ -138,7 +141,6 @@ def release(gpu_only: bool = False) -> None:
 
 def batches(images, batch_size: int) -> Iterator[dict]:
     """The rows of an in-memory ImageSet as {"id", <image column>} batches."""
-    import numpy as np
 
     (col, values), = images.columns.items()
     ids = np.asarray(images.ids, dtype=np.int64)

@@ -145,7 +145,7 @@ class Evaluator:
     @classmethod
     def build(cls, *, store, data, model_cfg, transform, freeze_blocks: int, recipe: Recipe) -> Evaluator:
         """Load (or compute once) the prefix activations of pool and test for this backbone and transform."""
-        from raal.models.backbones import build_backbone
+        from raal.models.backbones import build_backbone  # lazy: heavy: torch
 
         t0 = time.perf_counter()
         trunk = build_backbone(model_cfg).trunk.eval()

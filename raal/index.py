@@ -404,6 +404,6 @@ _KMEANS_NAMES = frozenset({"BIG_COPY_BYTES", "KMEANSPP_MAX_K", "KMEANSPP_ROWS_PE
 
 def __getattr__(name: str):
     if name in _KMEANS_NAMES:
-        from raal import index_kmeans
+        from raal import index_kmeans  # lazy: cycle
         return getattr(index_kmeans, name)
     raise AttributeError(f"module 'raal.index' has no attribute {name!r}")

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from urllib.parse import quote, unquote
 from xml.sax.saxutils import quoteattr
 
-from raal.errors import LabelImportError
+from raal.data.sources import effective_roots
+from raal.errors import ConfigError, LabelImportError
 
 FROM_NAME, TO_NAME = "label", "image"
 SCORE_MEANING = ("score: higher = ask sooner; the k-th of a round's n picks scores 1 - k/n, for every strategy "
@@ -68,8 +69,6 @@ def image_ref(path: str, raal_id: int, *, mode: str, document_root: str = "", ba
 def check_document_root(cfg, run_dir: str) -> None:
     """Before a run starts: with local-files or http(s) image URLs, every image raal exports must lie under
     `oracle.document_root` (the data roots, or the run dir where in-memory images are written)."""
-    from raal.data.sources import effective_roots
-    from raal.errors import ConfigError
 
     o = cfg.oracle
     if o.kind != "files" or o.image_url in ("path", "backend"):

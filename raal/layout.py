@@ -208,7 +208,7 @@ ROUND_REQUIRED = ("round", "n_labeled", "accuracy")
 
 def round_schema():
     """The rounds table's pyarrow schema, in ROUND_TYPES' column order."""
-    import pyarrow as pa
+    import pyarrow as pa  # lazy: light CLI: no pyarrow
 
     return pa.schema([(k, pa.type_for_alias(t)) for k, t in ROUND_TYPES.items()])
 

@@ -20,6 +20,9 @@ import threading
 from raal import labelstudio as ls
 from raal import layout
 from raal.errors import ConfigError, LabelImportError, StoreError
+from raal.labeling import import_bytes
+from raal.pipelines.experiment import Experiment, default_run_dir
+from raal.store import RunLease
 
 log = logging.getLogger("raal.live")
 TOKEN_ENV = ("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_USER_TOKEN")
@@ -91,8 +94,6 @@ class LiveRun:
     """One run driven by Label Studio. Every public method is serialised by one lock (one writer)."""
 
     def __init__(self, cfg, studio: StudioClient | None, allow_partial: bool = False):
-        from raal.pipelines.experiment import Experiment, default_run_dir
-        from raal.store import RunLease
 
         self.lock = threading.RLock()
         self.lease = RunLease(default_run_dir(cfg))
@@ -194,7 +195,6 @@ class LiveRun:
 
     def import_tasks(self, tasks: list[dict], name: str, partial: bool) -> dict:
         """Label Studio tasks through `raal.labeling.import_bytes`, the path every import takes."""
-        from raal.labeling import import_bytes
 
         with self.lock:
             return import_bytes(self.store, json.dumps(tasks).encode(), name, partial)

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
 from raal import layout
 
@@ -150,7 +151,6 @@ def mean_ci(values: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[
 
     With one value the interval is (nan, nan): a single seed gives no interval.
     """
-    from scipy import stats
 
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]

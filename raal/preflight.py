@@ -10,14 +10,15 @@ import numpy as np
 
 from raal.config import RunConfig, validate_against_pool
 from raal.data.sources import Dataset, effective_roots, load_data
+from raal.data.transforms import decode_images
 from raal.errors import ConfigError
+from raal.labelstudio import check_document_root
+from raal.pipelines.experiment import arm_specs, check_resume, default_run_dir, validate_arms
+from raal.store import RunStore
 
 
 def preflight(cfg: RunConfig) -> Dataset:
     """Run dir, arms, data, budget, classes, backbone weights, a decode sample; returns the loaded data."""
-    from raal.labelstudio import check_document_root
-    from raal.pipelines.experiment import arm_specs, check_resume, default_run_dir, validate_arms
-    from raal.store import RunStore
 
     check_resume(RunStore(default_run_dir(cfg), create=False), cfg)
     validate_arms(arm_specs(cfg))
@@ -50,7 +51,7 @@ def check_classes(data: Dataset) -> None:
 def check_backbone(cfg: RunConfig) -> None:
     """Build the backbone once: an unknown `model.arch`, a missing or non-state-dict weights file, or keys and
     shapes that do not match the architecture are one ConfigError each (raal.models.backbones says which)."""
-    from raal.models.backbones import build_backbone
+    from raal.models.backbones import build_backbone  # lazy: heavy: torch
 
     build_backbone(cfg.model)
 
@@ -58,7 +59,6 @@ def check_backbone(cfg: RunConfig) -> None:
 def check_decode_sample(data: Dataset, cfg: RunConfig) -> None:
     """Decode `data.check_images` images (a fixed-seed sample of pool and test) the way the embedding will; a broken
     one is an ImageDecodeError naming its id and path. In-memory arrays (Animal-MNIST) need no check."""
-    from raal.data.transforms import decode_images
 
     k = cfg.data.check_images
     if k <= 0:

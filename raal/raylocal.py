@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 import os
 
+from raal.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -28,7 +30,6 @@ def init_local_ray(num_cpus: int | None = None, *, address: str | None = None, q
         try:
             ray.init(address=address, **kw)
         except ConnectionError as err:  # no cluster there: a config mistake, one line (the CLI exits 2)
-            from raal.errors import ConfigError
 
             raise ConfigError(f"ray.address={address!r}: no Ray cluster answers there ({str(err).splitlines()[0]}); "
                               "leave ray.address empty for a private local Ray, or start the cluster") from None

@@ -13,6 +13,11 @@ from pathlib import Path
 from typing import cast
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from omegaconf import OmegaConf
 
 from raal import layout, metrics
 from raal.errors import RaalError, StoreError
@@ -104,7 +109,6 @@ def _read_config(store: RunStore, notes: list[str]) -> dict:
         notes.append("config.yaml is missing: default prices and options are used")
         return {}
     try:
-        from omegaconf import OmegaConf
 
         conf = OmegaConf.create(store.read_text(layout.CONFIG))
         try:
@@ -122,9 +126,6 @@ def _read_rounds(store: RunStore, rel: str, notes: list[str]) -> dict[str, np.nd
     if not store.exists(rel):
         notes.append("rounds.parquet is missing: no completed round recorded")
         return None
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     try:
         table = pq.read_table(io.BytesIO(store.read_bytes(rel)))
@@ -208,7 +209,6 @@ def _ranges(values: Sequence[int]) -> str:
 
 def open_run_store(run_dir: str | Path) -> RunStore:
     """The run's store (a path or a pyarrow.fs URI such as file://…), without creating anything."""
-    import pyarrow.fs as pafs
 
     uri = str(run_dir)
     try:

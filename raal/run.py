@@ -7,11 +7,22 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import time
 
-from raal import layout
-from raal.config import MAIN_KEYS, RunConfig, available_configs, conf_dir, from_yaml, load_config
+from raal import cli_errors, console, layout
+from raal import lifeline as lifeline_mod
+from raal.config import (
+    MAIN_KEYS,
+    RunConfig,
+    apply_overrides,
+    available_configs,
+    conf_dir,
+    from_yaml,
+    load_config,
+    to_dict,
+)
 from raal.errors import ConfigError
 
 log = logging.getLogger("raal")
@@ -32,7 +43,6 @@ def help_text() -> str:
     lines = [USAGE, f"configs ({conf_dir()}):", "  " + (", ".join(configs) or "none"),
              "sweeps (python -m raal.tune conf=NAME): " + (", ".join(available_configs(sweeps=True)) or "none"), "",
              "main keys:"]
-    from raal.config import to_dict
 
     defaults = to_dict(RunConfig())
     for key in MAIN_KEYS:
@@ -63,12 +73,12 @@ def resolve_config(argv: list[str]) -> RunConfig:
     name, overrides = parse_args(argv)
     run_dirs = [o.split("=", 1)[1] for o in overrides if o.startswith("run_dir=")]
     if name is None and run_dirs:
-        from raal.store import RunStore
+        from raal.store import RunStore  # lazy: light CLI fast path
 
         store = RunStore(run_dirs[-1], create=False)
         others = [o for o in overrides if not o.startswith("run_dir=")]
         if not others and not store.exists(layout.CONFIG):  # `run_dir=DIR` alone means: resume the run in DIR
-            from raal.store import redact_uri
+            from raal.store import redact_uri  # lazy: light CLI fast path
 
             what = "does not exist" if not store.exists("") else "holds no run (no config.yaml)"
             raise ConfigError(f"run_dir={redact_uri(run_dirs[-1])!r} {what}: nothing to resume; to start a run "
@@ -76,7 +86,6 @@ def resolve_config(argv: list[str]) -> RunConfig:
         if store.exists(layout.CONFIG):
             stored = from_yaml(store.read_text(layout.CONFIG))
             if others:  # apply overrides over the stored config; the resume check judges them
-                from raal.config import apply_overrides
 
                 stored = apply_overrides(stored, others)
             stored.run_dir = run_dirs[-1]
@@ -87,19 +96,18 @@ def resolve_config(argv: list[str]) -> RunConfig:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "label":
-        from raal.labeling import main as label_main
+        from raal.labeling import main as label_main  # lazy: light CLI fast path
 
         return label_main(argv[1:])
     if any(a in ("-h", "--help", "help") for a in argv):
         print(help_text())
         return 0
-    from raal import cli_errors
 
     run_dir, before = None, None
     try:
         cfg = resolve_config(argv)
-        from raal.pipelines.experiment import default_run_dir
-        from raal.preflight import preflight
+        from raal.pipelines.experiment import default_run_dir  # lazy: light CLI fast path
+        from raal.preflight import preflight  # lazy: light CLI fast path
 
         run_dir = default_run_dir(cfg)
         preflight(cfg)
@@ -139,7 +147,6 @@ def roll_back(run_dir: str, before: set[str]) -> None:
     """Bad input found inside Ray (e.g. a corrupt image past the decode sample): remove what this run wrote into a
     run dir that held no committed state (`main` then removes the run dir itself if this run created it). Runs
     under the lease."""
-    import shutil
 
     if not os.path.isdir(run_dir):
         return
@@ -158,8 +165,8 @@ def _remove_if_empty(run_dir: str) -> None:
 def take_lease(cfg: RunConfig):
     """The run dir's exclusive lease (one writer per run), held until the run returns; the resume check is re-done
     under it, since another process may have written the run dir between the preflight and the lease."""
-    from raal.pipelines.experiment import check_resume, default_run_dir
-    from raal.store import RunLease
+    from raal.pipelines.experiment import check_resume, default_run_dir  # lazy: light CLI fast path
+    from raal.store import RunLease  # lazy: light CLI fast path
 
     lease = RunLease(default_run_dir(cfg))
     try:
@@ -183,12 +190,16 @@ def print_waiting(status: dict, run_dir: str) -> None:
 def run(cfg: RunConfig) -> int:
     import ray
 
-    from raal import console
-    from raal.pipelines.experiment import default_run_dir, format_header, format_row, start_driver
-    from raal.progress import start_board
-    from raal.raylocal import init_local_ray
-    from raal.store import redact_uri
-    from raal.tracking import Tracker
+    from raal.pipelines.experiment import (  # lazy: light CLI fast path
+        default_run_dir,
+        format_header,
+        format_row,
+        start_driver,
+    )
+    from raal.progress import start_board  # lazy: light CLI fast path
+    from raal.raylocal import init_local_ray  # lazy: light CLI fast path
+    from raal.store import redact_uri  # lazy: light CLI fast path
+    from raal.tracking import Tracker  # lazy: light CLI fast path
 
     run_dir = default_run_dir(cfg)
     shown = redact_uri(run_dir)  # what is printed: never the credentials a URI may carry
@@ -198,7 +209,6 @@ def run(cfg: RunConfig) -> int:
     private = started_here and not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
     lifeline = None
     if private:  # if this process is killed, a watchdog stops the private Ray it started (raal.lifeline)
-        from raal import lifeline as lifeline_mod
 
         lifeline = lifeline_mod.start()
     out = console.Display()
@@ -253,7 +263,7 @@ def run(cfg: RunConfig) -> int:
     local = console.local_dir(run_dir)  # a path or file://: the report reads through RunStore, writes locally
     if cfg.report and local is not None:
         try:
-            from raal.report import write_report
+            from raal.report import write_report  # lazy: light CLI fast path
 
             print()
             write_report([run_dir], local / layout.REPORT, echo=True)

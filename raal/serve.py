@@ -23,6 +23,10 @@ from fastapi import FastAPI, HTTPException, Request  # module level: FastAPI res
 from fastapi.responses import FileResponse
 
 from raal.errors import ConfigError, LabelImportError, StoreError
+from raal.live import LiveRun, studio_from
+from raal.preflight import preflight
+from raal.raylocal import init_local_ray, quiet_ray_data
+from raal.run import resolve_config
 
 log = logging.getLogger("raal.serve")
 SERVE_KEYS = ("ls_url", "project", "host", "port", "allow_partial")
@@ -59,10 +63,6 @@ def build_app(run_args: list[str], serve_args: dict[str, str]):
     @serve.ingress(api)
     class Backend:
         def __init__(self, run_args: list[str], serve_args: dict[str, str]):
-            from raal.live import LiveRun, studio_from
-            from raal.preflight import preflight
-            from raal.raylocal import quiet_ray_data
-            from raal.run import resolve_config
 
             logging.basicConfig(level=os.environ.get("RAAL_LOG", "INFO"))
             quiet_ray_data()
@@ -142,9 +142,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         run_args, serve_args = split_args(argv)
-        from raal.live import studio_from
-        from raal.preflight import preflight
-        from raal.run import resolve_config
 
         cfg = resolve_config(run_args)
         if cfg.oracle.kind != "files":
@@ -158,7 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    from raal.raylocal import init_local_ray
 
     logging.basicConfig(level=os.environ.get("RAAL_LOG", "INFO"), format="%(asctime)s %(name)s: %(message)s")
     init_local_ray(cfg.ray.num_cpus or None, address=cfg.ray.address or None)

@@ -6,16 +6,21 @@ the target (and the folder is fsync'ed), so a reader sees the old or the new fil
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import io
 import json
 import os
 import posixpath
+import socket
 import tempfile
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -32,7 +37,6 @@ SAFE_QUERY_KEYS = frozenset({"region", "endpoint_override", "scheme", "anonymous
 
 def uri_credentials(uri: str) -> list[str]:
     """The parts of `uri` that may carry credentials: 'userinfo' and every query key outside SAFE_QUERY_KEYS."""
-    from urllib.parse import parse_qsl, urlsplit
 
     if "://" not in uri:
         return []
@@ -48,7 +52,6 @@ def redact_uri(uri: str) -> str:
     pyarrow accepts credentials inside S3 URIs (s3://KEY:SECRET@bucket/x, ?access_key=...); they must never reach
     config.yaml, status files or logs.
     """
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
     if "://" not in uri:
         return uri
@@ -99,7 +102,6 @@ class RunStore:
         """A local file with the content of `rel`: the file itself when local, else a cached download."""
         if self.is_local:
             return Path(self.path(rel))
-        import hashlib
 
         dest = Path(tempfile.gettempdir()) / "raal-store-cache" / hashlib.sha256(self.path(rel).encode()).hexdigest()
         if not dest.exists():
@@ -231,7 +233,6 @@ class RunLease:
         raise RunDirInUse(f"run_dir {self.shown} is in use by another raal process (pid {pid or 'unknown'}{extra})")
 
     def _acquire_local(self) -> None:
-        import fcntl
 
         path = self.store.path(LEASE)
         for _ in range(20):  # retry if the file we locked was removed by a releasing owner meanwhile
@@ -256,7 +257,6 @@ class RunLease:
         raise StoreError(f"run_dir {self.shown}: could not take the lease {LEASE}")
 
     def _acquire_remote(self) -> None:
-        import socket
 
         host = socket.gethostname()
         if self.store.exists(REMOTE_LEASE):
@@ -340,7 +340,6 @@ def _fsync_dir(path: str) -> None:
 
 
 def _json_default(obj: Any) -> Any:
-    import numpy as np
 
     if isinstance(obj, np.generic):
         return obj.item()

@@ -21,6 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from raal import layout, metrics
+from raal.config import to_dict
+from raal.console import local_dir
+from raal.store import redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,6 @@ def tracking_uri(cfg, run_dir: str) -> str:
     """track.mlflow_uri, else a file store in the (local) run dir, else ./mlruns."""
     if cfg.track.mlflow_uri:
         return cfg.track.mlflow_uri
-    from raal.console import local_dir
 
     local = local_dir(run_dir)
     return (local / layout.MLRUNS if local is not None else Path(layout.MLRUNS).resolve()).as_uri()
@@ -109,8 +111,6 @@ class Tracker:
     def _open(cls, cfg, run_dir: str, arms: list[str], baseline: str | None) -> Tracker:
         from mlflow.tracking import MlflowClient
 
-        from raal.config import to_dict
-        from raal.store import redact_uri
 
         uri = tracking_uri(cfg, run_dir)
         client = MlflowClient(tracking_uri=uri)

@@ -27,9 +27,12 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 
-from raal import layout
+from raal import layout, train_warm
 from raal.config import LoraConfig, ModelConfig, TrainConfig
 from raal.data.transforms import IMAGE_COLUMNS, ImageTransform
 from raal.store import RunStore, ray_train_storage
@@ -74,7 +77,6 @@ class TrainResult:
 
 
 def _arrow_column(values):
-    import pyarrow as pa
 
     if isinstance(values, np.ndarray) and values.ndim > 1:
         from ray.data.extensions import ArrowTensorArray
@@ -90,7 +92,6 @@ def _arrow_column(values):
 
 def _to_dataset(batch: dict, rows_per_block: int = 2048):
     """A numpy batch (id, label, one image column) -> an in-memory Ray dataset (no read tasks, so no CPU needed)."""
-    import pyarrow as pa
     import ray.data
 
     n = len(batch["id"])
@@ -133,8 +134,6 @@ def _test_batch(test) -> dict:
     if test.labels is None:
         raise ValueError(f"{test.name}: the test split has no labels")
     if test.parquet is not None and not test.columns:
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
 
         path, col = test.parquet
         table = pq.read_table(path, columns=["id", col])
@@ -289,7 +288,6 @@ def _run_job(method: str, train_images: dict, test, *, num_classes: int, model_c
                 f"{why} (trained on the {prev.get('path', 'ray_train')} path)"
     elif path == "warm":
         log.info("fine-tune %s: warm path (%s)", name, why)
-        from raal import train_warm
 
         state, _ = train_warm.run_job(config, batch, test_batch, run_store, train_cfg.max_failures, newest_checkpoint)
     else:
@@ -302,7 +300,7 @@ def _run_job(method: str, train_images: dict, test, *, num_classes: int, model_c
         raise RuntimeError(f"training job {name} stopped at epoch {state['epoch']} without finishing")
     net_state = state["net"]
     if method == "lora":
-        from raal.models.lora import merge_lora_state_dict
+        from raal.models.lora import merge_lora_state_dict  # lazy: heavy: torch
 
         net_state = merge_lora_state_dict(net_state)
     trunk = {k[len("trunk."):]: v for k, v in net_state.items() if k.startswith("trunk.")}
@@ -337,7 +335,7 @@ def _fit_ray_train(config: dict, batch: dict, test_batch: dict, train_cfg: Train
     )
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from raal.train_loop import _worker_loop
+    from raal.train_loop import _worker_loop  # lazy: heavy: torch
 
     resources = {"CPU": cpus}
     if train_cfg.use_gpu:

@@ -97,7 +97,7 @@ class EpochLoop:
             state.update({"opt_stage": self.stage_built, "opt": self.opt.state_dict() if self.opt is not None else None,
                           "sched": self.sched.state_dict() if self.sched is not None else None})
         if self.method == "lora":
-            from raal.models.lora import lora_state_dict
+            from raal.models.lora import lora_state_dict  # lazy: heavy: torch
 
             state["net"] = lora_state_dict(self.net)
         return state
@@ -138,7 +138,7 @@ class EpochLoop:
                                                                   gamma=tc.gamma)
                 self.per_step_sched = False
         else:  # lora: the adapters were made trainable by apply_lora, the rest of the trunk is frozen
-            from raal.models.lora import lora_parameters
+            from raal.models.lora import lora_parameters  # lazy: heavy: torch
 
             if self.ddp is None:
                 self.ddp = self.session.prepare_model(net)

@@ -146,7 +146,7 @@ def _build_classifier(config: dict, cache: dict | None = None) -> Classifier:
         trunk = backbone.trunk
         torch.manual_seed(config["seed"])
         if config["method"] == "lora":
-            from raal.models.lora import apply_lora
+            from raal.models.lora import apply_lora  # lazy: heavy: torch
 
             lc: LoraConfig = config["lora_cfg"]
             trunk = copy.deepcopy(trunk) if cache is not None else trunk  # the adapters change the module
@@ -158,7 +158,7 @@ def _build_classifier(config: dict, cache: dict | None = None) -> Classifier:
 def _backbone(model_cfg, state: dict | None, cache: dict | None):
     """`build_backbone`, or with `cache` the backbone built once per model config with `state` (or its pre-trained
     weights, kept on the host) loaded in place: the same tensors, without building the model again."""
-    from raal.models.backbones import build_backbone
+    from raal.models.backbones import build_backbone  # lazy: heavy: torch
 
     if cache is None or (state is None and model_cfg.weights == "none"):  # a random init is the seed's own
         return build_backbone(model_cfg, state_dict=state)

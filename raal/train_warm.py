@@ -22,7 +22,12 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import time
+
+import numpy as np
+
+from raal import console
 
 log = logging.getLogger("raal.train")
 
@@ -55,7 +60,7 @@ class WarmSession:
     def save(self, state: dict | None, metrics: dict, epoch: int) -> None:
         import torch
 
-        from raal.train_parts import STATE_FILE
+        from raal.train_parts import STATE_FILE  # lazy: heavy: torch
 
         buf = io.BytesIO()
         torch.save(state, buf)
@@ -76,19 +81,17 @@ class _Trainer:
     def __init__(self, use_gpu: bool):
         import torch
 
-        from raal import console
 
         console.worker_setup()
         self.device = torch.device("cuda" if use_gpu else "cpu")
         self.cache: dict = {}
 
     def pid(self) -> int:
-        import os
 
         return os.getpid()
 
     def run(self, config: dict, train: dict, test: dict, store) -> dict:
-        from raal.train_loop import EpochLoop
+        from raal.train_loop import EpochLoop  # lazy: heavy: torch
 
         loop = EpochLoop(config, WarmSession(config, train, test, store, self.device), self.cache)
         loop.run()
@@ -141,7 +144,6 @@ def release() -> None:
 def _as_arrays(batch: dict) -> dict:
     """Every column as a numpy array, as a Ray Data batch would arrive at a Ray Train worker (a list of same-shape
     images stacked, any other list an object array: bytes and paths stay whole)."""
-    import numpy as np
 
     out = {}
     for k, v in batch.items():

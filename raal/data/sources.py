@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 import io
+import math
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raal.config import DataConfig
@@ -78,7 +81,6 @@ class ImageSet:
         """Rows at `positions` as a numpy batch (for training jobs on small labeled sets)."""
         out = {"id": self.ids[positions]}
         if self.parquet is not None:  # rows live in the manifest: read just these
-            import pyarrow.compute as pc
 
             path, col = self.parquet
             table = pq.read_table(path, columns=["id", col], filters=pc.field("id").isin(out["id"]))
@@ -154,7 +156,6 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 def animal_mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
     """The 10,000 28×28 grey images and labels of the installed `animal-mnist` package."""
     try:
-        import importlib.util
 
         spec = importlib.util.find_spec("animal_mnist")
     except Exception:
@@ -352,7 +353,6 @@ def _labels_from(meta: pa.Table, classes: list[str] | None = None) -> tuple[np.n
 def _check_labels(ids: list, lab: list) -> list:
     """Manifest labels as ints (class indices >= 0) or strings (class names); anything else is a ConfigError naming
     the id and the value. Floats count as indices only when the whole column is integral (3.0 -> 3)."""
-    import math
 
     for i, v in zip(ids, lab):
         bad = (v is None or isinstance(v, bool) or (isinstance(v, float) and not math.isfinite(v))

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from raal.config import IMAGENET_MEAN, IMAGENET_STD
+from raal.errors import ConfigError, ImageDecodeError
 
 IMAGE_COLUMNS = ("image", "bytes", "path")
 
@@ -80,7 +81,6 @@ def _id_at(ids, k: int):
 
 def _decode_named(read, item_id, where: str) -> np.ndarray:
     """Read and decode one encoded image; any failure becomes an ImageDecodeError naming the id and the path."""
-    from raal.errors import ImageDecodeError
 
     try:
         return _decode_encoded(read())
@@ -99,7 +99,6 @@ def confine_path(path: str, roots: tuple[str, ...] | list[str]) -> str:
         r = os.path.realpath(root)
         if real == r or real.startswith(r.rstrip(os.sep) + os.sep):
             return real
-    from raal.errors import ConfigError
 
     raise ConfigError(f"path {path!r} lies outside the configured data roots {list(roots)}")
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from raal import layout
 from raal.data.sources import Dataset, ImageSet
+from raal.data.transforms import decode_images
 from raal.errors import EmptyPoolError, ImageDecodeError
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,6 @@ CHUNK = 256
 
 def find_undecodable(images: ImageSet, roots: tuple[str, ...], threads: int = 4) -> list[dict]:
     """[{id, split, error}] for every image of `images` that fails to decode (in-memory arrays never do)."""
-    from raal.data.transforms import decode_images
 
     if "image" in images.columns or len(images) == 0:
         return []

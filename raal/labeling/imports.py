@@ -17,6 +17,10 @@ import pyarrow as pa
 
 from raal import faults, layout
 from raal import labelstudio as ls
+from raal.cli_errors import report
+from raal.config import from_yaml
+from raal.data.sources import effective_roots
+from raal.data.transforms import confine_path
 from raal.errors import ConfigError, LabelImportError, StoreError
 from raal.labeling.ledger import CLASSES, Ledger
 from raal.store import RunLease, RunStore
@@ -27,7 +31,6 @@ MAX_LABEL_FILE_BYTES = 256 << 20
 def _check_path(path: str, exported: str, roots: list[str], where: str) -> None:
     """A path given back must be the exported one and lie inside the data roots; a URL is not checked (the item
     is found by its raal_id, and Label Studio may rewrite the URL)."""
-    from raal.data.transforms import confine_path
 
     if ls.is_url(path):
         return
@@ -126,8 +129,6 @@ def open_round(store: RunStore) -> tuple[int, dict, dict]:
 def import_bytes(store: RunStore, raw: bytes, name: str, allow_partial: bool) -> dict:
     """The one import path (CLI and live backend alike); the caller holds the run's lease. The file is parsed whole
     and every stored file read and checked before the ledger is touched."""
-    from raal.config import from_yaml
-    from raal.data.sources import effective_roots
 
     try:
         text = raw.decode("utf-8-sig")
@@ -200,7 +201,6 @@ def main(argv: list[str]) -> int:
             raise ConfigError(f"allow_partial={args['allow_partial']!r}: expected true or false")
         res = import_labels(args["run_dir"], args["file"], allow_partial=partial == "true")
     except Exception as err:  # noqa: BLE001 - the error contract: one line; exit 2 (input) or 1 + log (bug)
-        from raal.cli_errors import report
 
         return report(err, args.get("run_dir") if args.get("run_dir") and os.path.isdir(args["run_dir"]) else None,
                       prog="raal label")

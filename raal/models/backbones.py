@@ -7,6 +7,7 @@ Checkpoints are loaded with `weights_only=True`: a checkpoint is untrusted input
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 from pathlib import Path
 from typing import cast
@@ -100,7 +101,6 @@ def offline_weights_path(arch: str) -> Path:
                           f"for {arch!r} give a local checkpoint path")
     module, filename = OFFLINE_IMAGENET[arch]
     try:
-        import importlib
 
         get_dir = importlib.import_module(module).get_weights_dir
     except ImportError as err:

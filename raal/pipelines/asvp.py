@@ -20,15 +20,20 @@ half-done (its fine-tuned checkpoint saved, some feature shards written) resumes
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from raal import layout
 from raal.config import ASVPConfig
+from raal.features import FeatureStore
 from raal.pipelines.base import PhaseTimer, round_seed
 from raal.pipelines.svpp import SVPpPipeline
+from raal.transfer import linear_probe_accuracy, logme_ped, ped_steps, reference_stats
 
 
 @dataclass(frozen=True)
@@ -108,9 +113,7 @@ def gain_signal(x, y, permutations: int = 5, seed: int = 0, min_per_class: int =
     holds fewer than two classes. The permutations depend on N and `seed` only, so a re-run on the same labeled
     rows reproduces the signal.
     """
-    import numpy as np
 
-    from raal.transfer import linear_probe_accuracy
 
     x = np.asarray(x)
     y = np.asarray(y)
@@ -147,7 +150,6 @@ class ASVPPipeline(SVPpPipeline):
         """v0 is the experiment's shared pre-trained set; refreshed versions belong to this arm."""
         if version == 0:
             return self.ctx.features
-        from raal.features import FeatureStore
 
         return FeatureStore(self.store)
 
@@ -165,7 +167,6 @@ class ASVPPipeline(SVPpPipeline):
 
     def reference_stats(self, version: int):
         """Mean/std of the whole pool's current features, PED's rescaling set (computed once per version)."""
-        from raal.transfer import reference_stats
 
         if version not in self._stats:
             pool, _ = self.feature_sets(version)
@@ -173,7 +174,6 @@ class ASVPPipeline(SVPpPipeline):
         return self._stats[version]
 
     def check(self, r: int) -> Decision:
-        from raal.transfer import logme_ped, ped_steps
 
         version = self.feature_version()
         x, y = self.labeled_rows(version)
@@ -203,11 +203,9 @@ class ASVPPipeline(SVPpPipeline):
     def refresh_partial(self, r: int, new: int, timer: PhaseTimer) -> int:
         """The refresh from the evaluator's cached activations: FT of the trainable blocks on the labeled set, then
         their features of pool and test written as version `new` (the same store layout as a full refresh)."""
-        import hashlib
 
-        import numpy as np
 
-        from raal.evaluator import Recipe, save_state
+        from raal.evaluator import Recipe, save_state  # lazy: heavy: torch
 
         ev, fs = self.ctx.evaluator, self.feature_store(new)
         assert ev is not None, "config validation ties train.freeze_blocks != 0 to the evaluator"

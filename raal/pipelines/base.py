@@ -19,8 +19,11 @@ from raal.config import RunConfig, parse_schedule
 from raal.data.positions import IdIndex
 from raal.data.sources import Dataset
 from raal.data.transforms import ImageTransform
+from raal.embed import embed_images
 from raal.labeling.oracle import WaitingForLabels
+from raal.pipelines.coldstart import initial_batch
 from raal.pipelines.state import ArmState
+from raal.stopping import StopRule
 from raal.store import RunStore
 from raal.strategies.base import pick_priority
 
@@ -74,7 +77,6 @@ class Context:
         local disk only when there is work). True if this call computed anything."""
         if fs.has(version, split):
             return False
-        from raal.embed import embed_images
 
         images = self.data.pool if split == "pool" else self.data.test
         embed_images(images, model_cfg=self.cfg.model, transform=self.transform, store=fs, version=version,
@@ -195,7 +197,6 @@ class Pipeline:
         seed = round_seed(self.ctx.cfg.al.seed, r)
         mask = self.labeled_mask()
         if r == 0 and not self.chooses_initial():
-            from raal.pipelines.coldstart import initial_batch
 
             name = self.initial_strategy()
             with timer.phase("t_select"):
@@ -278,7 +279,7 @@ class Pipeline:
     def finetune(self, *, method: str, name: str, seed: int, save_as: str | None = None) -> dict:
         """`finetune_labeled` on this arm's labeled set, the test split and the run's configs, into the arm's store
         (a job already saved as `save_as` is read back without loading the labeled images)."""
-        from raal.pipelines.finetune import finetune_labeled, saved_result
+        from raal.pipelines.finetune import finetune_labeled, saved_result  # lazy: heavy: torch
 
         done = saved_result(self.store, save_as)
         if done is not None:
@@ -298,7 +299,7 @@ class Pipeline:
         out = {"model_accuracy": row.get("accuracy"), "model_eval": row.get("eval_method")}
         if ev is None:
             return out
-        from raal.evaluator import eval_seed
+        from raal.evaluator import eval_seed  # lazy: heavy: torch
 
         n = len(self.state.label_ids)
         with timer.phase("t_eval"):
@@ -310,8 +311,7 @@ class Pipeline:
     def stop_advice(self, r: int, row: dict) -> dict:
         """The round's stopping signals and advice (`raal.pipelines.advice`); the kappa model is the converged
         probe on the v0 features, whatever the pipeline."""
-        from raal.pipelines.advice import probe_predictions, round_advice, stop_sample
-        from raal.stopping import StopRule
+        from raal.pipelines.advice import probe_predictions, round_advice, stop_sample  # lazy: heavy: torch
 
         cfg = self.ctx.cfg
         sample = stop_sample(len(self.pool_ids), cfg.stopping.sample, cfg.al.seed)

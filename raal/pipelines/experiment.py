@@ -13,14 +13,19 @@ from collections.abc import Callable
 
 import numpy as np
 
-from raal import layout
+from raal import layout, strategies
 from raal.config import RunConfig, diff_keys, from_yaml, to_dict, to_yaml, validate_against_pool
 from raal.data.sources import Dataset, effective_roots, load_data
 from raal.data.transforms import ImageTransform
+from raal.data.undecodable import skip_undecodable
 from raal.errors import ConfigError
+from raal.features import FeatureStore
+from raal.labeling.export import export_round
 from raal.labeling.oracle import FilesOracle, SimulatedOracle, WaitingForLabels
 from raal.pipelines import registry
 from raal.pipelines.base import ArmSpec, Context, Pipeline
+from raal.pipelines.state import ArmState
+from raal.raylocal import quiet_ray_data
 from raal.store import RunStore, redact_uri
 
 log = logging.getLogger(__name__)
@@ -54,7 +59,6 @@ def arm_specs(cfg: RunConfig) -> list[ArmSpec]:
 
 def validate_arms(specs: list[ArmSpec], classes: dict[str, type[Pipeline]] | None = None) -> None:
     """Each arm's pipeline must exist and supply what its strategy requires (`Pipeline.mismatch`)."""
-    from raal import strategies
 
     classes = registry.classes() if classes is None else classes
     for spec in specs:
@@ -97,7 +101,6 @@ class Experiment:
         data = load_data(cfg.data) if data is None else data
         self.undecodable: list[dict] = []
         if cfg.data.skip_undecodable:
-            from raal.data.undecodable import skip_undecodable
 
             known = (self.store.read_json(layout.UNDECODABLE)
                      if self.resumed and self.store.exists(layout.UNDECODABLE) else None)
@@ -131,7 +134,6 @@ class Experiment:
 
     def prepare(self) -> dict:
         """Pre-compute the v0 features of the pool and the test split (once per experiment, resumable)."""
-        from raal.features import FeatureStore
 
         self.commit_config()
         fs = FeatureStore(self.store)
@@ -144,13 +146,12 @@ class Experiment:
                 self.store.write_json(layout.FEATURE_TIMING, timing)
         self.ctx.t_pre = float(timing.get("v0_pool", 0.0) + timing.get("v0_test", 0.0))
         if self.cfg.eval.every_round == "evaluator":
-            from raal.evaluator import Evaluator, Recipe
+            from raal.evaluator import Evaluator, Recipe  # lazy: heavy: torch
 
             self.ctx.evaluator = Evaluator.build(store=self.store, data=self.ctx.data, model_cfg=self.cfg.model,
                                                  transform=self.ctx.transform,
                                                  freeze_blocks=self.cfg.eval.freeze_blocks,
                                                  recipe=Recipe.from_config(self.cfg.eval))
-        from raal.pipelines.state import ArmState
 
         self.update_stop(ArmState.open(self.store.child(layout.arm(self.specs[0].name))).rounds)  # before the arms size
         self.arms = [self._classes[s.pipeline](self.ctx, s) for s in self.specs]
@@ -186,7 +187,6 @@ class Experiment:
             except WaitingForLabels as w:
                 waiting[a.arm.name] = (a, w.missing)
         if waiting:
-            from raal.labeling.export import export_round
 
             queries = {name: a.state.saved_query_table(r) for name, (a, _missing) in waiting.items()}
             self.waiting = export_round(self.store, r, queries, self.ctx.data.pool, self.ctx.data.class_names,
@@ -270,7 +270,6 @@ class DriverActor:
     """
 
     def __init__(self, cfg: RunConfig):
-        from raal.raylocal import quiet_ray_data
 
         quiet_ray_data()  # raal's progress line (raal/progress.py) shows the passes; Ray Data's bars would repeat it
         # The data is loaded here from the config, not handed in: a restarted actor re-runs this constructor, and

@@ -16,6 +16,7 @@ from raal import layout
 from raal.config import LoraConfig, ModelConfig, TrainConfig
 from raal.data.sources import ImageSet
 from raal.data.transforms import ImageTransform
+from raal.embed_pool import release
 from raal.store import RunStore
 
 
@@ -53,8 +54,7 @@ def finetune_labeled(batch: dict, test: ImageSet, *, model_cfg: ModelConfig, tra
     done = saved_result(store, save_as)
     if done is not None:
         return done
-    from raal.embed_pool import release
-    from raal.train import finetune, finetune_lora
+    from raal.train import finetune, finetune_lora  # lazy: heavy: torch
 
     release(gpu_only=True)  # warm GPU embedding actors hand their GPUs to the training workers
     method_key = method.lower().replace("-", "")

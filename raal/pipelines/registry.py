@@ -36,6 +36,6 @@ def classes() -> dict[str, type[Pipeline]]:
 
 def runnable(pipeline: type[Pipeline]) -> list[str]:
     """Sorted names of the strategies `pipeline` can run (its `mismatch` finds nothing)."""
-    from raal import strategies
+    from raal import strategies  # lazy: light: strategies pull numpy/scipy
 
     return [n for n in strategies.names() if pipeline.mismatch(strategies.get(n)) is None]

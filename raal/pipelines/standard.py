@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from raal import layout
+from raal.features import FeatureStore
 from raal.pipelines.base import PhaseTimer, Pipeline, round_seed
 from raal.pipelines.finetune import load_head
 
@@ -49,7 +50,7 @@ class StandardPipeline(Pipeline):
         return self.ctx.cfg.train.freeze_blocks != 0
 
     def _partial_recipe(self):
-        from raal.evaluator import Recipe
+        from raal.evaluator import Recipe  # lazy: heavy: torch
 
         return Recipe.from_config(self.ctx.cfg.eval, method="lpft" if self.method() == "LP-FT" else "ft")
 
@@ -62,7 +63,7 @@ class StandardPipeline(Pipeline):
             assert self.ctx.features is not None, "prepare() opens the v0 features before any round"
             return {"embeddings": self.ctx.features.open(0, "pool").features}
         if self.partial():  # the last round's suffix re-embeds the whole pool from the cached activations
-            from raal.evaluator import load_state
+            from raal.evaluator import load_state  # lazy: heavy: torch
 
             ev = self.ctx.evaluator
             assert ev is not None, "config validation ties train.freeze_blocks != 0 to the evaluator"
@@ -71,7 +72,6 @@ class StandardPipeline(Pipeline):
                 feats, probs = ev.probs(suffix, head)
             out = {"embeddings": feats, "probs": probs, "proxy": head_proxy(head.state_dict())}
             return {k: v for k, v in out.items() if k in requires}
-        from raal.features import FeatureStore
 
         fs = FeatureStore(self.store)
         ckpt = self.checkpoint(r - 1)
@@ -88,7 +88,7 @@ class StandardPipeline(Pipeline):
 
     def after_labels(self, r: int, timer: PhaseTimer) -> dict:
         if self.partial():
-            from raal.evaluator import save_state
+            from raal.evaluator import save_state  # lazy: heavy: torch
 
             rel = self.checkpoint(r) + ".partial.pt"
             assert self.ctx.evaluator is not None, "config validation ties train.freeze_blocks != 0 to the evaluator"

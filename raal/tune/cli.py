@@ -9,6 +9,7 @@ import time
 
 from raal import layout
 from raal.errors import ConfigError, StoreError
+from raal.raylocal import init_local_ray
 from raal.tune.plan import _join, check_pool, check_sweep_folder, make_plan
 from raal.tune.results import collect_results, markdown_table, write_results
 from raal.tune.spec import fmt_params
@@ -46,7 +47,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import ray
 
-    from raal.raylocal import init_local_ray
 
     print(f"raal.tune: sweep {plan.spec.name} in {plan.root}: {len(plan.params)} trials"
           f"{' (resuming)' if resumed else ''}", flush=True)

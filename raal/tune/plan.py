@@ -11,8 +11,18 @@ from typing import Any
 import numpy as np
 
 from raal import layout
-from raal.config import RunConfig, apply_overrides, diff_keys, load_config, parse_schedule, to_dict
+from raal.config import (
+    RunConfig,
+    apply_overrides,
+    diff_keys,
+    load_config,
+    parse_schedule,
+    to_dict,
+    validate_against_pool,
+)
+from raal.data.sources import load_data
 from raal.errors import ConfigError
+from raal.store import RunStore
 from raal.tune.spec import OPERATIONAL, SweepSpec, expand_trials, load_sweep
 
 
@@ -88,8 +98,6 @@ def check_pool(plan: Plan):
     """Every trial's budget (and the baseline's) fits in the pool: loads the data source, before Ray starts.
     Returns the loaded data, which the baseline and every trial then use instead of loading it again (`data.*`
     is not sweepable, so it is the same for all of them)."""
-    from raal.config import validate_against_pool
-    from raal.data.sources import load_data
 
     data = load_data(plan.base.data)
     for cfg in plan.trials + [plan.baseline]:
@@ -99,7 +107,6 @@ def check_pool(plan: Plan):
 
 def check_sweep_folder(plan: Plan) -> bool:
     """True if the sweep folder holds this sweep already (a resume); refuses another sweep, naming the keys."""
-    from raal.store import RunStore
 
     store = RunStore(plan.root)
     ident = json.loads(json.dumps(plan.identity(), default=str))

@@ -7,9 +7,13 @@ import math
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
 
 from raal import layout
 from raal.config import to_yaml
+from raal.pipelines.experiment import arm_specs
+from raal.store import RunStore
 from raal.tune.plan import Plan
 from raal.tune.spec import fmt_params
 from raal.tune.trial import trial_metrics
@@ -18,8 +22,6 @@ from raal.tune.trial import trial_metrics
 def collect_results(plan: Plan, baseline_curve: list[tuple[float, float]],
                     status: dict[int, tuple[str, str]]) -> list[dict]:
     """One row per trial, read from the trial run stores (the durable record), sorted best first."""
-    from raal.pipelines.experiment import arm_specs
-    from raal.store import RunStore
 
     rows = []
     for i, (params, cfg) in enumerate(zip(plan.params, plan.trials)):
@@ -70,10 +72,7 @@ def markdown_table(rows: list[dict], metric: str) -> str:
 
 def write_results(plan: Plan, rows: list[dict], baseline_curve: list[tuple[float, float]]) -> dict | None:
     """results.parquet / .csv / .md and, if a trial finished with a finite objective, best.yaml + best.json."""
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
 
-    from raal.store import RunStore
 
     store = RunStore(plan.root)
     cols = list(rows[0]) if rows else []

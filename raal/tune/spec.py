@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from raal.config import conf_dir
 from raal.errors import ConfigError
@@ -53,7 +56,6 @@ def sweep_path(name: str) -> Path:
 
 def _parse_value(text: str) -> Any:
     """A command-line value the way OmegaConf's dotlist reads it (YAML scalars and flow lists)."""
-    import yaml
 
     try:
         return yaml.safe_load(text)
@@ -63,8 +65,6 @@ def _parse_value(text: str) -> Any:
 
 def load_sweep(name: str, cli: list[str] | None = None) -> tuple[SweepSpec, list[str]]:
     """(sweep spec, run-config overrides) from a sweep file plus command-line arguments; ConfigError on mistakes."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
 
     path = sweep_path(name)
     if not path.is_file():

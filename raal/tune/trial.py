@@ -7,8 +7,13 @@ import os
 import posixpath
 import shutil
 
+import pyarrow.fs as pafs
+
 from raal import layout
 from raal.config import RunConfig, to_dict
+from raal.metrics import saving_curve
+from raal.pipelines.experiment import Experiment, arm_specs, start_driver
+from raal.store import RunStore
 from raal.tracking import tune_callbacks
 from raal.tune.plan import Plan, _join, trial_config
 from raal.tune.spec import SweepSpec, fmt_params
@@ -21,7 +26,6 @@ def curve_of(rows: list[dict]) -> list[tuple[float, float]]:
 
 def trial_metrics(rows: list[dict], baseline_curve: list[tuple[float, float]], cfg: RunConfig) -> dict:
     """What a trial reports after each round: the objective and what explains it."""
-    from raal.metrics import saving_curve
 
     exclude = [bool(r.get("random_only")) for r in rows] if cfg.metrics.exclude_random_rounds else None
     res = saving_curve(baseline_curve, curve_of(rows), exclude=exclude)
@@ -36,13 +40,11 @@ def trial_metrics(rows: list[dict], baseline_curve: list[tuple[float, float]], c
 def share_features(src_dir: str, dst_dir: str) -> int:
     """Give a trial's run store the baseline's v0 feature sets (same data and backbone): hard links on a local
     disk, copies on an object store. Returns the number of files shared; an existing destination is left alone."""
-    from raal.store import RunStore
 
     src, dst = RunStore(src_dir), RunStore(dst_dir)
     v0 = layout.feature_version(0)
     if not src.exists(v0) or dst.exists(v0):
         return 0
-    import pyarrow.fs as pafs
 
     n = 0
     staging = f"{layout.FEATURES}/{dst.tmp_name()}"
@@ -81,7 +83,6 @@ def run_trial(config: dict, *, base: RunConfig, root: str, baseline_dir: str,
     """
     from ray import tune
 
-    from raal.pipelines.experiment import Experiment
 
     index, params = int(config["trial"]["index"]), dict(config["trial"]["params"])
     cfg = trial_config(base, params, root, index)
@@ -109,8 +110,6 @@ def run_baseline(cfg: RunConfig) -> list[tuple[float, float]]:
     """Run (or finish, or just read) the shared random baseline in its driver actor; returns its curve."""
     import ray
 
-    from raal.pipelines.experiment import arm_specs, start_driver
-    from raal.store import RunStore
 
     driver = start_driver(cfg)  # loads the data itself, so that Ray can restart it
     try:
