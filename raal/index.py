@@ -109,15 +109,6 @@ def read_rows(x: np.ndarray, start: int, stop: int, rows: np.ndarray | None = No
     return block
 
 
-def sq_norms(x: np.ndarray, *, chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
-    """Squared L2 norm of every row, float32, read in chunks."""
-    out = np.empty(len(x), dtype=np.float32)
-    for s, e in iter_slices(len(x), chunk_rows(x.shape[1], chunk_bytes)):
-        b = read_rows(x, s, e)
-        out[s:e] = np.einsum("ij,ij->i", b, b)
-    return out
-
-
 def mean_row(x: np.ndarray, rows: np.ndarray | None = None, *, normalize: bool = False,
              chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
     """Mean of the (selected, optionally L2-normalised) rows, accumulated in float64."""
@@ -133,12 +124,6 @@ def _metric(metric: str) -> int:
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
-
-
-def flat_index(dim: int, metric: str = "l2", *, use_gpu: bool | None = None) -> faiss.Index:
-    """An exact IndexFlatL2 / IndexFlatIP, on the GPU when faiss has one."""
-    index = faiss.IndexFlatL2(dim) if _metric(metric) == faiss.METRIC_L2 else faiss.IndexFlatIP(dim)
-    return faiss.index_cpu_to_gpu(_gpu_resources(), 0, index) if _use_gpu(use_gpu) else index
 
 
 def ivf_index(base: np.ndarray, metric: str = "l2", *, rows: np.ndarray | None = None, nlist: int | None = None,
