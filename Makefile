@@ -8,7 +8,9 @@ STAMP  := $(VENV)/.raal-installed
 # `make lock` regenerates all of them; pip installs them --no-deps, so nothing outside the lock can come in.
 LOCK     := locks/dev.txt
 LS_LOCK  := locks/labelstudio.txt
-PIP_LOCKED := -m pip install -q --disable-pip-version-check --require-hashes --no-deps --only-binary :all:
+LS_BUILD_LOCK := locks/labelstudio-build.txt
+PIP_HASHED := -m pip install -q --disable-pip-version-check --require-hashes --no-deps
+PIP_LOCKED := $(PIP_HASHED) --only-binary :all:
 UV       := $(VENV)/bin/uv
 UV_EXPORT := export --frozen --format requirements-txt --no-emit-project --no-header --quiet
 
@@ -29,9 +31,10 @@ $(STAMP): $(LOCK) pyproject.toml Makefile
 
 install: $(STAMP)
 
-$(LS_STAMP): $(LS_LOCK) | $(STAMP)
+$(LS_STAMP): $(LS_LOCK) $(LS_BUILD_LOCK) | $(STAMP)
 	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
-	$(LS_VENV)/bin/python $(PIP_LOCKED) -r $(LS_LOCK)
+	$(LS_VENV)/bin/python $(PIP_LOCKED) -r $(LS_BUILD_LOCK)
+	$(LS_VENV)/bin/python $(PIP_HASHED) --no-build-isolation -r $(LS_LOCK)
 	$(PY) -m raal.lockcheck $(LS_LOCK) --venv $(LS_VENV)
 	rm -rf $(LS_VENV)/template  # a migrated sqlite database that each test copies (migrating takes most of a start)
 	LABEL_STUDIO_BASE_DATA_DIR=$(LS_VENV)/template $(LS_VENV)/bin/label-studio version > /dev/null
@@ -53,18 +56,29 @@ chromium:
 
 # Regenerate the locks from pyproject.toml (and locks/labelstudio/pyproject.toml); pins already in a lock are kept
 # unless a requirement no longer allows them. `make lock UPGRADE=--upgrade-package=NAME` bumps one package.
+# What each export holds: the dev venv (runtime, dev extra, offline assets, pip/setuptools), the cluster nodes
+# (runtime, cluster extra, assets), Label Studio's venv and the tools its sdists are built with.
+EXPORT_DEV     := --extra dev --group assets --group build
+EXPORT_CLUSTER := --extra cluster --group assets
+EXPORT_LS      := --project locks/labelstudio --all-groups
+EXPORT_LS_BUILD := --project locks/labelstudio --only-group build
 lock: $(STAMP)
 	$(UV) lock $(UPGRADE)
-	$(UV) $(UV_EXPORT) --extra dev --group assets --group build -o $(LOCK)
-	$(UV) $(UV_EXPORT) --extra cluster --group assets -o locks/cluster.txt
 	$(UV) lock --project locks/labelstudio $(UPGRADE)
-	$(UV) $(UV_EXPORT) --project locks/labelstudio -o $(LS_LOCK)
+	$(UV) $(UV_EXPORT) $(EXPORT_DEV) -o $(LOCK)
+	$(UV) $(UV_EXPORT) $(EXPORT_CLUSTER) -o locks/cluster.txt
+	$(UV) $(UV_EXPORT) $(EXPORT_LS) -o $(LS_LOCK)
+	$(UV) $(UV_EXPORT) $(EXPORT_LS_BUILD) -o $(LS_BUILD_LOCK)
 
-# CI: the locks agree with the pyproject files (uv's own check) and the exports with the locks.
+# CI: each lock agrees with its pyproject (uv's own check mode: fails when a requirement changed without
+# `make lock`), and each export is exactly what the lock gives (fails when an export was edited by hand).
 lock-check: $(STAMP)
 	$(UV) lock --check
 	$(UV) lock --check --project locks/labelstudio
-	$(PY) -m raal.lockcheck --exports-match
+	$(UV) $(UV_EXPORT) $(EXPORT_DEV) | diff -u $(LOCK) -
+	$(UV) $(UV_EXPORT) $(EXPORT_CLUSTER) | diff -u locks/cluster.txt -
+	$(UV) $(UV_EXPORT) $(EXPORT_LS) | diff -u $(LS_LOCK) -
+	$(UV) $(UV_EXPORT) $(EXPORT_LS_BUILD) | diff -u $(LS_BUILD_LOCK) -
 
 # The installed environments equal their locks (no package missing, added or at another version).
 env-check: $(STAMP) $(LS_STAMP)

@@ -66,7 +66,9 @@ refuse_credentials() {
 refuse_credentials "$DIR"
 
 # The entrypoint as separate words: `ray job submit` shell-quotes each one (so [20]*4 reaches raal intact).
-ENTRY=()
+# It starts by checking the node's packages against raal's lock (RAAL_CLUSTER_LOCK, default the one cluster.yaml's
+# setup_commands install): a node that drifted from what CI ran stops the job with one line per difference.
+ENTRY=("$CLUSTER_PY" -m raal.lockcheck "${RAAL_CLUSTER_LOCK:-locks/cluster.txt}" --)
 if [ ${#HOLD[@]} -gt 0 ]; then
   ENTRY+=("$CLUSTER_PY" -m raal.cluster hold "${HOLD[@]}" --timeout "$TIMEOUT" --)
 fi

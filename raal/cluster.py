@@ -7,8 +7,9 @@ runs the checks that need no cloud credentials, in the order that gives the clea
    fractional GPUs, wrong types;
 2. Ray's own preparation and validation (`prepare_config` + `validate_config`, a private API wrapped here): merges
    the provider defaults, a bad `head_node_type`, global min > max;
-3. raal's checks that Ray misses: per-type `min_workers <= max_workers`, the nodes install the dependency pins this
-   raal was built against (the same Ray as the client above all), and head and workers agree on `RAY_AUTH_MODE`.
+3. raal's checks that Ray misses: per-type `min_workers <= max_workers`, every node installs raal's lock
+   (`locks/cluster.txt`, mounted from the repo, hashes required: the versions CI ran, the same Ray as the client
+   above all), and head and workers agree on `RAY_AUTH_MODE`.
 
 Every failure is a `ClusterConfigError` (a ValueError) whose message is one line naming the key.
 
@@ -28,8 +29,6 @@ import re
 import subprocess
 import sys
 import time
-import tomllib
-from importlib.metadata import PackageNotFoundError, requires
 from pathlib import Path
 
 import jsonschema
@@ -119,37 +118,41 @@ def prepare(config: dict) -> dict:
     return prepared
 
 
-def pinned_requirements() -> list[str]:
-    """raal's exact dependency pins (`name==version`, no extras-only or marker lines), e.g. "torch==2.14.1".
-
-    From the installed distribution's metadata; a source checkout without an install reads pyproject.toml.
-    """
-    reqs: list[str] = []
-    try:
-
-        reqs = list(requires("raal") or [])
-    except PackageNotFoundError:
-        pass
-    if not reqs:
-
-        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
-        if pyproject.is_file():
-            reqs = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["dependencies"]
-    pins = []
-    for r in reqs:
-        if ";" in r or "==" not in r:
-            continue
-        name, version = r.split("==", 1)
-        name = re.sub(r"\[.*\]", "", name).strip()
-        pins.append(f"{name}=={version.strip()}")
-    return pins
+CLUSTER_LOCK = "locks/cluster.txt"  # what every node installs (`make lock` writes it from uv.lock)
 
 
-def _pin_pattern(pin: str) -> re.Pattern:
-    """`torch==2.14.1` matches "torch==2.14.1" and "ray[default,tune]==2.60.0" style spellings (- and _ alike)."""
-    name, version = pin.split("==", 1)
-    name_re = "[-_.]".join(re.escape(part) for part in re.split(r"[-_.]", name))
-    return re.compile(rf"(?<![\w.-]){name_re}(\[[^\]]*\])?\s*==\s*{re.escape(version)}(?![\w.])", re.IGNORECASE)
+def _lock_paths(mounts: dict) -> list[str]:
+    """Where `file_mounts` puts raal's cluster lock on a node: the mounted file, or the mounted locks/ folder + name."""
+    paths = []
+    for target, source in mounts.items():
+        src, dst = Path(str(source)).as_posix().rstrip("/"), str(target).rstrip("/")
+        if src.endswith(CLUSTER_LOCK) or src == Path(CLUSTER_LOCK).name:
+            paths.append(dst)
+        elif src.endswith("locks") and (src == "locks" or src.endswith("/locks")):
+            paths.append(f"{dst}/{Path(CLUSTER_LOCK).name}")
+    return paths
+
+
+def _lock_problems(prepared: dict, types: dict, head: str | None) -> list[str]:
+    """The nodes install raal's lock (hashes required), so head and workers run the versions CI ran."""
+    paths = _lock_paths(prepared.get("file_mounts") or {})
+    if not paths:
+        return [f"file_mounts: no node gets raal's lock {CLUSTER_LOCK}: mount the repo's locks/ folder "
+                "(e.g. `~/raal-locks: ./locks`) and install it in setup_commands"]
+    problems = []
+    for role in ("head", "worker"):
+        key = f"{role}_setup_commands"
+        text = _commands(prepared, key)
+        if role == "worker":
+            text += "\n" + "\n".join(_commands(prepared, "worker_setup_commands", nt)
+                                     for n, nt in types.items() if n != head)
+        installs = [line for line in text.splitlines()
+                    if any(p in line for p in paths) and "--require-hashes" in line
+                    and re.search(r"\bpip (sync|install)\b", line)]
+        if not installs:
+            problems.append(f"{key} (with setup_commands): the nodes do not install raal's lock ({' or '.join(paths)})"
+                            " with --require-hashes, e.g. `uv pip sync --require-hashes ~/raal-locks/cluster.txt`")
+    return problems
 
 
 def _commands(config: dict, key: str, node_type: dict | None = None) -> str:
@@ -165,7 +168,7 @@ def _auth_mode(commands: str) -> str:
     return modes.pop() if modes else "unset"
 
 
-def raal_checks(prepared: dict, pins: list[str] | None = None) -> list[str]:
+def raal_checks(prepared: dict) -> list[str]:
     """What Ray's validation misses, on a config that went through `prepare`: one message per problem."""
     problems: list[str] = []
     types = prepared.get("available_node_types") or {}
@@ -181,7 +184,6 @@ def raal_checks(prepared: dict, pins: list[str] | None = None) -> list[str]:
 
     docker = prepared.get("docker") or {}
     image = " ".join(str(docker.get(k, "")) for k in ("image", "head_image", "worker_image"))
-    pins = pinned_requirements() if pins is None else pins
     if image.strip():
         import ray
 
@@ -189,16 +191,7 @@ def raal_checks(prepared: dict, pins: list[str] | None = None) -> list[str]:
             problems.append(f"docker: the image(s) {image.strip()!r} do not name ray {ray.__version__}, the Ray of "
                             "this client; job submission needs the same Ray on both sides")
     else:
-        for role in ("head", "worker"):
-            key = f"{role}_setup_commands"
-            text = _commands(prepared, key)
-            if role == "worker":
-                text += "\n" + "\n".join(_commands(prepared, "worker_setup_commands", nt)
-                                         for n, nt in types.items() if n != head)
-            missing = [p for p in pins if not _pin_pattern(p).search(text)]
-            if missing:
-                problems.append(f"{key} (with setup_commands): the nodes do not install raal's pins "
-                                f"{', '.join(missing)}")
+        problems += _lock_problems(prepared, types, head)
 
     head_mode = _auth_mode(_commands(prepared, "head_start_ray_commands"))
     worker_mode = _auth_mode(_commands(prepared, "worker_start_ray_commands"))
@@ -214,7 +207,7 @@ def raal_checks(prepared: dict, pins: list[str] | None = None) -> list[str]:
     return problems
 
 
-def check_cluster(config: dict | str | os.PathLike, *, pins: list[str] | None = None) -> dict:
+def check_cluster(config: dict | str | os.PathLike) -> dict:
     """All three layers of checks; returns Ray's prepared config, or raises ClusterConfigError."""
     if not isinstance(config, dict):
         config = load_cluster_yaml(config)
@@ -222,7 +215,7 @@ def check_cluster(config: dict | str | os.PathLike, *, pins: list[str] | None = 
     if errors:
         raise ClusterConfigError(errors)
     prepared = prepare(config)
-    problems = raal_checks(prepared, pins)
+    problems = raal_checks(prepared)
     if problems:
         raise ClusterConfigError(problems)
     return prepared

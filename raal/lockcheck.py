@@ -60,7 +60,7 @@ def read_lock(path: str | os.PathLike) -> dict[str, str]:
 
 def _logical_lines(text: str) -> Iterable[tuple[int, str]]:
     """(first line number, requirement) with continuations joined and `--hash=…` options and comments removed."""
-    number, parts = 0, []
+    number, parts = 0, list[str]()
     for i, raw in enumerate(text.splitlines(), start=1):
         line = raw.split(" #", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
         if not parts:

@@ -104,8 +104,15 @@ def test_rays_own_validation_is_wrapped(shipped, change, needle):
 @pytest.mark.parametrize("change, needle", [
     (lambda c: c["available_node_types"]["gpu_worker"].update(min_workers=3, max_workers=2),
      "available_node_types.gpu_worker: min_workers=3 is larger than max_workers=2"),
-    (lambda c: c.update(setup_commands=[s.replace("torch==2.14.1", "torch==2.13.0") for s in c["setup_commands"]]),
-     "do not install raal's pins torch==2.14.1"),
+    (lambda c: c.update(setup_commands=[s.replace(" --require-hashes", "") for s in c["setup_commands"]]),
+     "the nodes do not install raal's lock (~/raal-locks/cluster.txt) with --require-hashes"),
+    (lambda c: c.update(setup_commands=[s.replace("cluster.txt", "dev.txt") for s in c["setup_commands"]]),
+     "worker_setup_commands (with setup_commands): the nodes do not install raal's lock"),
+    (lambda c: c["file_mounts"].pop("~/raal-locks"), "file_mounts: no node gets raal's lock locks/cluster.txt"),
+    (lambda c: c.update(worker_setup_commands=["pip install torch"],
+                        setup_commands=[s for s in c["setup_commands"] if "cluster.txt" not in s],
+                        head_setup_commands=[s for s in c["setup_commands"] if "cluster.txt" in s]),
+     "worker_setup_commands (with setup_commands): the nodes do not install raal's lock"),
     (lambda c: c.update(worker_start_ray_commands=["ray start --address=$RAY_HEAD_IP:6379"]),
      "sets RAY_AUTH_MODE=token but worker_start_ray_commands sets RAY_AUTH_MODE=unset"),
     (lambda c: c.update(file_mounts={}), "RAY_AUTH_MODE=token but no node gets the token"),
@@ -115,22 +122,36 @@ def test_raal_checks_catch_what_ray_misses(shipped, change, needle):
     bad = mutated(shipped, change)
     with pytest.raises(ClusterConfigError) as err:
         check_cluster(bad)
-    assert needle in str(err.value)
+    assert any(needle in e for e in err.value.errors), err.value.errors
     if "min_workers=3" in needle:  # Ray itself accepts per-type min > max
         from ray.autoscaler._private.util import prepare_config, validate_config
 
         validate_config(prepare_config(copy.deepcopy(bad)))
 
 
-def test_pins_come_from_the_package_and_match_spellings():
-    pins = cluster.pinned_requirements()
-    import ray
+def test_the_lock_reaches_nodes_as_a_file_or_a_folder():
+    assert cluster._lock_paths({"~/raal-locks": "./locks", "~/.ray/auth_token": "~/.ray/auth_token"}) == [
+        "~/raal-locks/cluster.txt"]
+    assert cluster._lock_paths({"/opt/lock.txt": "locks/cluster.txt"}) == ["/opt/lock.txt"]
+    assert cluster._lock_paths({"~/x": "./blocks", "~/y": "locks/dev.txt"}) == []
 
-    assert f"ray=={ray.__version__}" in pins and "torch==2.14.1" in pins and "faiss-cpu==1.15.1" in pins
-    assert cluster._pin_pattern("ray==2.60.0").search('pip install "ray[default,tune]==2.60.0"')
-    assert cluster._pin_pattern("faiss-cpu==1.15.1").search("faiss_cpu==1.15.1")
-    assert not cluster._pin_pattern("torch==2.14.1").search("torch==2.14.10")
-    assert not cluster._pin_pattern("ray==2.60.0").search("xray==2.60.0")
+
+def test_the_shipped_cluster_lock_holds_raals_pins():
+    """The file the nodes install pins the same top-level versions as pyproject (Ray above all: the client's)."""
+    import tomllib
+
+    import ray
+    from packaging.requirements import Requirement
+
+    from raal.lockcheck import read_lock
+
+    locked = read_lock(REPO / cluster.CLUSTER_LOCK)
+    assert locked["ray"] == ray.__version__
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    for line in project:
+        req = Requirement(line)
+        assert req.specifier.contains(locked[req.name.lower()]), (req, locked[req.name.lower()])
+    assert "boto3" in locked and "pytest" not in locked  # the cluster extra in, the dev tools out
 
 
 def test_missing_and_malformed_files(tmp_path):
@@ -272,10 +293,12 @@ class LocalCluster:
     def leftovers(self) -> list[int]:
         return [pid for p in self.procs for pid in _session_pids(p.pid)]
 
-    def jobs(self, script: str, *args: str, timeout: float = 300.0) -> subprocess.CompletedProcess:
+    def jobs(self, script: str, *args: str, timeout: float = 300.0,
+             lock: str = "locks/dev.txt") -> subprocess.CompletedProcess:
+        # the loopback "nodes" run this venv, installed from the dev lock: that is the lock a job checks them against
         env = dict(self.env, RAAL_JOBS_ADDRESS=self.address, RAY=str(VENV_BIN / "ray"),
                    RAAL_CLUSTER_PYTHON=sys.executable, RAAL_LOCAL_PYTHON=sys.executable,
-                   RAAL_RUN_ROOT=str(self.root / "store"))
+                   RAAL_RUN_ROOT=str(self.root / "store"), RAAL_CLUSTER_LOCK=lock)
         return subprocess.run(["bash", str(REPO / "jobs" / script), *args], env=env, capture_output=True, text=True,
                               timeout=timeout, cwd=REPO)
 
@@ -337,6 +360,7 @@ def test_demo_job_runs_across_two_nodes(two_nodes, tmp_path):
     info = client.get_job_info("raal-two-nodes")
     assert info.status.value == "SUCCEEDED", client.get_job_logs("raal-two-nodes")[-4000:]
     logs = client.get_job_logs("raal-two-nodes")
+    assert "equals locks/dev.txt" in logs  # the node was checked against the lock before raal started
     assert "raal.cluster: the cluster has CPU=4; running" in logs
     run_dir = Path(info.metadata["raal_dir"])
     assert run_dir == c.root / "store" / "runs" / "raal-two-nodes"
@@ -365,6 +389,22 @@ def test_demo_job_runs_across_two_nodes(two_nodes, tmp_path):
     assert (dest / "arms" / "svpp_margin" / "rounds.parquet").is_file()
     assert not list(dest.rglob("*.pt")) and not (dest / "features" / "v0").exists()
     assert (dest / "report" / "report.html").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_node_that_differs_from_the_lock_stops_the_job_before_raal_starts(two_nodes):
+    """This venv holds the dev lock (pytest, no boto3): checked against the cluster lock, the job must refuse."""
+    from ray.job_submission import JobSubmissionClient
+
+    proc = two_nodes.jobs("submit.sh", "--id", "raal-drifted-node", "--", "conf=demo", timeout=120,
+                          lock="locks/cluster.txt")
+    assert proc.returncode != 0
+    client = JobSubmissionClient(two_nodes.address)
+    assert client.get_job_status("raal-drifted-node").value == "FAILED"
+    logs = client.get_job_logs("raal-drifted-node")
+    assert "pytest: 9.2.0 installed, not in the lock" in logs and "boto3: locked at" in logs
+    assert "differs from locks/cluster.txt" in logs and "raal: run_dir=" not in logs
 
 
 @pytest.mark.slow
