@@ -1,5 +1,7 @@
 # Two commands do all set-up on a fresh machine: `make demo` and `make test` (each creates .venv if missing).
 PYTHON ?= python3.11
+SHELL  := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.raal-installed
@@ -11,6 +13,8 @@ LS_LOCK  := locks/labelstudio.txt
 LS_BUILD_LOCK := locks/labelstudio-build.txt
 PIP_HASHED := -m pip install -q --disable-pip-version-check --require-hashes --no-deps
 PIP_LOCKED := $(PIP_HASHED) --only-binary :all:
+# pip warns once per package for each local file:// index of this machine's pip.conf that lacks it: noise.
+HUSH_LOCAL_INDEX := 2>&1 | { grep -v "^WARNING: Location 'file:///.*' is ignored" || true; }
 UV       := $(VENV)/bin/uv
 UV_EXPORT := export --frozen --format requirements-txt --no-emit-project --no-header --quiet
 
@@ -24,8 +28,8 @@ LS_STAMP := $(LS_VENV)/.ls-installed
 
 $(STAMP): $(LOCK) pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) $(PIP_LOCKED) -r $(LOCK)
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) $(PIP_LOCKED) -r $(LOCK) $(HUSH_LOCAL_INDEX)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . $(HUSH_LOCAL_INDEX)
 	$(PY) -m raal.lockcheck $(LOCK)
 	touch $(STAMP)
 
@@ -33,8 +37,8 @@ install: $(STAMP)
 
 $(LS_STAMP): $(LS_LOCK) $(LS_BUILD_LOCK) | $(STAMP)
 	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
-	$(LS_VENV)/bin/python $(PIP_LOCKED) -r $(LS_BUILD_LOCK)
-	$(LS_VENV)/bin/python $(PIP_HASHED) --no-build-isolation -r $(LS_LOCK)
+	$(LS_VENV)/bin/python $(PIP_LOCKED) -r $(LS_BUILD_LOCK) $(HUSH_LOCAL_INDEX)
+	$(LS_VENV)/bin/python $(PIP_HASHED) --no-build-isolation -r $(LS_LOCK) $(HUSH_LOCAL_INDEX)
 	$(PY) -m raal.lockcheck $(LS_LOCK) --venv $(LS_VENV)
 	rm -rf $(LS_VENV)/template  # a migrated sqlite database that each test copies (migrating takes most of a start)
 	LABEL_STUDIO_BASE_DATA_DIR=$(LS_VENV)/template $(LS_VENV)/bin/label-studio version > /dev/null
