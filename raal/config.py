@@ -53,6 +53,47 @@ from raal.config_schema import (  # noqa: F401 - the schema is part of this modu
 from raal.config_validate import NUMERIC_RANGES, parse_schedule, validate, validate_against_pool  # noqa: F401 - re-exported
 from raal.errors import ConfigError  # noqa: F401 - re-exported
 
+#: YAML nodes a config text may expand to once its aliases are followed (a run config has ~250; issue #26)
+MAX_YAML_NODES = 10_000
+MAX_YAML_DEPTH = 32  # nested [ and { (a config nests 3 deep; YAML's recursive parser is slow and fails near 500)
+
+
+def check_yaml_text(text: str, where: str) -> None:
+    """Bound a config text before YAML or OmegaConf evaluates it: a one-line ConfigError, never a hang or MemoryError.
+
+    Two YAML/OmegaConf features expand a short text without limit, and raal uses neither: anchors and aliases
+    (ten nested lists of ten aliases are 10**10 items once OmegaConf copies them) and `${...}` interpolations (keys
+    that interpolate each other several times over resolve to gigabytes). Interpolations are refused; aliases are
+    counted on YAML's node graph (shared, so composing is cheap) up to MAX_YAML_NODES visits, in O(that) time;
+    flow nesting past MAX_YAML_DEPTH is refused before YAML's recursive parser sees it.
+    """
+    if "${" in text:
+        raise ConfigError(f"{where}: interpolations (${{...}}) are not supported in a config; write the value out")
+    depth = deepest = 0
+    for ch in text:  # flow nesting, counted on the raw text (quotes ignored: this only ever over-counts)
+        depth += (ch in "[{") - (ch in "]}")
+        deepest = max(deepest, depth)
+    if deepest > MAX_YAML_DEPTH:
+        raise ConfigError(f"{where}: nested too deeply (more than {MAX_YAML_DEPTH} levels of [ or {{)")
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return  # not YAML: the caller's own parser says so (or takes the text as written)
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply") from None
+    stack = [] if root is None else [root]
+    seen = 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_YAML_NODES:
+            raise ConfigError(f"{where}: expands to more than {MAX_YAML_NODES} values (YAML anchors and aliases); "
+                              "write the values out")
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(v for pair in node.value for v in pair)
+
 
 def conf_dir() -> Path:
     """The folder of named configs: $RAAL_CONF_DIR, else ./conf, else the repository's conf/."""
@@ -89,6 +130,7 @@ def parse_overrides(overrides: list[str], schema: DictConfig | None = None) -> D
             key = {"track": "track.kind", "log": "log.level"}[key]
         if not key or not _:
             raise ConfigError(f"{item!r}: overrides must look like key=value (e.g. al.seed=1)")
+        check_yaml_text(text, key)
         try:
             default = OmegaConf.select(schema, key, throw_on_missing=False)
         except OmegaConfBaseException:
@@ -130,6 +172,7 @@ def _load_named(name: str, seen: list[str]) -> DictConfig:
         raise ConfigError(f"conf={name}: no such config; available: {', '.join(available_configs()) or 'none'}")
     if name in seen:
         raise ConfigError(f"conf={name}: circular base: {' -> '.join(seen + [name])}")
+    check_yaml_text(path.read_text(encoding="utf-8", errors="replace"), f"conf={name}: {path}")
     try:
         cfg = OmegaConf.load(path)
     except Exception as err:  # malformed YAML
@@ -183,6 +226,7 @@ def from_yaml(text: str) -> RunConfig:
     A stored config is input too (a run dir may be damaged or hand-edited): anything that is not a mapping of known,
     well-typed keys is a one-line ConfigError."""
 
+    check_yaml_text(text, "the stored config")
     try:
         data = OmegaConf.create(text)
         if not isinstance(data, DictConfig):
@@ -219,6 +263,9 @@ def apply_overrides(cfg: RunConfig, overrides: list[str] | Mapping[str, Any], *,
 def _set_typed(dc: DictConfig, values: Mapping[str, Any], where: str) -> None:
     """Set each dotted key of `dc` to its (already typed) value; the schema checks the type, naming the key."""
     for key, value in values.items():
+        if isinstance(value, str) and "${" in value:  # a sweep's values are typed already; strings stay literal
+            raise ConfigError(f"{where}{key}: interpolations (${{...}}) are not supported in a config; "
+                              "write the value out")
         try:
             node = OmegaConf.select(dc, key, throw_on_missing=False)
         except OmegaConfBaseException:

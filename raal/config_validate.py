@@ -26,24 +26,70 @@ from raal.config_schema import (
 from raal.errors import ConfigError
 
 _SCHEDULE_TERM = re.compile(r"^\[\s*(\d+(?:\s*,\s*\d+)*)\s*\](?:\s*\*\s*(\d+))?$")
+#: Bounds checked on the text and its parsed terms before anything is expanded (issue #26): a schedule that asks for
+#: more than this many rounds, or a number with more digits, is refused in one line however it is written.
+MAX_SCHEDULE_CHARS = 10_000  # the text itself (the paper's longest schedule is 16 characters)
+MAX_ROUNDS = 10_000  # query rounds, whatever the pool (each round trains a model; the papers run at most 18)
+MAX_NUMBER_DIGITS = 15  # one query size or repeat count: < 10**15, past any pool, well inside int64
+
+
+def _show(text: str) -> str:
+    """The schedule as quoted in a message: whole when short, else its start (the message stays one short line)."""
+    return repr(text) if len(text) <= 80 else repr(text[:60]) + f"... ({len(text)} characters)"
+
+
+def _number(digits: str, text: str) -> int:
+    if len(digits) > MAX_NUMBER_DIGITS:
+        raise ConfigError(f"al.schedule: the number {digits[:20]}... in {_show(text)} has {len(digits)} digits; "
+                          f"at most {MAX_NUMBER_DIGITS}")
+    return int(digits)
+
+
+def schedule_terms(text: str) -> list[tuple[list[int], int]]:
+    """The schedule's terms as (query sizes, repeat count) pairs, parsed and bounded but not expanded.
+
+    Refused (ConfigError) before any list is built: text longer than MAX_SCHEDULE_CHARS, a number longer than
+    MAX_NUMBER_DIGITS digits (int() of a long digit string is slow, and past 4300 digits a ValueError that is no
+    config error), and terms that together ask for more than MAX_ROUNDS rounds (counted as len(sizes) x repeat).
+    """
+    text = str(text).strip()
+    if len(text) > MAX_SCHEDULE_CHARS:
+        raise ConfigError(f"al.schedule: {_show(text)} is longer than {MAX_SCHEDULE_CHARS} characters")
+    if not text:
+        return []
+    terms: list[tuple[list[int], int]] = []
+    rounds = 0
+    for term in text.split("+"):
+        m = _SCHEDULE_TERM.match(term.strip())
+        if not m:
+            raise ConfigError(f"al.schedule: cannot parse {_show(term.strip())} in {_show(text)}; "
+                              "allowed: terms like [200]*10 or [100,200] joined by +")
+        values = [_number(v.strip(), text) for v in m.group(1).split(",")]
+        repeat = _number(m.group(2), text) if m.group(2) else 1
+        rounds += len(values) * repeat
+        if rounds > MAX_ROUNDS:
+            raise ConfigError(f"al.schedule: {_show(text)} asks for more than {MAX_ROUNDS} query rounds "
+                              f"(at least {rounds})")
+        terms.append((values, repeat))
+    return terms
+
+
+def schedule_labels(text: str) -> int:
+    """The labels the schedule asks for in all (al.initial not included), from its terms: nothing is expanded."""
+    return sum(sum(values) * repeat for values, repeat in schedule_terms(text))
 
 
 def parse_schedule(text: str) -> list[int]:
     """Parse a query schedule written as in the paper, e.g. "[200]*10+[500]*8" or "[100,200]+[50]*2".
 
-    No eval(): a config string is untrusted input.
+    No eval(): a config string is untrusted input. Nothing is expanded before `schedule_terms` has bounded it: at
+    most MAX_ROUNDS rounds (10,000) whatever the pool, so "[200]*99999999999" is one ConfigError line, never a
+    MemoryError. Whether the labels fit the pool is `validate_against_pool`, as soon as the pool's size is known
+    (before any work), which counts them from the terms without expanding either.
     """
-    text = str(text).strip()
-    if not text:
-        return []
     sizes: list[int] = []
-    for term in text.split("+"):
-        m = _SCHEDULE_TERM.match(term.strip())
-        if not m:
-            raise ConfigError(f"al.schedule: cannot parse {term.strip()!r} in {text!r}; "
-                              "allowed: terms like [200]*10 or [100,200] joined by +")
-        values = [int(v) for v in m.group(1).split(",")]
-        sizes.extend(values * int(m.group(2) or 1))
+    for values, repeat in schedule_terms(text):
+        sizes.extend(values * repeat)
     return sizes
 
 
@@ -198,8 +244,8 @@ def _check_ranges(cfg: RunConfig) -> None:
 
 def validate_against_pool(cfg: RunConfig, pool_size: int) -> None:
     """The budget must fit in the pool: checked as soon as the pool's size is known, before any work."""
-    budget = cfg.al.initial + sum(parse_schedule(cfg.al.schedule))
+    budget = cfg.al.initial + schedule_labels(cfg.al.schedule)  # counted from the terms, not expanded
     if budget > pool_size:
         raise ConfigError(f"al.schedule: the budget (al.initial={cfg.al.initial} + schedule "
-                          f"{cfg.al.schedule!r} = {budget}) is larger than the pool ({pool_size} items)")
+                          f"{_show(str(cfg.al.schedule))} = {budget}) is larger than the pool ({pool_size} items)")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from raal.strategies.activeft import ActiveFT, ActiveFTConfig, map_to_items, optimise_centroids
-from raal.strategies.base import Pool, Strategy
+from raal.strategies.base import Pool, Strategy, check_option
 
 
 def hybrid_selection(x: np.ndarray, labeled_mask: np.ndarray, budget: int, cfg: ActiveFTConfig,
@@ -38,6 +38,8 @@ class ActiveFTAL(Strategy):
     def __init__(self, iterations: int = 100, batch: int = 20_000, lr: float = 1e-3, tau: float = 0.07,
                  balance: float = 1.0, first_round: ActiveFT | None = None):
         self.cfg = ActiveFTConfig(iterations=int(iterations), batch=int(batch), lr=lr, tau=tau, balance=balance)
+        check_option(self.name, "first_round", first_round, first_round is None or isinstance(first_round, ActiveFT),
+                     "must be an ActiveFT strategy (or None: ActiveFT with this lr, tau and balance)")
         self.first_round = first_round or ActiveFT(lr=lr, tau=tau, balance=balance)
 
     def _select(self, budget: int, pool: Pool, *, probs, embeddings, seed: int) -> np.ndarray:

@@ -156,6 +156,18 @@ def _check_output(name: str, out: np.ndarray, budget: int, pool: Pool) -> None:
         raise RuntimeError(f"strategy {name!r} returned an out-of-range or labeled index")
 
 
+def check_option(strategy: str, option: str, value, ok: bool, allowed: str) -> None:
+    """A constructor option's check (tests/test_strategy_options.py has one per option): a ValueError naming the
+    strategy, the option and what it allows, at construction, instead of a crash deep in faiss or a silent default."""
+    if not ok:
+        raise ValueError(f"strategy {strategy!r}: {option}={value!r} is not allowed; {allowed}")
+
+
+def is_flag(v) -> bool:
+    """A real boolean (bool("no") is True, so a string must not pass as a flag)."""
+    return isinstance(v, (bool, np.bool_))
+
+
 def pick_priority(n: int) -> np.ndarray:
     """The score people see beside a query of n picks, in pick order: 1 - k/n for the k-th pick, so higher means
     ask sooner for every strategy (uncertainty sorts and set-based picks alike), in (0, 1]."""

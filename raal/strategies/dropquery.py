@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from raal.index import chunk_rows, iter_slices, kmeans_labels, read_rows
-from raal.strategies.base import Pool, Strategy
+from raal.strategies.base import Pool, Strategy, check_option
 from raal.strategies.kmeans_centroid import centroid_items
 
 CHUNK_BYTES = 32 << 20
@@ -56,6 +56,7 @@ class DropQuery(Strategy):
     def __init__(self, iterations: int = 3, dropout: float = 0.75, niter: int = 20):
         if iterations < 1 or not 0 < dropout < 1:
             raise ValueError(f"dropquery needs iterations >= 1 and 0 < dropout < 1, got {iterations}, {dropout}")
+        check_option(self.name, "niter", niter, int(niter) >= 0, "must be >= 0 (Lloyd steps)")
         self.iterations, self.dropout, self.niter = int(iterations), float(dropout), int(niter)
         self.last: dict = {}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from raal.index import kcenter_greedy
-from raal.strategies.base import Pool, Strategy
+from raal.strategies.base import Pool, Strategy, check_option
 
 
 class FeatDist(Strategy):
@@ -19,6 +19,7 @@ class FeatDist(Strategy):
     requires = frozenset({"embeddings"})
 
     def __init__(self, block_rows: int = 256):
+        check_option(self.name, "block_rows", block_rows, int(block_rows) >= 1, "must be >= 1")
         self.block_rows = int(block_rows)
 
     def _select(self, budget: int, pool: Pool, *, probs, embeddings, seed: int) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from raal.index import kmeans_labels, knn, min_sq_dist_to
-from raal.strategies.base import Pool, Strategy
+from raal.strategies.base import Pool, Strategy, check_option
 
 
 def centroid_items(x: np.ndarray, centroids: np.ndarray, rows: np.ndarray, *, normalize: bool,
@@ -56,6 +56,9 @@ class KMeansCentroid(Strategy):
     requires = frozenset({"embeddings"})
 
     def __init__(self, niter: int = 20, max_points_per_centroid: int = 256):
+        check_option(self.name, "niter", niter, int(niter) >= 0, "must be >= 0 (Lloyd steps)")
+        check_option(self.name, "max_points_per_centroid", max_points_per_centroid, int(max_points_per_centroid) >= 1,
+                     "must be >= 1")
         self.niter = int(niter)
         self.max_points_per_centroid = int(max_points_per_centroid)
 

@@ -7,7 +7,7 @@ import numpy as np
 
 from raal.index import kmeans, knn, min_sq_dist_to, range_search
 from raal.index_ann import PoolIndex
-from raal.strategies.base import Pool, Strategy
+from raal.strategies.base import Pool, Strategy, check_option, is_flag
 
 NEIGHBOURS = 32  # k-NN list per item: it yields both the purity distances and (mostly) the δ-balls
 EXACT_MAX_N = 50_000  # above this many items the k-NN lists and balls come from an approximate index (PoolIndex)
@@ -151,6 +151,12 @@ class ProbCover(Strategy):
                  nlist: int | None = None):
         if not 0 < alpha <= 1:
             raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+        for option, value, low in (("num_classes", num_classes, 1), ("niter", niter, 0), ("exact_max_n", exact_max_n, 0),
+                                   ("nprobe", nprobe, 1), ("nlist", 1 if nlist is None else nlist, 1)):
+            check_option(self.name, option, value, int(value) >= low, f"must be >= {low}")
+        # a negative delta used to act as |delta| (the ball test squares it)
+        check_option(self.name, "delta", delta, delta is None or float(delta) > 0, "must be > 0 (or None: the purity rule)")
+        check_option(self.name, "normalize", normalize, is_flag(normalize), "must be true or false")
         self.num_classes, self.alpha, self.niter = int(num_classes), float(alpha), int(niter)
         self.delta = None if delta is None else float(delta)
         self.normalize = bool(normalize)

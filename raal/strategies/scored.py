@@ -5,7 +5,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from raal.strategies.base import Pool, Strategy, row_scores, top_by_score
+from raal.strategies.base import Pool, Strategy, check_option, is_flag, row_scores, top_by_score
 
 
 def predicted_class(block: np.ndarray) -> np.ndarray:
@@ -45,6 +45,7 @@ class ScoreStrategy(Strategy):
     item_score: Callable[[np.ndarray], np.ndarray]  # each subclass's per-item score of a block of probs
 
     def __init__(self, balanced: bool = False):
+        check_option(self.name, "balanced", balanced, is_flag(balanced), "must be true or false")
         self.balanced = bool(balanced)
 
     def _select(self, budget: int, pool: Pool, *, probs, embeddings, seed: int) -> np.ndarray:

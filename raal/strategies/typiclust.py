@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from raal.index import kmeans, knn, min_sq_dist_to
-from raal.strategies.base import Pool, Strategy
+from raal.strategies.base import Pool, Strategy, check_option, is_flag
 
 
 def cluster_schedule(sizes: np.ndarray, n_labeled: np.ndarray, n_free: np.ndarray, budget: int,
@@ -79,6 +79,10 @@ class TypiClust(Strategy):
 
     def __init__(self, k_nn: int = 20, max_clusters: int = 500, min_cluster_size: int = 5, niter: int = 20,
                  normalize: bool = False):
+        for option, value, low in (("k_nn", k_nn, 1), ("max_clusters", max_clusters, 1),
+                                   ("min_cluster_size", min_cluster_size, 0), ("niter", niter, 0)):
+            check_option(self.name, option, value, int(value) >= low, f"must be >= {low}")
+        check_option(self.name, "normalize", normalize, is_flag(normalize), "must be true or false")
         self.k_nn, self.max_clusters, self.min_cluster_size = int(k_nn), int(max_clusters), int(min_cluster_size)
         self.niter, self.normalize = int(niter), bool(normalize)
 

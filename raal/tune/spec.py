@@ -16,7 +16,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from raal.config import conf_dir
+from raal.config import check_yaml_text, conf_dir
 from raal.errors import ConfigError
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -69,6 +69,7 @@ def load_sweep(name: str, cli: list[str] | None = None) -> tuple[SweepSpec, list
     path = sweep_path(name)
     if not path.is_file():
         raise ConfigError(f"conf={name}: no sweep file {path}")
+    check_yaml_text(path.read_text(encoding="utf-8", errors="replace"), f"conf={name}: {path}")
     try:
         raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     except Exception as err:
@@ -89,6 +90,7 @@ def load_sweep(name: str, cli: list[str] | None = None) -> tuple[SweepSpec, list
             rest = key[len("tune."):]
             kind, _, pkey = rest.partition(".")
             if kind in KINDS and pkey:
+                check_yaml_text(value, key)  # bounded before YAML reads it (aliases, interpolations)
                 params[pkey] = {kind: _parse_value(value)}
             elif kind == "params":
                 raise ConfigError(f"{item!r}: sweep a key with tune.grid.KEY=[…] (or choice/uniform/loguniform/"
