@@ -24,11 +24,13 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from raal.errors import RaalError
+
 # Installed next to the locked packages on purpose: the project itself (an editable install, not in its own lock).
 NOT_LOCKED = frozenset({"raal"})
 
 
-class LockError(ValueError):
+class LockError(RaalError, ValueError):
     """A lock file that cannot be read: missing, or a line that is not a requirement."""
 
 
