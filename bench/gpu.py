@@ -67,9 +67,9 @@ def _timer(out: dict, key: str, dev: torch.device):
 # ------------------------------------------------------------------------------------------------- 1. embedding
 def section_embed(cfg: dict, dev: torch.device, tiny: bool) -> dict:
     from bench.embed import _head, plain_loop, ray_pass
-    from raal import embed_pool
     from raal.config import DataConfig
     from raal.data import ImageTransform, load_data
+    from raal.features import _pool as embed_pool
     from raal.raylocal import init_local_ray
 
     init_local_ray(num_cpus=2 if tiny else None, quiet=True)
@@ -239,8 +239,8 @@ def _passes_on(dev: torch.device):
 
     Patched where they are looked up: transfer_logme (class sums) and transfer_ped (class sums, scatter).
     """
-    import raal.transfer_logme as tl
-    import raal.transfer_ped as tp
+    import raal.transfer._logme as tl
+    import raal.transfer._ped as tp
 
     def class_sums(X, codes, n_classes, gram):
         xt = torch.as_tensor(X, device=dev).double()

@@ -22,8 +22,7 @@ import torch
 
 from raal.config import DataConfig, EmbedConfig, ModelConfig
 from raal.data import ImageTransform, load_data
-from raal.embed import embed_images, plan_actors
-from raal.features import FeatureStore
+from raal.features import FeatureStore, embed_images, plan_actors
 from raal.models.backbones import build_backbone
 from raal.store import RunStore
 
@@ -85,7 +84,7 @@ def test_plan_actors_fits_two_cpus(ray_local):
 
 
 def test_cpu_share_leaves_one_cpu_for_upstream_tasks():
-    from raal.embed import _cpu_share
+    from raal.features._embed import _cpu_share
 
     assert _cpu_share(2.0, 2) == 0.5 and _cpu_share(2.0, 1) == 1.0  # 2 CPUs: 2×0.5 or 1×1, one CPU spare
     assert _cpu_share(1.0, 1) == 0.0 and _cpu_share(0.0, 3) == 0.0  # nothing spare: reserve none, never wait
@@ -154,7 +153,7 @@ KILLED_PASS = textwrap.dedent("""
     ray.data.DataContext.get_current().enable_progress_bars = False
     from raal.config import DataConfig, EmbedConfig, ModelConfig
     from raal.data import ImageTransform, load_data
-    from raal.embed import embed_images
+    from raal.features import embed_images
     from raal.features import FeatureStore
     from raal.store import RunStore
     pool = load_data(DataConfig(pool_size={pool}, test_size=50)).pool
@@ -227,7 +226,7 @@ def _tuned_state_dict(path):
 @pytest.mark.ray
 def test_warm_actors_persist_across_passes_and_rebuild_for_new_weights(ray_local, pool, transform, reference,
                                                                        tmp_path):
-    from raal import embed_pool
+    from raal.features import _pool as embed_pool
 
     embed_pool.release()
     fs = FeatureStore(RunStore(tmp_path / "run"))

@@ -39,7 +39,7 @@ def test_faiss_path_matches_numpy_path(data, monkeypatch):
     """Blocks above SMALL_WORK go to faiss.knn; both paths give the same neighbours."""
     q, b = data
     small = index.knn(q, b, 3, metric="l2")
-    monkeypatch.setattr(index, "SMALL_WORK", 0)
+    monkeypatch.setattr(index._search, "SMALL_WORK", 0)  # where knn reads it
     big = index.knn(q, b, 3, metric="l2")
     np.testing.assert_array_equal(small[1], big[1])
     np.testing.assert_allclose(small[0], big[0], rtol=1e-4, atol=1e-4)
@@ -183,7 +183,7 @@ def _clustered(n=3000, dim=16, classes=40, seed=0):
 
 
 def test_split_budget_is_proportional_and_fits():
-    from raal.index_kmeans import split_budget
+    from raal.index._kmeans import split_budget
     sizes = np.array([500, 300, 3, 0, 197])
     share = split_budget(sizes, 100)
     assert share.sum() == 100 and (share <= sizes).all() and share[3] == 0
@@ -194,7 +194,7 @@ def test_split_budget_is_proportional_and_fits():
 def test_two_level_kmeans_objective_near_flat_and_deterministic():
     """Measured on this data (seeds 0-3): the two-level objective is 0.3-1.5% (nearest centroid) / 1.8-3.3% (its own
     assignment) above flat k-means; the bounds leave a wide margin."""
-    from raal.index_kmeans import kmeans_labels, two_level_kmeans
+    from raal.index._kmeans import kmeans_labels, two_level_kmeans
     x = _clustered()
     cent, lab, d = two_level_kmeans(x, 200, seed=1)
     assert cent.shape == (200, 16) and lab.min() >= 0 and lab.max() < 200
@@ -208,7 +208,7 @@ def test_two_level_kmeans_objective_near_flat_and_deterministic():
 
 
 def test_kmeans_switches_to_two_level_above_the_thresholds(monkeypatch):
-    import raal.index_kmeans as ik
+    import raal.index._kmeans as ik
     x = _clustered(n=800)
     assert not ik.use_two_level(800, 100, 16)
     flat = index.kmeans(x, 100, seed=0)
@@ -223,7 +223,7 @@ def test_kmeans_switches_to_two_level_above_the_thresholds(monkeypatch):
 
 def test_pool_index_recall_exact_distances_and_filters():
     """recall@10 with 4 of 219 cells probed is 0.971-0.976 on this data (seeds 0-3); all cells probed, 0.99993."""
-    from raal.index_ann import PoolIndex, recall_at_k
+    from raal.index._ann import PoolIndex, recall_at_k
     x = _clustered(n=3000)
     de, ie = index.knn(x, x, 10, normalize=True)
     pi = PoolIndex(x, normalize=True, nprobe=4, seed=0)

@@ -12,11 +12,12 @@ import pytest
 from PIL import Image
 
 from raal import labeling, layout
-from raal import labelstudio as ls
 from raal.config import load_config
 from raal.data.sources import ANIMAL_MNIST_CLASSES, animal_mnist_arrays
 from raal.errors import LabelImportError
+from raal.labeling import labelstudio as ls
 from raal.pipelines.experiment import Experiment
+from raal.run import label_main
 
 pytestmark = [pytest.mark.timeout(600)]
 
@@ -51,7 +52,7 @@ def write_csv(path, rows, label_of=lambda i: ANIMAL_MNIST_CLASSES[TRUTH[i]]):
 
 
 def label(run_dir, file, *extra):
-    return labeling.main([f"run_dir={run_dir}", f"file={file}", *extra])
+    return label_main([f"run_dir={run_dir}", f"file={file}", *extra])
 
 
 def ledger_bytes(run_dir):
@@ -181,10 +182,10 @@ def test_label_studio_parser_and_usage_errors(tmp_path, capsys):
     with pytest.raises(LabelImportError, match="not valid JSON"):
         ls.parse("[{", "x.json")
     assert ls.parse("id,label\n3,\n4,cat\n", "a.csv") == [ls.Answer(4, "cat", "")]  # blank = unanswered
-    assert labeling.main(["run_dir=/nonexistent/raal", "file=a.csv"]) == 2
+    assert label_main(["run_dir=/nonexistent/raal", "file=a.csv"]) == 2
     assert "holds no run" in capsys.readouterr().err
-    assert labeling.main(["file=a.csv"]) == 2 and "label needs run_dir=" in capsys.readouterr().err
-    assert labeling.main(["run_dir=x", "file=y", "allow_partial=maybe"]) == 2
+    assert label_main(["file=a.csv"]) == 2 and "label needs run_dir=" in capsys.readouterr().err
+    assert label_main(["run_dir=x", "file=y", "allow_partial=maybe"]) == 2
 
 
 def test_validate_is_all_or_nothing():

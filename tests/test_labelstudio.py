@@ -10,9 +10,10 @@ import pyarrow as pa
 import pytest
 
 from raal import labeling
-from raal import labelstudio as ls
 from raal.config import load_config, to_yaml
 from raal.errors import ConfigError, LabelImportError
+from raal.labeling import labelstudio as ls
+from raal.run import label_main
 from raal.store import RunStore
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "labelstudio")
@@ -120,12 +121,12 @@ def listing(path):
 def test_every_format_imports_by_raal_id(tmp_path, capsys, name):
     run_dir = waiting_run(tmp_path)
     (tmp_path / name).write_text(fixture(name), encoding="utf-8")
-    assert labeling.main([f"run_dir={run_dir}", f"file={tmp_path / name}"]) == 0
+    assert label_main([f"run_dir={run_dir}", f"file={tmp_path / name}"]) == 0
     out = capsys.readouterr().out
     assert "3 new labels imported; 3 of 5 queried items labeled, 2 still waiting" in out, out
     assert "annotators tied (oracle.annotations=majority): raal_ids [103]" in out
     assert labeling.Ledger(RunStore(str(run_dir))).load() == {101: 0, 102: 1, 104: 2}
-    assert labeling.main([f"run_dir={run_dir}", f"file={tmp_path / name}"]) == 0  # a re-import adds nothing
+    assert label_main([f"run_dir={run_dir}", f"file={tmp_path / name}"]) == 0  # a re-import adds nothing
     assert "0 new labels imported (3 identical" in capsys.readouterr().out
 
 
@@ -158,7 +159,7 @@ def test_malformed_choices_one_line_exit_2(tmp_path, capsys, name):
     text, message = malformed_exports()[name]
     (tmp_path / name).write_text(text, encoding="utf-8")
     before = listing(run_dir)
-    assert labeling.main([f"run_dir={run_dir}", f"file={tmp_path / name}"]) == 2
+    assert label_main([f"run_dir={run_dir}", f"file={tmp_path / name}"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
     assert listing(run_dir) == before

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from raal import labelstudio as ls
 from raal.data.sources import ANIMAL_MNIST_CLASSES, animal_mnist_arrays
+from raal.labeling import labelstudio as ls
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 

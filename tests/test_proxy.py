@@ -9,10 +9,9 @@ import pytest
 import torch
 
 from raal.config import ProxyConfig
-from raal.proxy import (
+from raal.recipe import cosine_multiplier, epoch_batches
+from raal.train import (
     ProxyMLP,
-    cosine_multiplier,
-    epoch_batches,
     load_proxy,
     num_parameters,
     predict,

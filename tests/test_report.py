@@ -110,7 +110,7 @@ def test_report_of_two_runs_embeds_decodable_nonblank_images(tmp_path, capsys):
 
 def test_report_numbers_match_metrics(tmp_path):
     from raal.metrics import Prices, sample_saving_ratio
-    from raal.report import _build
+    from raal.report._write import _build
 
     run = make_run(tmp_path, "exp")
     runs, stats = _build([run])
@@ -177,7 +177,7 @@ def test_config_options_are_read_with_defaults(tmp_path):
 
 
 def test_a_failing_plot_is_reported_and_the_rest_is_written(tmp_path, monkeypatch):
-    import raal.report as rep
+    import raal.report._write as rep  # where write_report looks plot_time up
 
     def boom(*_a, **_k):
         raise RuntimeError("synthetic failure")

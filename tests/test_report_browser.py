@@ -4,8 +4,9 @@ import os
 import pytest
 from test_report import make_run
 
-from raal.report import _build, write_report
-from raal.report_plots import seed_groups
+from raal.report import write_report
+from raal.report._plots import seed_groups
+from raal.report._write import _build
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -297,7 +297,7 @@ def test_probcover_approximate_index_few_cells_probed_is_deterministic_and_valid
 def test_kmeans_centroid_two_level_path(monkeypatch):
     """With the thresholds forced low, k-means runs in two levels; the picks stay distinct, unlabeled, one per
     cluster of the hierarchical assignment (its nearest member), and deterministic."""
-    import raal.index_kmeans as ik
+    import raal.index._kmeans as ik
 
     monkeypatch.setattr(ik, "TWO_LEVEL_MIN_K", 1)
     monkeypatch.setattr(ik, "TWO_LEVEL_WORK", 0)

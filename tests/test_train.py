@@ -25,7 +25,6 @@ from raal.models.backbones import build_backbone
 from raal.models.lora import small_vit_backbone
 from raal.train import (
     CRASH_ENV,
-    _build_classifier,
     check_train_images,
     finetune,
     finetune_lora,
@@ -34,6 +33,7 @@ from raal.train import (
     state_digest,
     worker_resources,
 )
+from raal.train._parts import _build_classifier
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -77,7 +77,7 @@ def test_rank_order_partitions_one_global_permutation():
 
 
 def test_step_budget_sets_the_epochs_and_lbfgs_lp_is_one_pass():
-    from raal.train import _stages
+    from raal.train._parts import _stages
 
     tc = TrainConfig(lp_epochs=2, epochs=3, min_steps=200)
     ft = _stages("ft", tc, None, steps_per_epoch=2)  # 100 epochs of 2 steps reach the 200-step budget
@@ -299,7 +299,7 @@ def test_the_warm_actor_dies_with_its_owner_and_on_release(ray_local):
     import os
     import time
 
-    from raal import train_warm
+    from raal.train import _warm as train_warm
 
     def gone(pid: int, within: float = 30.0) -> bool:
         deadline = time.monotonic() + within
@@ -314,7 +314,7 @@ def test_the_warm_actor_dies_with_its_owner_and_on_release(ray_local):
     @ray_local.remote(num_cpus=0)
     class Owner:  # the pipeline's driver actor owns the run's warm actor
         def start(self):
-            from raal import train_warm
+            from raal.train import _warm as train_warm
 
             return ray_local.get(train_warm._actor(False).pid.remote())
 

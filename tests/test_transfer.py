@@ -7,8 +7,11 @@ import logging
 import numpy as np
 import pytest
 
-from raal import transfer, transfer_logme, transfer_passes, transfer_ped
+from raal import transfer
 from raal.transfer import RescaleStats, logme, logme_details, logme_ped, ped, reference_stats
+from raal.transfer import _logme as transfer_logme
+from raal.transfer import _passes as transfer_passes
+from raal.transfer import _ped as transfer_ped
 
 pytestmark = pytest.mark.timeout(60)
 

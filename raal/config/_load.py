@@ -2,8 +2,8 @@
 
 Every RunConfig is made along one path — `load_config` (a new run) or `apply_overrides` (a resume with changed
 settings, every Ray Tune trial) — and both end in `validate`, so a typo is caught before any work starts
-(`ConfigError`, one line naming the key and what is allowed). The schema lives in `raal.config_schema`, the checks
-in `raal.config_validate`; both are re-exported here, so `from raal.config import X` works for all of them.
+(`ConfigError`, one line naming the key and what is allowed). The schema lives in `_schema`, the checks in
+`_validate`; `raal.config` re-exports all three.
 """
 from __future__ import annotations
 
@@ -16,42 +16,9 @@ import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from raal.config_schema import (  # noqa: F401 - the schema is part of this module's interface
-    ANNOTATION_POLICIES,
-    AUTOCAST_MODES,
-    DATA_SOURCES,
-    DEVICES,
-    EVAL_MODES,
-    IMAGE_URL_MODES,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    INITIAL_STRATEGIES,
-    MAIN_KEYS,
-    ORACLES,
-    PIPELINES,
-    STOP_MODES,
-    TRAIN_METHODS,
-    ALConfig,
-    ASVPConfig,
-    CostConfig,
-    DataConfig,
-    EmbedConfig,
-    EvalConfig,
-    LogConfig,
-    LoraConfig,
-    MetricsConfig,
-    ModelConfig,
-    OracleConfig,
-    PEDConfig,
-    ProxyConfig,
-    RayConfig,
-    RunConfig,
-    StoppingConfig,
-    TrackConfig,
-    TrainConfig,
-)
-from raal.config_validate import NUMERIC_RANGES, parse_schedule, validate, validate_against_pool  # noqa: F401 - re-exported
-from raal.errors import ConfigError  # noqa: F401 - re-exported
+from raal.config._schema import RunConfig
+from raal.config._validate import validate
+from raal.errors import ConfigError
 
 
 def conf_dir() -> Path:
@@ -62,7 +29,7 @@ def conf_dir() -> Path:
     cwd = Path.cwd() / "conf"
     if cwd.is_dir():
         return cwd
-    return Path(__file__).resolve().parent.parent / "conf"
+    return Path(__file__).resolve().parents[2] / "conf"  # raal/config/_load.py -> the repository
 
 
 def is_sweep_config(path: Path) -> bool:

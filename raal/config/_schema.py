@@ -6,13 +6,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from raal.pipelines import registry as pipeline_registry
-
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
 DATA_SOURCES = ("animal_mnist", "image_folder", "parquet")
-PIPELINES = pipeline_registry.NAMES
+# The pipelines and strategies a config may name. The config owns these names so that it never imports the code
+# behind them (pipelines pull torch and Ray); raal.pipelines.registry and raal.strategies check themselves against
+# them when imported, so a pipeline or strategy added on one side only fails at once.
+PIPELINES = ("standard", "svpp", "asvp", "activeft", "peal")
+STRATEGIES = ("activeft", "activeft_al", "badge", "confidence", "coreset", "dropquery", "entropy", "featdist",
+              "kmeans_centroid", "margin", "probcover", "random", "typiclust")  # sorted
+BALANCED_STRATEGIES = ("confidence", "entropy", "margin")  # those that rank by a score take al.balanced
 TRAIN_METHODS = ("ft", "lpft")
 DEVICES = ("auto", "cpu", "cuda")
 AUTOCAST_MODES = ("bf16", "fp16", "none")
@@ -61,7 +65,7 @@ class EmbedConfig:
     device: str = "auto"  # auto | cpu | cuda
     autocast: str = "bf16"  # on CUDA: bf16 | fp16 | none
     shard_rows: int = 4096  # rows per feature shard written to the store
-    warm: bool = True  # keep the embedding actors alive across the passes of a run (raal/embed_pool.py)
+    warm: bool = True  # keep the embedding actors alive across the passes of a run (raal/features/_pool.py)
 
 
 @dataclass
@@ -143,7 +147,7 @@ class TrainConfig:
     # evaluator's cached prefix activations (standard AL's model, ASVP's refresh), the evaluator's recipe
     # (eval.*) with this method; needs eval.every_round=evaluator. Meant for CPUs.
     freeze_blocks: int = 0
-    warm: str = "auto"  # auto: one-worker jobs on the run's warm training actor (raal/train_warm.py) | off: Ray Train
+    warm: str = "auto"  # auto: one-worker jobs on the run's warm training actor (raal/train/_warm.py) | off: Ray Train
 
 
 @dataclass
@@ -263,7 +267,7 @@ class TrackConfig:
 
 @dataclass
 class LogConfig:
-    """The console shows raal's own lines; everything goes to <run_dir>/raal.log (raal/console.py)."""
+    """The console shows raal's own lines; everything goes to <run_dir>/raal.log (raal/logs.py)."""
     level: str = "INFO"  # raal.log's level: DEBUG | INFO | WARNING | ERROR
     verbose: bool = False  # also show every log line (raal's and Ray's) on the console; same as -v
 

@@ -9,9 +9,10 @@ import math
 import re
 from typing import Any
 
-from raal.config_schema import (
+from raal.config._schema import (
     ANNOTATION_POLICIES,
     AUTOCAST_MODES,
+    BALANCED_STRATEGIES,
     DATA_SOURCES,
     DEVICES,
     EVAL_MODES,
@@ -20,6 +21,7 @@ from raal.config_schema import (
     ORACLES,
     PIPELINES,
     STOP_MODES,
+    STRATEGIES,
     TRAIN_METHODS,
     RunConfig,
 )
@@ -54,8 +56,6 @@ def _check(cond: bool, key: str, allowed: str, value: Any) -> None:
 
 def validate(cfg: RunConfig) -> None:
     """Semantic checks the schema cannot express. Pool-size checks happen in `validate_against_pool`."""
-    from raal import strategies  # lazy: light: strategies pull numpy/scipy
-
     _check_ranges(cfg)  # numeric ranges of embed/proxy/train/lora, each naming its own key
     d = cfg.data
     _check(d.source in DATA_SOURCES, "data.source", f"allowed: {', '.join(DATA_SOURCES)}", d.source)
@@ -80,10 +80,10 @@ def validate(cfg: RunConfig) -> None:
     _check(cfg.embed.num_actors >= 0, "embed.num_actors", "must be >= 0 (0 = auto)", cfg.embed.num_actors)
     a = cfg.al
     _check(a.pipeline in PIPELINES, "al.pipeline", f"allowed: {', '.join(PIPELINES)}", a.pipeline)
-    known = strategies.names()
+    known = list(STRATEGIES)
     _check(a.strategy in known, "al.strategy", f"allowed: {', '.join(known)}", a.strategy)
-    _check(not a.balanced or strategies.accepts(a.strategy, "balanced"), "al.balanced",
-           f"only strategies that rank by a score accept it ({', '.join(strategies.accepting('balanced'))})",
+    _check(not a.balanced or a.strategy in BALANCED_STRATEGIES, "al.balanced",
+           f"only strategies that rank by a score accept it ({', '.join(BALANCED_STRATEGIES)})",
            f"{a.balanced} with al.strategy={a.strategy}")
     for arm in a.compare:
         parts = str(arm).split("/")

@@ -10,12 +10,11 @@ Actor layout comes from the cluster's free resources at call time (a fixed layou
 one GPU per actor when the cluster has GPUs and the device allows; otherwise CPU actors that together leave one
 CPU free for the upstream read/transform tasks, so the pipeline also runs inside a driver actor holding num_cpus=0.
 
-In-memory image sets (`embed.warm`, the default) go through the run's warm actors instead (raal/embed_pool.py):
+In-memory image sets (`embed.warm`, the default) go through the run's warm actors instead (raal/_pool.py):
 the same `_Embedder` in long-lived actors, so only a run's first pass pays their start-up.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -28,12 +27,15 @@ import numpy as np
 from raal.config import DEVICES, EmbedConfig, ModelConfig
 from raal.data.sources import ImageSet
 from raal.data.transforms import ImageTransform
-from raal.features import FeatureSet, FeatureStore, PassProgress, ShardAssembler
+from raal.features import _pool
+from raal.features._embedder import _Embedder
+from raal.features._shards import ShardAssembler
+from raal.features._store import FeatureSet, FeatureStore
+from raal.progress import PassProgress
 from raal.raylocal import init_local_ray
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("raal.embed")  # the name users see in raal.log, as before the package
 
-AUTOCAST = {"bf16": "bfloat16", "fp16": "float16", "none": None}
 MAX_BLOCKS = 4096
 
 
@@ -81,51 +83,6 @@ def plan_actors(device: str = "auto", num_actors: int = 0, *, max_threads: int =
 def _cpu_share(cpu_free: float, k: int) -> float:
     spare = cpu_free - 1.0
     return 0.0 if spare <= 0 else math.floor(min(1.0, spare / k) * 100) / 100
-
-
-class _Embedder:
-    """Ray Data UDF: builds the backbone once per actor, then turns raw image batches into features (+ logits)."""
-
-    def __init__(self, model_cfg: ModelConfig, transform: ImageTransform, state_dict_path: str | None,
-                 device: str, autocast: str, with_logits: bool, torch_threads: int):
-        import torch
-
-        from raal.models.backbones import build_backbone, load_state_dict  # lazy: heavy: torch
-
-        if torch_threads > 0:  # decode/resize run on CPU threads on every device
-            torch.set_num_threads(torch_threads)
-        state = load_state_dict(Path(state_dict_path)) if state_dict_path else None
-        self.device = torch.device(device)
-        model = build_backbone(model_cfg, state)
-        self.has_head = model.head is not None
-        self.with_logits = with_logits and self.has_head
-        self.transform = transform
-        self.autocast = AUTOCAST[autocast] if device == "cuda" else None
-        if device == "cuda":
-            torch.backends.cudnn.benchmark = True
-            model = model.to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.model = model.eval()
-
-    def __call__(self, batch: dict) -> dict:
-        import torch
-
-        t_start = time.time()
-        ids = np.asarray(batch["id"], dtype=np.int64)
-        x = torch.from_numpy(self.transform(batch))  # a fresh float32 array: safe to hand to torch
-        cuda = self.device.type == "cuda"
-        if cuda:
-            x = x.pin_memory().to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        ctx = (torch.autocast("cuda", dtype=getattr(torch, self.autocast)) if cuda and self.autocast
-               else contextlib.nullcontext())
-        with torch.inference_mode(), ctx:
-            f = self.model.features(x)
-            out = {"id": ids, "features": f.float().cpu().numpy()}
-            if self.with_logits and self.model.head is not None:
-                out["logits"] = self.model.head(f).float().cpu().numpy()
-        # wall-clock span of this batch, for the pass's compute-window rate (actor start-up excluded)
-        out["t_start"] = np.full(ids.shape, t_start)
-        out["t_end"] = np.full(ids.shape, time.time())
-        return out
 
 
 def _subset(images: ImageSet, pos: np.ndarray) -> ImageSet:
@@ -200,11 +157,9 @@ def embed_images(images: ImageSet, *, model_cfg: ModelConfig, transform: ImageTr
     assembler = ShardAssembler(target, todo, on_shard)
     sub = _subset(images, assembler.positions)
     n = len(sub)
-    from raal import embed_pool  # lazy: cycle
-
-    warm = embed_cfg.warm and sub.parquet is None and embed_pool.single_node()
+    warm = embed_cfg.warm and sub.parquet is None and _pool.single_node()
     if warm:
-        pool = embed_pool.pool_for(embed_cfg.device, embed_cfg.num_actors, plan_actors)
+        pool = _pool.pool_for(embed_cfg.device, embed_cfg.num_actors, plan_actors)
         plan = pool.plan
     else:
         plan = plan_actors(embed_cfg.device, embed_cfg.num_actors)
@@ -216,9 +171,9 @@ def embed_images(images: ImageSet, *, model_cfg: ModelConfig, transform: ImageTr
     spec = {"model_cfg": model_cfg, "transform": transform, "state_dict_path": state_dict_path,
             "autocast": embed_cfg.autocast, "with_logits": "logits" in arrays}
     t0 = time.perf_counter()
-    if warm:  # the run's warm actors (raal/embed_pool.py): no start-up after the first pass
+    if warm:  # the run's warm actors (raal/_pool.py): no start-up after the first pass
         key = (repr(model_cfg), weights_id, transform.describe(), embed_cfg.autocast, "logits" in arrays)
-        results = pool.map(key, spec, embed_pool.batches(sub, embed_cfg.batch_size))
+        results = pool.map(key, spec, _pool.batches(sub, embed_cfg.batch_size))
     else:
         ds = sub.to_dataset(num_blocks=min(num_blocks, n))
         ds.context.execution_options.preserve_order = True  # keeps the driver's partial shards to one or two

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from raal.embed import _Embedder
+from raal.features._embedder import _Embedder
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("raal.embed_pool")  # the name users see in raal.log, as before the package
 
 IN_FLIGHT = 2  # batches queued per actor: one computing, one arriving
 
@@ -48,7 +48,7 @@ class _Worker:
             torch.set_num_threads(torch_threads)
         self.device = device
         self.key: tuple | None = None
-        self.embedder: Any = None  # raal.embed._Embedder, imported in the actor
+        self.embedder: Any = None  # raal.features._embedder._Embedder
 
     def embed(self, key: tuple, spec: dict, batch: dict) -> dict:
         if key != self.key:

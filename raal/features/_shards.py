@@ -40,7 +40,7 @@ from raal import faults, layout
 from raal.errors import StoreError
 from raal.store import RunStore, atomic_local_file
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("raal.shards")  # the name users see in raal.log, as before the package
 
 FORMAT = 1
 DTYPE = np.float32

@@ -1,7 +1,7 @@
 """The versioned feature store: the embeddings (and logits) of a run's pool and test split, one set per feature
 version, at `features/v{version}/{split}/` of the run store.
 
-Each set is a checksummed shard set (`raal.shards`: resumable passes, verified shards, read-only memmaps); this
+Each set is a checksummed shard set (`_shards`: resumable passes, verified shards, read-only memmaps); this
 module names the versions and splits and gives readers row views of them (`FeatureSet`: `.features`, `.logits`,
 `.ids`, `take`, `positions`).
 """
@@ -14,13 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from raal import layout
-from raal.progress import PassProgress
-from raal.shards import DTYPE, ShardAssembler, ShardedSet, default_cache_dir, ids_digest, sha256
+from raal.features._shards import ShardedSet
 from raal.store import RunStore
-
-# the shard store's names, importable from here as before the split
-__all__ = ["DTYPE", "SPLITS", "ArraySet", "FeatureSet", "FeatureStore", "PassProgress", "ShardAssembler",
-           "ShardedSet", "default_cache_dir", "ids_digest", "sha256"]
 
 SPLITS = ("pool", "test")
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from raal.index import CHUNK_BYTES, chunk_rows, iter_slices, read_rows
-from raal.index_kmeans import kmeans
+from raal.index._common import CHUNK_BYTES, chunk_rows, iter_slices, read_rows
+from raal.index._kmeans import kmeans
 
 HNSW_QUANTIZER_MIN = 1024  # from this many cells the cell lookup is an HNSW graph instead of a scan of all cells
 

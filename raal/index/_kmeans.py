@@ -14,7 +14,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from raal.index import CHUNK_BYTES, _use_gpu, blas_threads, chunk_rows, iter_slices, min_sq_dist_to, read_rows
+from raal.index._common import CHUNK_BYTES, _use_gpu, blas_threads, chunk_rows, iter_slices, read_rows
+from raal.index._search import min_sq_dist_to
 
 BIG_COPY_BYTES = 256 << 20  # k-means training copies above this are capped at 3/4 of the input's rows
 KMEANSPP_MAX_K = 1024  # k-means++ seeding up to this k (it is k sequential passes); faiss's random rows above

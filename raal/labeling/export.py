@@ -13,11 +13,11 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from raal import labelstudio as ls
 from raal import layout
 from raal.config import OracleConfig
 from raal.data.positions import IdIndex
 from raal.data.sources import ImageSet
+from raal.labeling import labelstudio as ls
 from raal.labeling.ledger import CLASSES, Ledger
 from raal.store import RunStore
 

@@ -23,7 +23,7 @@ from urllib.parse import quote, unquote
 from xml.sax.saxutils import quoteattr
 
 from raal.data.sources import effective_roots
-from raal.errors import ConfigError, LabelImportError
+from raal.errors import ConfigError, LabelImportError, short
 
 FROM_NAME, TO_NAME = "label", "image"
 SCORE_MEANING = ("score: higher = ask sooner; the k-th of a round's n picks scores 1 - k/n, for every strategy "
@@ -109,12 +109,6 @@ class Answer:
     label: str
     path: str = ""
     annotation: tuple | None = None  # (created_at, annotation id): the order `first` goes by
-
-
-def short(value, limit: int = 60) -> str:
-    """repr(value), cut to `limit` characters: a message stays one readable line whatever the file holds."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _list_of_dicts(value, what: str) -> list[dict]:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from raal import metrics
-from raal.report_stop import mark_stop
+from raal.report._stop import mark_stop
 
 PHASE_NAMES = {
     "t_pre": "feature extraction (T_pre)", "t_tr_proxy": "proxy training (T_tr,proxy)",

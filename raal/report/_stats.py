@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from raal import metrics
-from raal.report_load import Arm, Run
+from raal.report._load import Arm, Run
 
 
 @dataclass

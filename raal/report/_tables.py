@@ -5,8 +5,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from raal.report_plots import fmt_time
-from raal.report_stop import stop_cell
+from raal.report._plots import fmt_time
+from raal.report._stop import stop_cell
 
 SUMMARY_HEAD = ("arm", "final labels", "final accuracy", "final saving ratio", "mean saving ratio (rounds)",
                 "selector's own (diag.)", "compute time", "cost (USD)", "stop advised at")

@@ -1,12 +1,4 @@
-"""The run report: one self-contained HTML file (plots embedded) plus PNGs and a plain-text summary.
-
-    python -m raal.report RUN_DIR|URI [RUN_DIR|URI ...] [--out DIR]
-
-A run directory holds `config.yaml` and `arms/<arm>/{arm.json, rounds.parquet}`. Every arm of every given run is
-compared; saving ratios are taken against the random-baseline arm of the same run. Problems in a run (missing
-rounds, no baseline, unreadable files) become notes in the report and on stdout, never a crash; only a directory
-that is not a run at all is an error (exit code 2).
-"""
+"""The report's assembly: HTML page, PNGs and summary.txt from the loaded runs, and the CLI (`__main__`)."""
 from __future__ import annotations
 
 import argparse
@@ -20,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from raal import layout, metrics
-from raal.report_load import NotARunError, Run, _run_name, load_run  # noqa: F401 - NotARunError: the API
-from raal.report_plots import (
+from raal.report._load import NotARunError, Run, _run_name, load_run
+from raal.report._plots import (
     PHASE_NAMES,
     _png,
     fmt_time,
@@ -31,10 +23,10 @@ from raal.report_plots import (
     plot_saving,
     plot_time,
 )
-from raal.report_stats import ArmStats, _acc_scale, _collect
-from raal.report_tables import SUMMARY_HEAD, _text_table, summary_rows
+from raal.report._stats import ArmStats, _acc_scale, _collect
+from raal.report._tables import SUMMARY_HEAD, _text_table, summary_rows
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("raal.report")  # the name users see in raal.log, as before the package
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -260,7 +252,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,9 +1,9 @@
 """Fine-tuning the backbone, driver side: FT, LP-FT and LoRA (PEAL) jobs, on one of two paths.
 
 A job with one worker (every fine-tune on a one-machine CPU run, any single-GPU job) runs on the run's warm training
-actor (raal/train_warm.py): no start-up after the first job. A job with several workers (DDP across GPUs or nodes)
+actor (`_warm`): no start-up after the first job. A job with several workers (DDP across GPUs or nodes)
 is a Ray Train `TorchTrainer.fit` with per-epoch checkpoints and `FailureConfig(max_failures)`; `train.warm=off`
-sends every job there. Both paths run the same epoch loop (raal/train_loop.py), so a seed gives the same weights;
+sends every job there. Both paths run the same epoch loop (`_loop`), so a seed gives the same weights;
 which path a job took and why is logged and kept in its `train_result.json`.
 
 The labeled images travel as object refs (the warm actor) or a Ray Data dataset (Ray Train: every worker reads it
@@ -32,22 +32,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from raal import layout, train_warm
+from raal import layout
 from raal.config import LoraConfig, ModelConfig, TrainConfig
 from raal.data.transforms import IMAGE_COLUMNS, ImageTransform
 from raal.store import RunStore, ray_train_storage
-from raal.train_parts import (  # noqa: F401 - the public names of raal.train since before the split
+from raal.train import _warm
+from raal.train._parts import (
     STATE_FILE,
-    Classifier,
-    _build_classifier,
     _stages,
     newest_checkpoint,
-    random_resized_crop_flip,
-    rank_order,
     state_digest,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("raal.train")  # the name users see in raal.log, as before the package
 
 METHODS = ("ft", "lpft", "lora")
 CACHE_BYTES = 1 << 30  # per worker: above this the raw rows are cached and transformed per batch
@@ -289,7 +286,7 @@ def _run_job(method: str, train_images: dict, test, *, num_classes: int, model_c
     elif path == "warm":
         log.info("fine-tune %s: warm path (%s)", name, why)
 
-        state, _ = train_warm.run_job(config, batch, test_batch, run_store, train_cfg.max_failures, newest_checkpoint)
+        state, _ = _warm.run_job(config, batch, test_batch, run_store, train_cfg.max_failures, newest_checkpoint)
     else:
         log.info("fine-tune %s: Ray Train path (%s)", name, why)
         resume = found is not None and not run_store.exists("checkpoint_manager_snapshot.json")  # Ray's own resumes
@@ -335,7 +332,7 @@ def _fit_ray_train(config: dict, batch: dict, test_batch: dict, train_cfg: Train
     )
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from raal.train_loop import _worker_loop  # lazy: heavy: torch
+    from raal.train._loop import _worker_loop  # lazy: heavy: torch
 
     resources = {"CPU": cpus}
     if train_cfg.use_gpu:

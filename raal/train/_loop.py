@@ -22,12 +22,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from raal import console, faults, progress
+from raal import faults, logs, progress
 from raal.config import LoraConfig, TrainConfig
 from raal.data.transforms import IMAGE_COLUMNS, ImageTransform
-from raal.proxy import cosine_multiplier, epoch_batches
-from raal.recipe import fit_probe, freeze_batchnorm, lr_multiplier
-from raal.train_parts import (
+from raal.recipe import cosine_multiplier, epoch_batches, fit_probe, freeze_batchnorm, lr_multiplier
+from raal.train._parts import (
     STATE_FILE,
     _build_classifier,
     _epoch_seed,
@@ -380,5 +379,5 @@ class RayTrainSession:
 
 
 def _worker_loop(config: dict) -> None:
-    console.worker_setup()  # Ray Train's own logging set-up (dictConfig) removed the worker hook's handlers
+    logs.worker_setup()  # Ray Train's own logging set-up (dictConfig) removed the worker hook's handlers
     EpochLoop(config, RayTrainSession(config)).run()

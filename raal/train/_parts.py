@@ -23,7 +23,7 @@ from raal import layout
 from raal.config import LoraConfig, TrainConfig
 from raal.data.transforms import IMAGE_COLUMNS, ImageTransform
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("raal.train_parts")  # the name users see in raal.log, as before the package
 
 STATE_FILE = layout.TRAIN_STATE
 CHECKPOINT_PREFIX = "checkpoint_"  # Ray Train's checkpoint folders and the warm actor's both start so

@@ -6,7 +6,6 @@ The feature matrix may be a read-only `np.memmap` of the whole pool: only the ro
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,8 +15,8 @@ from torch.nn import functional as F
 
 from raal import faults, progress
 from raal.config import ProxyConfig
+from raal.recipe import cosine_multiplier, epoch_batches
 
-COSINE_FRACTION = 7.0 / 16.0  # the schedule ends at cos(7π/16) = 0.195× the base lr, not at 0
 PREDICT_OUTPUTS = ("probs", "embeddings", "logits")
 _UPLOAD_ROWS = 65536  # rows per host->device copy when features move to a GPU
 
@@ -55,11 +54,6 @@ class TrainHistory:
     epoch_loss: list[float] = field(default_factory=list)
 
 
-def cosine_multiplier(step: int, total: int) -> float:
-    """lr multiplier of iteration `step` (0-based) out of `total`: cos(π·7/16·step/total)."""
-    return math.cos(math.pi * COSINE_FRACTION * step / max(1, total))
-
-
 def resolve_device(name: str) -> torch.device:
     """`auto` -> CUDA when present, else CPU; `cuda` without a GPU is an error rather than a silent slowdown."""
     if name == "cpu":  # one of auto | cpu | cuda: raal.config.validate checked proxy.device
@@ -69,18 +63,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda":
         raise ValueError("proxy.device=cuda but torch sees no CUDA device")
     return torch.device("cpu")
-
-
-def epoch_batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """A shuffled partition of range(n) into batches (no drop_last).
-
-    A final batch of one row would make BatchNorm fail in training mode, so it is folded into the batch before it.
-    """
-    perm = rng.permutation(n)
-    cuts = list(range(batch_size, n, batch_size))
-    if cuts and n - cuts[-1] == 1:
-        cuts.pop()
-    return np.split(perm, cuts)
 
 
 def _check_inputs(features, labels, num_classes: int, rows) -> tuple[np.ndarray, np.ndarray | None]:

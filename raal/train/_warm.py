@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from raal import console
+from raal import logs
 
 log = logging.getLogger("raal.train")
 
@@ -60,7 +60,7 @@ class WarmSession:
     def save(self, state: dict | None, metrics: dict, epoch: int) -> None:
         import torch
 
-        from raal.train_parts import STATE_FILE  # lazy: heavy: torch
+        from raal.train._parts import STATE_FILE  # lazy: heavy: torch
 
         buf = io.BytesIO()
         torch.save(state, buf)
@@ -82,7 +82,7 @@ class _Trainer:
         import torch
 
 
-        console.worker_setup()
+        logs.worker_setup()
         self.device = torch.device("cuda" if use_gpu else "cpu")
         self.cache: dict = {}
 
@@ -91,7 +91,7 @@ class _Trainer:
         return os.getpid()
 
     def run(self, config: dict, train: dict, test: dict, store) -> dict:
-        from raal.train_loop import EpochLoop  # lazy: heavy: torch
+        from raal.train._loop import EpochLoop  # lazy: heavy: torch
 
         loop = EpochLoop(config, WarmSession(config, train, test, store, self.device), self.cache)
         loop.run()

@@ -1,7 +1,7 @@
 """LogME (You et al.): the one-vs-rest maximum log evidence of a Bayesian linear model on fixed features.
 
 One eigendecomposition of the min(N, D)-sized Gram matrix serves every class, and the MacKay fixed point runs for
-all classes at once (see raal/transfer.py for the overview and the deviations from the reference code).
+all classes at once (see raal/transfer/__init__.py for the overview and the deviations from the reference code).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from raal.transfer_passes import (
+from raal.transfer._passes import (
     _as_features,
     _class_sums,
     _encode_labels,

@@ -1,7 +1,7 @@
 """PED (Potential Energy Decline, Li et al., ICCV 2023): push overlapping classes of the features apart.
 
 The motion only translates whole classes, so it runs on the C x D class means and radii, and the samples are
-moved once at the end (see raal/transfer.py for the overview and the deviations from the reference code).
+moved once at the end (see raal/transfer/__init__.py for the overview and the deviations from the reference code).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from raal.transfer_passes import (
+from raal.transfer._passes import (
     _as_features,
     _class_scatter,
     _class_sums,
