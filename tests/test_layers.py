@@ -68,9 +68,9 @@ def test_no_import_cycle_among_raal_modules(graph):
     assert cycles(graph) == []
 
 
-def test_the_cycle_check_finds_a_cycle(graph):
+def test_the_cycle_check_finds_a_cycle():
     """The check above can fail: the import that closed the 21-module cycle of issue 26, put back."""
-    graph = graph.copy()
+    graph = grimp.build_graph("raal", cache_dir=None)  # a graph of its own: the module's stays as built
     graph.add_import(importer="raal.config._schema", imported="raal.pipelines.registry")
     found = cycles(graph)
     assert len(found) == 1 and {"raal.config._schema", "raal.pipelines.registry", "raal.pipelines.base"} <= set(found[0])

@@ -28,7 +28,7 @@ from raal.store import RunStore
 
 pytestmark = pytest.mark.timeout(150)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SIZE = 32
 POOL = 96
 CFG = EmbedConfig(batch_size=16, shard_rows=16, warm=False)  # 6 shards, actors from the free CPUs (2 here), Ray Data

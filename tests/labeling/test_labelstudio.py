@@ -16,7 +16,7 @@ from raal.labeling import labelstudio as ls
 from raal.run import label_main
 from raal.store import RunStore
 
-FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "labelstudio")
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "labelstudio")
 FORMATS = ("export.json", "export_min.json", "export.csv")
 CLASSES = ["cat", "dog", "horse"]
 

@@ -1,5 +1,6 @@
 """Which strategy an arm's pipeline can run is a set comparison: the pipeline's declared supplies against the
-strategy's `requires`; the registry is the one list of pipelines (config validation reads it)."""
+strategy's `requires`. The config owns the pipeline and strategy names (validation reads them, without importing
+pipelines or strategies); the registries must hold exactly those."""
 import pytest
 
 from raal import config, strategies
@@ -11,11 +12,27 @@ from raal.pipelines.experiment import validate_arms
 
 def test_config_pipelines_are_the_registry():
     assert config.PIPELINES == registry.NAMES
+    assert "svpp" in config.PIPELINES and len(set(config.PIPELINES)) == len(config.PIPELINES)
     for name, cls in registry.classes().items():
         assert issubclass(cls, Pipeline) and cls.name == name
         assert cls.supplies and cls.supplies_at_start <= {"embeddings", "probs", "proxy"}
     with pytest.raises(ValueError, match="unknown pipeline"):
         registry.get("nope")
+
+
+def test_config_strategies_are_the_registry():
+    assert config.STRATEGIES == tuple(strategies.names())
+    assert config.BALANCED_STRATEGIES == tuple(strategies.accepting("balanced"))
+    assert set(config.INITIAL_STRATEGIES) <= set(config.STRATEGIES)
+
+
+def test_a_registry_that_differs_from_the_config_says_so(monkeypatch):
+    monkeypatch.setattr(registry, "NAMES", registry.NAMES + ("extra",))
+    with pytest.raises(RuntimeError, match="raal.config.PIPELINES"):
+        registry.check_names()
+    monkeypatch.setattr(strategies, "STRATEGIES", config.STRATEGIES[1:])
+    with pytest.raises(RuntimeError, match="change both places"):
+        strategies.check_names()
 
 
 def test_strategies_that_choose_their_first_batch_need_only_what_round_0_has():
