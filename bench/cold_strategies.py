@@ -56,7 +56,7 @@ PARTS = {
                   probcover_n=20_000, probcover_queries=None, picks=200, strategies=None),
     # on 2 cores shared with ~10 other processes a k-means step at k = 10,000 over 100k x 2048 (2e12 multiply-adds)
     # takes ~10 min: kmeans_centroid and dropquery run budget 2,000 here, and the notes scale k-means linearly in k
-    # k = 10,000 runs two-level k-means (raal.index_kmeans), so every raal row runs in full
+    # k = 10,000 runs two-level k-means (raal.index.two_level_kmeans), so every raal row runs in full
     "100k": dict(n=100_000, d=2048, c=1000, budget=10_000, labeled=1_000, memmap=False, kmeans_iters=NITER,
                  probcover_n=100_000, probcover_queries=1_000, picks=20, proxy_classes=100,
                  strategies=["kmeans_centroid", "probcover", "dropquery", "typiclust"],

@@ -1,4 +1,4 @@
-"""Benchmark: images/s of the Ray Data embedding pass (`raal.embed.embed_images`) against a plain torch loop.
+"""Benchmark: images/s of the Ray Data embedding pass (`raal.features.embed_images`) against a plain torch loop.
 
 Same images (Animal-MNIST, resized in the pipeline), same model (MobileNetV2, ImageNet weights), same per-batch
 work (decode + resize/normalise + features + logits). Configurations on CPU:

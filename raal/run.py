@@ -50,7 +50,8 @@ def help_text() -> str:
         for part in key.split("."):
             value = value[part]
         lines.append(f"  {key:<22} default {value!r}")
-    lines.append("\nany other key of raal/config.py works the same way, e.g. asvp.ped.dt=0.5 cost.label_price=0.1")
+    lines.append("\nany other key of the schema (raal/config/_schema.py) works the same way, "
+                 "e.g. asvp.ped.dt=0.5 cost.label_price=0.1")
     return "\n".join(lines)
 
 

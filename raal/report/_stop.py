@@ -1,6 +1,6 @@
 """Where the stopping advice fell, for the report: a marker on the learning curve and a summary cell.
 
-Kept out of raal/report.py (already long); both read the optional `stop_advice` column (absent in older runs).
+Kept out of `_write` (already long); both read the optional `stop_advice` column (absent in older runs).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The epoch loop of a fine-tune, one function for both paths: a Ray Train worker (`RayTrainSession`, any number of
-ranks) and the warm training actor (raal/train_warm.py, one rank).
+ranks) and the warm training actor (raal/train/_warm.py, one rank).
 
 Stages: `lp` trains the head on a frozen backbone in eval mode (BatchNorm statistics untouched), SGD Nesterov with
 the cosine-7/16 schedule, or fits it by L-BFGS in one pass; `ft` trains everything with two parameter groups (AdamW

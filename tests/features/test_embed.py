@@ -3,7 +3,7 @@
 Features must equal a plain single-process forward pass of the same model; ids keep the ImageSet's order; a pass
 killed with SIGKILL resumes writing each missing shard once; a corrupt shard is recomputed; a refresh writes v1
 beside v0; `file://` stores work; the pass also runs inside an actor holding num_cpus=0. v0 goes through the Ray
-Data path (what parquet-backed sets use); the other passes through the warm actors (raal/embed_pool.py), which later
+Data path (what parquet-backed sets use); the other passes through the warm actors (raal/features/_pool.py), which later
 passes reuse, rebuilding the backbone for new weights.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Label Studio's formats (raal.labelstudio): image references, the three export formats as Label Studio's own
+"""Label Studio's formats (raal.labeling.labelstudio): image references, the three export formats as Label Studio's own
 converter writes them (fixtures from tests/fixtures/labelstudio/, made by make_fixtures.py from a JSON export of a
 real Label Studio server), the annotation policies, and malformed choices (one line, exit 2, nothing written)."""
 import json
