@@ -10,7 +10,7 @@ Actor layout comes from the cluster's free resources at call time (a fixed layou
 one GPU per actor when the cluster has GPUs and the device allows; otherwise CPU actors that together leave one
 CPU free for the upstream read/transform tasks, so the pipeline also runs inside a driver actor holding num_cpus=0.
 
-In-memory image sets (`embed.warm`, the default) go through the run's warm actors instead (raal/_pool.py):
+In-memory image sets (`embed.warm`, the default) go through the run's warm actors instead (`_pool`):
 the same `_Embedder` in long-lived actors, so only a run's first pass pays their start-up.
 """
 from __future__ import annotations
@@ -171,7 +171,7 @@ def embed_images(images: ImageSet, *, model_cfg: ModelConfig, transform: ImageTr
     spec = {"model_cfg": model_cfg, "transform": transform, "state_dict_path": state_dict_path,
             "autocast": embed_cfg.autocast, "with_logits": "logits" in arrays}
     t0 = time.perf_counter()
-    if warm:  # the run's warm actors (raal/_pool.py): no start-up after the first pass
+    if warm:  # the run's warm actors (`_pool`): no start-up after the first pass
         key = (repr(model_cfg), weights_id, transform.describe(), embed_cfg.autocast, "logits" in arrays)
         results = pool.map(key, spec, _pool.batches(sub, embed_cfg.batch_size))
     else:
