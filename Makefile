@@ -97,6 +97,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check raal tests bench
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 lint-counts: $(STAMP)
 	PY=$(PY) .ci/lint-counts

@@ -56,7 +56,7 @@ PARTS = {
                   probcover_n=20_000, probcover_queries=None, picks=200, strategies=None),
     # on 2 cores shared with ~10 other processes a k-means step at k = 10,000 over 100k x 2048 (2e12 multiply-adds)
     # takes ~10 min: kmeans_centroid and dropquery run budget 2,000 here, and the notes scale k-means linearly in k
-    # k = 10,000 runs two-level k-means (raal.index_kmeans), so every raal row runs in full
+    # k = 10,000 runs two-level k-means (raal.index.two_level_kmeans), so every raal row runs in full
     "100k": dict(n=100_000, d=2048, c=1000, budget=10_000, labeled=1_000, memmap=False, kmeans_iters=NITER,
                  probcover_n=100_000, probcover_queries=1_000, picks=20, proxy_classes=100,
                  strategies=["kmeans_centroid", "probcover", "dropquery", "typiclust"],
@@ -188,8 +188,7 @@ def _capture_pool_index(store: list):
 def _recall(feats, index, queries: int) -> dict:
     """recall@32 of the approximate lists against the exact search, on the first `queries` rows; the exact part's
     time is the straightforward pass's sample."""
-    from raal.index import knn
-    from raal.index_ann import recall_at_k
+    from raal.index import knn, recall_at_k
     q = np.arange(min(queries, len(feats)))
     t0 = time.perf_counter()
     _, exact = knn(feats, feats, 32, query_rows=q, normalize=True)
@@ -217,7 +216,7 @@ def worker(spec: dict) -> dict:
         if impl == "raal" and spec.get("part") == "typicality":
             res.update(_typicality_part(feats, mask, budget, spec, calls))
         elif impl == "raal" and spec.get("part") == "ann":  # 1.28M: ProbCover's index in full, searches in part
-            from raal.index_ann import PoolIndex
+            from raal.index import PoolIndex
             index = PoolIndex(feats, normalize=True)
             t_build = time.perf_counter() - t0
             q = spec["ann_queries"]
@@ -492,8 +491,7 @@ def _notes(s: str, r: dict) -> str:
 def kmeans_quality() -> list[dict]:
     """Two-level against flat k-means (both in full, 20 steps, normalised rows): objective = mean squared distance
     of a row to its nearest centroid; the two-level's own (hierarchical) assignment is reported too."""
-    from raal.index import min_sq_dist_to
-    from raal.index_kmeans import kmeans_labels
+    from raal.index import kmeans_labels, min_sq_dist_to
     out = []
     for n, d, c, k in KMEANS_QUALITY:
         path = Path("/tmp/raal-bench-cold-kmq")

@@ -1,4 +1,4 @@
-"""Benchmark: images/s of the Ray Data embedding pass (`raal.embed.embed_images`) against a plain torch loop.
+"""Benchmark: images/s of the Ray Data embedding pass (`raal.features.embed_images`) against a plain torch loop.
 
 Same images (Animal-MNIST, resized in the pipeline), same model (MobileNetV2, ImageNet weights), same per-batch
 work (decode + resize/normalise + features + logits). Configurations on CPU:
@@ -12,7 +12,7 @@ to the last one it finishes (actor start-up and model build excluded), for the p
 writes bench/results/embed.md/.json (embed.quick.*, embed.cuda.* for --quick / --device cuda).
 
     python bench/embed.py --warm [--n64 4000] [--repeats 3]     -> bench/results/embed.warm.md/.json
-warm actors (raal/embed_pool.py) at 64 px: the plain loops, the Ray Data pass (a new actor pool per pass, the path
+warm actors (raal/features/_pool.py) at 64 px: the plain loops, the Ray Data pass (a new actor pool per pass, the path
 before warm actors), the warm pool's first pass of a run (actors started) and a later pass (actors reused),
 interleaved per repeat.
 """
@@ -69,9 +69,8 @@ def plain_loop(images, transform, device: str, threads: int, batch: int, autocas
 
 def ray_pass(images, transform, device: str, actors: int, batch: int, shard_rows: int, autocast: str,
              warm: bool = False) -> dict:
-    """One `embed_images` call: the Ray Data path (warm=False) or the run's warm actors (raal/embed_pool.py)."""
-    from raal.embed import embed_images
-    from raal.features import FeatureStore
+    """One `embed_images` call: the Ray Data path (warm=False) or the run's warm actors (raal/features/_pool.py)."""
+    from raal.features import FeatureStore, embed_images
     from raal.store import RunStore
 
     root = Path(tempfile.mkdtemp(prefix="raal-bench-embed-"))
@@ -171,7 +170,7 @@ def main() -> None:
 
 def warm_main(args) -> None:
     """Warm actors at 64 px (the issue's bar: a later pass >= 0.9x the plain loop), interleaved per repeat."""
-    from raal import embed_pool
+    from raal.features import _pool as embed_pool
     from raal.raylocal import init_local_ray
 
     n, repeats, batch = args.n64 or 4000, args.repeats or 3, 64

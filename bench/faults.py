@@ -12,7 +12,7 @@ same seed is hit by one fault after another, each time resumed with the plain co
   5 SIGKILL while the refreshed features (v1) are being written
   6 resume to the end
 It must end with the same labeled set, rounds table and v1 features as the reference. The label-import crash of the
-files oracle is tested in tests/test_labeling.py. `python bench/faults.py` writes bench/faults.md;
+files oracle is tested in tests/labeling/test_labeling.py. `python bench/faults.py` writes bench/faults.md;
 `python bench/faults.py --concurrent` only its concurrent-writer section (two writers on one run dir, issue #16).
 """
 from __future__ import annotations
@@ -190,8 +190,8 @@ def write_md(res: dict, path: Path) -> None:
               "lost: 0; duplicated: 0." if same else "MISMATCH: see the JSON",
               f"Refreshed (v1) pool features, largest absolute difference to the reference: {res['v1_max_abs_diff']}.",
               "", "The files-oracle label import killed between its ledger write and its status write, then re-run, "
-              "imports nothing twice (tests/test_labeling.py::test_files_oracle_round_trip); a Ray Train worker that "
-              "dies mid-epoch resumes from its checkpoint to the same step count (tests/test_train.py)."]
+              "imports nothing twice (tests/labeling/test_labeling.py::test_files_oracle_round_trip); a Ray Train worker that "
+              "dies mid-epoch resumes from its checkpoint to the same step count (tests/train/test_train.py)."]
     kill_cli = ROOT / "bench" / "results" / "kill_cli.json"  # bench/kill_cli.py's row, kept when this file is rewritten
     if kill_cli.exists():
         import json

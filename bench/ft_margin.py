@@ -2,7 +2,7 @@
 """The 2-worker FT test's recipe, replayed in one process over 10 seeds: full MobileNetV2 FT from a fresh head,
 AdamW (backbone 1e-4, head 3e-3), 10% warm-up + cosine, frozen BN statistics, 40 steps of 64, 300 labels, 32 px.
 
-It sets the margin of tests/test_train.py's accuracy assertion (10 Ray Train jobs would take ~10 min on 2 cores).
+It sets the margin of tests/train/test_train.py's accuracy assertion (10 Ray Train jobs would take ~10 min on 2 cores).
 Output of the last run: bench/results/ft_margin.txt.    python bench/ft_margin.py
 """
 import sys

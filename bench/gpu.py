@@ -8,7 +8,7 @@ Sections (each timed and fenced: a failure is recorded in the results and the ne
    actors, and a later one) against a plain torch loop on the same device, Animal-MNIST at 64 and 224 px
    (bench/embed.py's two functions).
 2. finetune: optimizer steps/s of MobileNetV2 fine-tuning, a plain loop and (full run) raal's Ray Train path with
-   use_gpu (bench/train.py's `bench_ft`); tiny: the plain loop only (tests/test_train.py covers the Ray path).
+   use_gpu (bench/train.py's `bench_ft`); tiny: the plain loop only (tests/train/test_train.py covers the Ray path).
 3. search: a 1,280,000 x 2048 float32 pool generated on the device (class structure as bench/strategies.py),
    1,000 labeled: faiss-gpu k=1 search of the pool against the labeled set (coreset's start, `raal.index`) and
    against 10,000 queries, then k-center picks on the device (torch: min-distance update + argmax per pick), then
@@ -67,9 +67,9 @@ def _timer(out: dict, key: str, dev: torch.device):
 # ------------------------------------------------------------------------------------------------- 1. embedding
 def section_embed(cfg: dict, dev: torch.device, tiny: bool) -> dict:
     from bench.embed import _head, plain_loop, ray_pass
-    from raal import embed_pool
     from raal.config import DataConfig
     from raal.data import ImageTransform, load_data
+    from raal.features import _pool as embed_pool
     from raal.raylocal import init_local_ray
 
     init_local_ray(num_cpus=2 if tiny else None, quiet=True)
@@ -115,7 +115,7 @@ def section_finetune(cfg: dict, dev: torch.device, tiny: bool) -> dict:
     times = plain_ft(x, y, 2, tc, dev, 1)
     steps = math.ceil(len(y) / tc.batch_size)
     return {"images": len(y), "image_size": 32, "batch_size": tc.batch_size, "plain_epoch_s": times,
-            "plain_steps_per_s": round(steps / times[-1], 2), "ray": "not run in --tiny (tests/test_train.py)"}
+            "plain_steps_per_s": round(steps / times[-1], 2), "ray": "not run in --tiny (tests/train/test_train.py)"}
 
 
 # ------------------------------------------------------------------------------------------------- 3. search
@@ -239,8 +239,8 @@ def _passes_on(dev: torch.device):
 
     Patched where they are looked up: transfer_logme (class sums) and transfer_ped (class sums, scatter).
     """
-    import raal.transfer_logme as tl
-    import raal.transfer_ped as tp
+    import raal.transfer._logme as tl
+    import raal.transfer._ped as tp
 
     def class_sums(X, codes, n_classes, gram):
         xt = torch.as_tensor(X, device=dev).double()

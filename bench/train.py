@@ -46,8 +46,8 @@ from raal.config import DataConfig, ModelConfig, ProxyConfig, TrainConfig  # noq
 from raal.data.sources import load_data  # noqa: E402
 from raal.data.transforms import ImageTransform  # noqa: E402
 from raal.models.backbones import build_backbone  # noqa: E402
-from raal.proxy import ProxyMLP, cosine_multiplier, predict, train_proxy  # noqa: E402
-from raal.train import finetune, random_resized_crop_flip  # noqa: E402
+from raal.recipe import cosine_multiplier  # noqa: E402
+from raal.train import ProxyMLP, finetune, predict, random_resized_crop_flip, train_proxy  # noqa: E402  # noqa: E402
 
 
 def machine() -> dict:

@@ -36,3 +36,9 @@ class LabelImportError(RaalError, ValueError):
 
 class ImageDecodeError(RaalError, ValueError):
     """An image of the pool or test split cannot be read or decoded. The message names the id and the path."""
+
+
+def short(value, limit: int = 60) -> str:
+    """repr(value), cut to `limit` characters: a message stays one readable line whatever the file holds."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

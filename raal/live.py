@@ -17,10 +17,10 @@ import logging
 import os
 import threading
 
-from raal import labelstudio as ls
 from raal import layout
 from raal.errors import ConfigError, LabelImportError, StoreError
 from raal.labeling import import_bytes
+from raal.labeling import labelstudio as ls
 from raal.pipelines.experiment import Experiment, default_run_dir
 from raal.store import RunLease
 

@@ -12,7 +12,7 @@ from raal.config import RunConfig, validate_against_pool
 from raal.data.sources import Dataset, effective_roots, load_data
 from raal.data.transforms import decode_images
 from raal.errors import ConfigError
-from raal.labelstudio import check_document_root
+from raal.labeling.labelstudio import check_document_root
 from raal.pipelines.experiment import arm_specs, check_resume, default_run_dir, validate_arms
 from raal.store import RunStore
 

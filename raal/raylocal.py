@@ -16,7 +16,7 @@ def init_local_ray(num_cpus: int | None = None, *, address: str | None = None, q
     Under `ray job submit` (RAY_ADDRESS set, or `address="auto"`) we attach to the cluster. Otherwise we start a
     *private* local instance with `address="local"`: a stale `ray start` session file would make a plain
     `ray.init()` try to attach (docs/ray.md). Auth is disabled for the private instance so that a token written
-    by it does not break a later `ray job submit`. `logging_kwargs`: raal/console.py's `log_to_driver` and
+    by it does not break a later `ray job submit`. `logging_kwargs`: raal/logs.py's `log_to_driver` and
     `runtime_env` (where every worker's log records go).
     """
     import ray

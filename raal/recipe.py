@@ -8,7 +8,8 @@ seed. The pieces here fix each cause:
 - `fit_probe`: the linear probe trained to convergence (full-batch L-BFGS on the frozen features, L2-regularised
   multinomial logistic regression: deterministic, seconds). LP-FT starts its FT stage from it.
 - `lr_multiplier`: linear warm-up, then cosine to zero, over a fixed *step* budget (not epochs × N): a small set
-  gets as many optimiser steps as a large one.
+  gets as many optimiser steps as a large one. (`cosine_multiplier` and `epoch_batches`: the proxy's schedule
+  and batching, which the epoch-based FT loop shares.)
 - `freeze_batchnorm`: BatchNorm layers keep their pre-trained statistics (eval mode) while their affine
   parameters still train; small batches no longer overwrite the running estimates.
 - `split_trunk`: the first k blocks of a backbone frozen, the rest trainable, so that on a CPU the frozen
@@ -20,9 +21,12 @@ import copy
 import math
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+COSINE_FRACTION = 7.0 / 16.0  # the schedule ends at cos(7π/16) = 0.195× the base lr, not at 0
 
 
 def lr_multiplier(step: int, total: int, warmup: int) -> float:
@@ -31,6 +35,23 @@ def lr_multiplier(step: int, total: int, warmup: int) -> float:
         return (step + 1) / warmup
     span = max(1, total - warmup)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
+
+
+def cosine_multiplier(step: int, total: int) -> float:
+    """lr multiplier of iteration `step` (0-based) out of `total`: cos(π·7/16·step/total)."""
+    return math.cos(math.pi * COSINE_FRACTION * step / max(1, total))
+
+
+def epoch_batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """A shuffled partition of range(n) into batches (no drop_last).
+
+    A final batch of one row would make BatchNorm fail in training mode, so it is folded into the batch before it.
+    """
+    perm = rng.permutation(n)
+    cuts = list(range(batch_size, n, batch_size))
+    if cuts and n - cuts[-1] == 1:
+        cuts.pop()
+    return np.split(perm, cuts)
 
 
 def freeze_batchnorm(module: nn.Module) -> None:

@@ -11,7 +11,7 @@ import shutil
 import sys
 import time
 
-from raal import cli_errors, console, layout
+from raal import cli_errors, console, layout, logs
 from raal import lifeline as lifeline_mod
 from raal.config import (
     MAIN_KEYS,
@@ -50,7 +50,8 @@ def help_text() -> str:
         for part in key.split("."):
             value = value[part]
         lines.append(f"  {key:<22} default {value!r}")
-    lines.append("\nany other key of raal/config.py works the same way, e.g. asvp.ped.dt=0.5 cost.label_price=0.1")
+    lines.append("\nany other key of the schema (raal/config/_schema.py) works the same way, "
+                 "e.g. asvp.ped.dt=0.5 cost.label_price=0.1")
     return "\n".join(lines)
 
 
@@ -93,11 +94,39 @@ def resolve_config(argv: list[str]) -> RunConfig:
     return load_config(name, overrides)
 
 
+def label_main(argv: list[str]) -> int:
+    """`python -m raal.run label run_dir=DIR file=F [allow_partial=true]`; errors exit 2 with one line."""
+    from raal.labeling import import_labels, summary_lines  # lazy: light CLI fast path
+
+    args: dict[str, str] = {}
+    try:
+        for a in argv:
+            key, eq, value = a.partition("=")
+            if not eq or key not in ("run_dir", "file", "allow_partial"):
+                raise ConfigError(f"{a!r}: expected run_dir=DIR file=F [allow_partial=true]")
+            args[key] = value
+        missing = [k for k in ("run_dir", "file") if not args.get(k)]
+        if missing:
+            raise ConfigError(f"label needs {' and '.join(k + '=' for k in missing)}")
+        partial = args.get("allow_partial", "false").lower()
+        if partial not in ("true", "false"):
+            raise ConfigError(f"allow_partial={args['allow_partial']!r}: expected true or false")
+        res = import_labels(args["run_dir"], args["file"], allow_partial=partial == "true")
+    except Exception as err:  # noqa: BLE001 - the error contract: one line; exit 2 (input) or 1 + log (bug)
+        return cli_errors.report(err, args.get("run_dir") if args.get("run_dir") and os.path.isdir(args["run_dir"])
+                                 else None, prog="raal label")
+    waiting = res["queried"] - res["answered"]
+    go = waiting == 0 or (res["partial"] and res["answered"] > 0)
+    for line in summary_lines(res):
+        print(f"raal label: {line}")
+    if go:
+        print(f"raal label: continue with: python -m raal.run run_dir={args['run_dir']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "label":
-        from raal.labeling import main as label_main  # lazy: light CLI fast path
-
         return label_main(argv[1:])
     if any(a in ("-h", "--help", "help") for a in argv):
         print(help_text())
@@ -190,21 +219,16 @@ def print_waiting(status: dict, run_dir: str) -> None:
 def run(cfg: RunConfig) -> int:
     import ray
 
-    from raal.pipelines.experiment import (  # lazy: light CLI fast path
-        default_run_dir,
-        format_header,
-        format_row,
-        start_driver,
-    )
+    from raal.pipelines.experiment import default_run_dir, start_driver  # lazy: light CLI fast path
     from raal.progress import start_board  # lazy: light CLI fast path
     from raal.raylocal import init_local_ray  # lazy: light CLI fast path
-    from raal.store import redact_uri  # lazy: light CLI fast path
+    from raal.store import local_dir, redact_uri  # lazy: light CLI fast path
     from raal.tracking import Tracker  # lazy: light CLI fast path
 
     run_dir = default_run_dir(cfg)
     shown = redact_uri(run_dir)  # what is printed: never the credentials a URI may carry
-    log_file = console.log_file_for(run_dir)
-    ray_kw = console.setup(log_file, os.environ.get("RAAL_LOG", cfg.log.level), cfg.log.verbose)
+    log_file = logs.log_file_for(run_dir)
+    ray_kw = logs.setup(log_file, os.environ.get("RAAL_LOG", cfg.log.level), cfg.log.verbose)
     started_here = not ray.is_initialized()
     private = started_here and not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
     lifeline = None
@@ -216,7 +240,7 @@ def run(cfg: RunConfig) -> int:
     tracker = None
     try:
         init_local_ray(cfg.ray.num_cpus or None, address=cfg.ray.address or None, logging_kwargs=ray_kw)
-        print(f"raal: logs: {log_file} (Ray's own: {console.ray_log_dir() or 'see the cluster'}); -v shows them here",
+        print(f"raal: logs: {log_file} (Ray's own: {logs.ray_log_dir() or 'see the cluster'}); -v shows them here",
               flush=True)
         board = start_board()
         driver = start_driver(cfg)
@@ -233,7 +257,7 @@ def run(cfg: RunConfig) -> int:
         if info.get("evaluator"):
             print(f"raal: accuracy = the one evaluator for every arm: {info['evaluator']} (the selectors' own "
                   "accuracies are diagnostics in the rounds table)")
-        print(format_header(names), flush=True)
+        print(console.format_header(names), flush=True)
         waiting, r = None, 0
         # Experiment.run's loop, a round per call so that each round's row, MLflow step and progress line show here
         while ray.get(driver.has_round.remote(r)):  # the schedule, then the random curve until it passes every arm
@@ -244,7 +268,7 @@ def run(cfg: RunConfig) -> int:
                 break
             if tracker is not None:
                 tracker.log_history(ray.get(driver.history.remote()))
-            out.print(format_row(r, rows, names))
+            out.print(console.format_row(r, rows, names))
             r += 1
         finals = {} if waiting else console.wait(driver.finalize.remote(), board, out)
         if tracker is not None:
@@ -260,7 +284,7 @@ def run(cfg: RunConfig) -> int:
             lifeline.done()
     if waiting:
         return 0
-    local = console.local_dir(run_dir)  # a path or file://: the report reads through RunStore, writes locally
+    local = local_dir(run_dir)  # a path or file://: the report reads through RunStore, writes locally
     if cfg.report and local is not None:
         try:
             from raal.report import write_report  # lazy: light CLI fast path

@@ -186,6 +186,12 @@ class RunStore:
 
 
 # -- Ray Train's storage -----------------------------------------------------------------------------------------------
+def local_dir(run_dir: str) -> Path | None:
+    """The run dir as a local path (a plain path or a `file://` URI), else None; creates nothing."""
+    fs, root = _resolve(run_dir)
+    return Path(root) if isinstance(fs, pafs.LocalFileSystem) else None
+
+
 def ray_train_storage(where: str | os.PathLike | RunStore, name: str) -> tuple[RunStore, dict]:
     """Where a fine-tune job named `name` keeps Ray Train's state: `<where>/<name>`, on `where`'s own filesystem.
 

@@ -22,8 +22,7 @@ import numpy as np
 
 from raal import layout, metrics
 from raal.config import to_dict
-from raal.console import local_dir
-from raal.store import redact_uri
+from raal.store import local_dir, redact_uri
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,5 @@
-"""The console's pieces without Ray: the progress text, the live line on a pipe, idempotent log handlers."""
+"""The console's pieces without Ray: the progress text, the live line on a pipe, the round table."""
 import io
-import logging
 
 from raal import console
 from raal.run import parse_args
@@ -30,28 +29,15 @@ def test_on_a_pipe_the_live_line_is_printed_at_most_once_per_interval():
     assert out.getvalue() == "  a\n  b\nrow\n"
 
 
-def test_log_handlers_are_installed_once(tmp_path, monkeypatch):
-    monkeypatch.setenv(console.ENV_FILE, "")  # setup() sets them: restored after the test
-    monkeypatch.setenv(console.ENV_LEVEL, "")
-    root = logging.getLogger()
-    before = list(root.handlers)
-    try:
-        for _ in range(3):
-            console.setup(tmp_path / "raal.log", "INFO", verbose=False)
-        ours = [h for h in root.handlers if getattr(h, console._TAG, False)]
-        assert len(ours) == 1
-        logging.getLogger("raal.test").info("one line")
-        ours[0].flush()
-        assert (tmp_path / "raal.log").read_text().count("one line") == 1
-        logging.getLogger(console.QUIET_LOGGERS[0]).warning("State API unavailable")
-        ours[0].flush()
-        assert "State API" not in (tmp_path / "raal.log").read_text()
-    finally:
-        for h in [h for h in root.handlers if h not in before]:
-            root.removeHandler(h)
-            h.close()
-
-
 def test_verbose_flag_is_an_override():
     assert parse_args(["-v", "conf=demo"]) == ("demo", ["log.verbose=true"])
     assert parse_args(["--verbose"]) == (None, ["log.verbose=true"])
+
+
+def test_round_table_lines_align_under_the_header():
+    names = ["svpp_margin", "random"]
+    head = console.format_header(names)
+    row = console.format_row(3, {"svpp_margin": {"n_labeled": 400, "accuracy": 0.8125},
+                                 "random": {"n_labeled": 400}}, names)
+    assert head.split() == ["round", "labels", "svpp_margin", "random"]
+    assert row.split() == ["3", "400", "0.8125", "-"] and len(row) == len(head)

@@ -1,5 +1,5 @@
 """raal.serve's arguments and the backend's answers from the run store (no Ray, no Label Studio here; the live
-path is tests/test_labelstudio_live.py)."""
+path is tests/labeling/test_labelstudio_live.py)."""
 import subprocess
 import sys
 

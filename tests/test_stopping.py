@@ -96,8 +96,10 @@ def test_report_shows_where_the_advice_fell(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from raal.report import _collect, load_run, plot_accuracy, write_report
-    from raal.report_stop import first_stop, stop_cell
+    from raal.report import load_run, write_report
+    from raal.report._plots import plot_accuracy
+    from raal.report._stats import _collect
+    from raal.report._stop import first_stop, stop_cell
 
     sys.path.insert(0, str(Path(__file__).parent))
     from test_report import make_run

@@ -2,7 +2,7 @@
 
     python docs/tools/labelstudio_screenshot.py        (needs .venv-ls and Debian's chromium)
 
-Starts Label Studio (loopback, temp sqlite) and `raal.serve` exactly as tests/test_labelstudio_live.py does,
+Starts Label Studio (loopback, temp sqlite) and `raal.serve` exactly as tests/labeling/test_labelstudio_live.py does,
 answers round 0 through the API, waits for round 1 (pushed with raal's pre-annotations), then logs in with
 headless Chromium (driven over the DevTools protocol with aiohttp) and screenshots a round-1 task's labeling page.
 """

@@ -1,7 +1,7 @@
 """Export of a round's queries for people to label: `queries/round_K.csv` (id, path, prediction, score, arms,
 label — fill in `label`), `round_K.parquet` (the same plus the image reference given to Label Studio),
 `round_K.labelstudio.json` (tasks with raal's prediction as a pre-annotation) and `labelstudio_config.xml`
-(formats: `raal.labelstudio`). `score` is higher = ask sooner for every strategy. Images that live inside arrays or
+(formats: `labelstudio`). `score` is higher = ask sooner for every strategy. Images that live inside arrays or
 a manifest's bytes are written as files under `queries/images/round_K/` so that annotators can see them.
 """
 from __future__ import annotations
@@ -13,11 +13,11 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from raal import labelstudio as ls
 from raal import layout
 from raal.config import OracleConfig
 from raal.data.positions import IdIndex
 from raal.data.sources import ImageSet
+from raal.labeling import labelstudio as ls
 from raal.labeling.ledger import CLASSES, Ledger
 from raal.store import RunStore
 

@@ -16,12 +16,11 @@ from typing import cast
 import pyarrow as pa
 
 from raal import faults, layout
-from raal import labelstudio as ls
-from raal.cli_errors import report
 from raal.config import from_yaml
 from raal.data.sources import effective_roots
 from raal.data.transforms import confine_path
-from raal.errors import ConfigError, LabelImportError, StoreError
+from raal.errors import LabelImportError, StoreError
+from raal.labeling import labelstudio as ls
 from raal.labeling.ledger import CLASSES, Ledger
 from raal.store import RunLease, RunStore
 
@@ -182,32 +181,3 @@ def summary_lines(res: dict) -> list[str]:
         lines.append(f"{len(res['disagreements'])} items with disagreeing annotators ({how}, oracle.annotations="
                      f"{res['policy']}): raal_ids {res['disagreements'][:20]}")
     return lines
-
-
-def main(argv: list[str]) -> int:
-    """`python -m raal.run label run_dir=DIR file=F [allow_partial=true]`; errors exit 2 with one line."""
-    args: dict[str, str] = {}
-    try:
-        for a in argv:
-            key, eq, value = a.partition("=")
-            if not eq or key not in ("run_dir", "file", "allow_partial"):
-                raise ConfigError(f"{a!r}: expected run_dir=DIR file=F [allow_partial=true]")
-            args[key] = value
-        missing = [k for k in ("run_dir", "file") if not args.get(k)]
-        if missing:
-            raise ConfigError(f"label needs {' and '.join(k + '=' for k in missing)}")
-        partial = args.get("allow_partial", "false").lower()
-        if partial not in ("true", "false"):
-            raise ConfigError(f"allow_partial={args['allow_partial']!r}: expected true or false")
-        res = import_labels(args["run_dir"], args["file"], allow_partial=partial == "true")
-    except Exception as err:  # noqa: BLE001 - the error contract: one line; exit 2 (input) or 1 + log (bug)
-
-        return report(err, args.get("run_dir") if args.get("run_dir") and os.path.isdir(args["run_dir"]) else None,
-                      prog="raal label")
-    waiting = res["queried"] - res["answered"]
-    go = waiting == 0 or (res["partial"] and res["answered"] > 0)
-    for line in summary_lines(res):
-        print(f"raal label: {line}")
-    if go:
-        print(f"raal label: continue with: python -m raal.run run_dir={args['run_dir']}")
-    return 0

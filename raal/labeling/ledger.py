@@ -4,9 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from raal import labelstudio as ls
 from raal import layout
-from raal.errors import StoreError
+from raal.errors import StoreError, short
 from raal.store import RunStore
 
 LEDGER, PARTIAL, CLASSES = layout.LEDGER, layout.PARTIAL, layout.CLASSES
@@ -26,7 +25,7 @@ class Ledger:
         table = self.store.read_table(LEDGER)
         if table.schema.remove_metadata() != LEDGER_SCHEMA or table.column("id").null_count:
             raise StoreError(f"{self.store.path(LEDGER)}: the label ledger is corrupt: its columns are "
-                             f"{ls.short(str(table.schema).splitlines(), 200)}, not {LEDGER_SCHEMA.names} (int64 ids)")
+                             f"{short(str(table.schema).splitlines(), 200)}, not {LEDGER_SCHEMA.names} (int64 ids)")
         ids = np.asarray(table.column("id").to_numpy(zero_copy_only=False), dtype=np.int64)
         uniq, counts = np.unique(ids, return_counts=True)
         if len(uniq) != len(ids):

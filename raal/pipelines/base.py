@@ -19,7 +19,7 @@ from raal.config import RunConfig, parse_schedule
 from raal.data.positions import IdIndex
 from raal.data.sources import Dataset
 from raal.data.transforms import ImageTransform
-from raal.embed import embed_images
+from raal.features import embed_images
 from raal.labeling.oracle import WaitingForLabels
 from raal.pipelines.coldstart import initial_batch
 from raal.pipelines.state import ArmState

@@ -326,18 +326,3 @@ def start_driver(cfg: RunConfig, max_restarts: int = 3):
 
     actor_cls = ray.remote(num_cpus=0, max_restarts=max_restarts, max_task_retries=max_restarts)(DriverActor)
     return actor_cls.remote(cfg)
-
-
-def format_row(r: int, rows: dict[str, dict], names: list[str]) -> str:
-    """One line per round: the labels (of the lock-step arms) and each arm's accuracy; `-` where an arm has none."""
-    counts = sorted({row["n_labeled"] for row in rows.values()})
-    labels = "/".join(str(c) for c in counts)
-    cells = []
-    for n in names:
-        acc = rows.get(n, {}).get("accuracy", float("nan"))
-        cells.append(f"{acc:>{max(8, len(n))}.4f}" if np.isfinite(acc) else f"{'-':>{max(8, len(n))}}")
-    return f"{r:>5}  {labels:>7}  " + "  ".join(cells)
-
-
-def format_header(names: list[str]) -> str:
-    return f"{'round':>5}  {'labels':>7}  " + "  ".join(f"{n:>{max(8, len(n))}}" for n in names)

@@ -16,7 +16,7 @@ from raal import layout
 from raal.config import LoraConfig, ModelConfig, TrainConfig
 from raal.data.sources import ImageSet
 from raal.data.transforms import ImageTransform
-from raal.embed_pool import release
+from raal.features import release_pool
 from raal.store import RunStore
 
 
@@ -56,7 +56,7 @@ def finetune_labeled(batch: dict, test: ImageSet, *, model_cfg: ModelConfig, tra
         return done
     from raal.train import finetune, finetune_lora  # lazy: heavy: torch
 
-    release(gpu_only=True)  # warm GPU embedding actors hand their GPUs to the training workers
+    release_pool(gpu_only=True)  # warm GPU embedding actors hand their GPUs to the training workers
     method_key = method.lower().replace("-", "")
     jobs = training_storage(store)
     common: dict[str, Any] = dict(num_classes=num_classes, model_cfg=model_cfg, transform=transform, storage_path=jobs, name=name,

@@ -1,12 +1,15 @@
-"""The pipelines by name: the one list that config validation, the experiment and preflight read.
+"""The pipelines by name: where each class lives, for the experiment and preflight.
 
-Pipeline modules import torch and Ray, so the registry names where each class lives and imports it on first use;
-`NAMES` costs nothing to import (`raal.config` checks `al.pipeline` against it).
+Pipeline modules import torch and Ray, so the registry names where each class lives and imports it on first use.
+The names themselves belong to the config (`raal.config.PIPELINES`, which validation checks `al.pipeline`
+against); this registry checks itself against them when imported.
 """
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING
+
+from raal.config import PIPELINES
 
 if TYPE_CHECKING:  # annotations only: importing the base pulls in the pipelines' dependencies
     from raal.pipelines.base import Pipeline
@@ -19,6 +22,16 @@ _WHERE = {
     "peal": ("raal.pipelines.peal", "PEALPipeline"),
 }
 NAMES: tuple[str, ...] = tuple(_WHERE)
+
+
+def check_names() -> None:
+    """The registry lists the pipelines the config allows, in the same order (the order of its messages)."""
+    if NAMES != PIPELINES:
+        raise RuntimeError(f"raal.pipelines.registry has {NAMES}, raal.config.PIPELINES {PIPELINES}: "
+                           "a pipeline is added or removed in both places")
+
+
+check_names()
 
 
 def get(name: str) -> type[Pipeline]:

@@ -56,7 +56,7 @@ class SVPpPipeline(Pipeline):
 
     def train_proxy(self, r: int, timer: PhaseTimer, version: int | None = None):
         """Train a fresh proxy on the labeled set after round r's labels and checkpoint it."""
-        from raal.proxy import proxy_state_dict, train_proxy  # lazy: heavy: torch
+        from raal.train import proxy_state_dict, train_proxy  # lazy: heavy: torch
 
         x, y = self.labeled_rows(version)
         with timer.phase("t_tr_proxy"):
@@ -73,7 +73,7 @@ class SVPpPipeline(Pipeline):
         if self._proxy_cache and self._proxy_cache[0] == r:
             return self._proxy_cache[1]
         if self.store.exists(self._proxy_path(r)):
-            from raal.proxy import load_proxy  # lazy: heavy: torch
+            from raal.train import load_proxy  # lazy: heavy: torch
 
             sd = torch.load(io.BytesIO(self.store.read_bytes(self._proxy_path(r))), map_location="cpu",
                             weights_only=True)
@@ -84,7 +84,7 @@ class SVPpPipeline(Pipeline):
 
     # -- hooks ------------------------------------------------------------------------------------------------------
     def strategy_inputs(self, r: int, requires: frozenset, timer: PhaseTimer) -> dict:
-        from raal.proxy import predict  # lazy: heavy: torch
+        from raal.train import predict  # lazy: heavy: torch
 
         pool, _ = self.feature_sets()
         if not requires:
@@ -104,7 +104,7 @@ class SVPpPipeline(Pipeline):
         return {k: out[k] for k in want}
 
     def evaluate_proxy(self, proxy, timer: PhaseTimer, version: int | None = None) -> float:
-        from raal.proxy import predict  # lazy: heavy: torch
+        from raal.train import predict  # lazy: heavy: torch
 
         _, test = self.feature_sets(version)
         with timer.phase("t_eval"):

@@ -4,13 +4,15 @@
     s = strategies.get("badge")          # s.requires == frozenset({"probs", "embeddings"})
     picked = s.select(100, labeled_mask=mask, probs=p, embeddings=h, seed=0)
 
-A new strategy is a `Strategy` subclass in its own module plus one entry in `_REGISTRY`; it then gets every contract
-test in tests/test_strategies.py.
+A new strategy is a `Strategy` subclass in its own module plus one entry in `_REGISTRY` and its name in
+`raal.config.STRATEGIES` (the config owns the names it validates; the registry checks itself against them on
+import); it then gets every contract test in tests/strategies/test_strategies.py.
 """
 from __future__ import annotations
 
 import inspect
 
+from raal.config import BALANCED_STRATEGIES, STRATEGIES
 from raal.strategies.activeft import ActiveFT
 from raal.strategies.activeft_al import ActiveFTAL
 from raal.strategies.badge import Badge
@@ -31,7 +33,7 @@ _REGISTRY: dict[str, type[Strategy]] = {cls.name: cls for cls in (
     TypiClust, ProbCover, DropQuery)}
 _DEFAULTS: dict[str, Strategy] = {}
 
-__all__ = ["Strategy", "accepting", "accepts", "for_run", "get", "names"]
+__all__ = ["Strategy", "accepting", "accepts", "check_names", "for_run", "get", "names"]
 
 
 def names() -> list[str]:
@@ -67,3 +69,13 @@ def for_run(name: str, **settings) -> Strategy:
     """The strategy `name` configured from the run-wide settings it takes (e.g. num_classes for probcover, balanced
     for the score strategies); settings it does not take are ignored, False/None ones are left at the default."""
     return get(name, **{k: v for k, v in settings.items() if accepts(name, k) and v not in (None, False)})
+
+
+def check_names() -> None:
+    """The registry holds the strategies the config allows, and those taking `balanced` are the config's."""
+    if tuple(names()) != STRATEGIES or tuple(accepting("balanced")) != BALANCED_STRATEGIES:
+        raise RuntimeError(f"raal.strategies has {names()} (balanced: {accepting('balanced')}), raal.config "
+                           f"{list(STRATEGIES)} (balanced: {list(BALANCED_STRATEGIES)}): change both places")
+
+
+check_names()

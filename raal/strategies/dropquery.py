@@ -46,7 +46,7 @@ class DropQuery(Strategy):
     most flips, then lowest clean top score (least confidence), then index. Deviations: faiss k-means
     (k-means++ seeding up to k = 1024, `niter` = 20 steps instead of 100) on the raw features, where the reference
     clusters its classifier's batch-normalised inputs; large budgets cluster in two levels, as kmeans_centroid
-    (`raal.index_kmeans`). Deterministic for a seed. Cost: (M + 1) proxy passes over the
+    (`raal.index.two_level_kmeans`). Deterministic for a seed. Cost: (M + 1) proxy passes over the
     unlabeled features, then k-means over the candidates (niter x candidates x budget x D).
     """
 

@@ -45,7 +45,7 @@ class KMeansCentroid(Strategy):
     Gupte et al. (2024) use this for the initial pool. Deviations: faiss k-means (k-means++ seeding up to k = 1024,
     faiss's random rows above) and `niter` (default 20) Lloyd steps instead of the reference's k-means++ and 100
     steps; labeled items are left out of the clustering (round 0 has none, as in the paper). Large budgets (k >= 512
-    and a flat step above 1.4e11 multiply-adds) use two-level k-means (`raal.index_kmeans`): sqrt(k) coarse
+    and a flat step above 1.4e11 multiply-adds) use two-level k-means (`raal.index.two_level_kmeans`): sqrt(k) coarse
     clusters split in proportion to their sizes, clusters and picks within a coarse cluster; its objective (mean
     squared distance to the nearest centroid) was within 0.1% of flat k-means' on the bench's pools and 0.3-1.5%
     above it on the tests' data (bench/results/cold_strategies.md). Deterministic for a seed. Cost: flat,

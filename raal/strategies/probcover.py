@@ -5,8 +5,7 @@ import math
 
 import numpy as np
 
-from raal.index import kmeans, knn, min_sq_dist_to, range_search
-from raal.index_ann import PoolIndex
+from raal.index import PoolIndex, kmeans, knn, min_sq_dist_to, range_search
 from raal.strategies.base import Pool, Strategy, check_option, is_flag
 
 NEIGHBOURS = 32  # k-NN list per item: it yields both the purity distances and (mostly) the δ-balls
@@ -137,7 +136,7 @@ class ProbCover(Strategy):
     coverage the remaining picks are uniformly random (the reference code repeats item 0). Cost: one exact N x N x D
     search (faiss, chunked), memory O(N x 32 + edges). Above `exact_max_n` items (50,000; at 100,000 x 2048 the
     exact pass is ~45 min on two cores) the lists, the purity search and the large balls come from an approximate
-    IVF index (`raal.index_ann.PoolIndex`: 4 sqrt(N) cells, `nprobe` probed, 8-bit codes, exact re-ranking), about
+    IVF index (`raal.index.PoolIndex`: 4 sqrt(N) cells, `nprobe` probed, 8-bit codes, exact re-ranking), about
     N x 8 sqrt(N) x D: an item's neighbour outside the probed cells is missed (recall@32 is reported by
     bench/cold_strategies.py), which can only shrink balls and raise the purity distances. `num_classes` defaults
     to 10 when unknown; raal's pipelines pass the dataset's class count.
