@@ -58,8 +58,9 @@ def test_differences_name_each_missing_extra_and_moved_package():
 
 
 def test_this_environment_equals_the_dev_lock():
-    """What CI runs is what the lock says: every locked package at its version, nothing else installed."""
-    problems = differences(read_lock(DEV_LOCK), lockcheck.installed())
+    """What CI runs is what the lock says: every locked package at its version, nothing else installed (read from
+    the venv's site-packages: other tests may put folders on this process's sys.path)."""
+    problems = differences(read_lock(DEV_LOCK), lockcheck.installed(lockcheck.venv_site_packages(sys.prefix)))
     assert problems == [], "\n".join(problems)
 
 
