@@ -61,9 +61,10 @@ chromium:
 # Regenerate the locks from pyproject.toml (and locks/labelstudio/pyproject.toml); pins already in a lock are kept
 # unless a requirement no longer allows them. `make lock UPGRADE=--upgrade-package=NAME` bumps one package.
 # What each export holds: the dev venv (runtime, dev extra, offline assets, pip/setuptools), the cluster nodes
-# (runtime, cluster extra, assets), Label Studio's venv and the tools its sdists are built with.
+# (runtime, cluster extra, assets), faiss-gpu for bench/gpu.sh, Label Studio's venv and the tools its sdists need.
 EXPORT_DEV     := --extra dev --group assets --group build
 EXPORT_CLUSTER := --extra cluster --group assets
+EXPORT_GPU     := --only-group gpu-faiss
 EXPORT_LS      := --project locks/labelstudio --all-groups
 EXPORT_LS_BUILD := --project locks/labelstudio --only-group build
 lock: $(STAMP)
@@ -71,6 +72,7 @@ lock: $(STAMP)
 	$(UV) lock --project locks/labelstudio $(UPGRADE)
 	$(UV) $(UV_EXPORT) $(EXPORT_DEV) -o $(LOCK)
 	$(UV) $(UV_EXPORT) $(EXPORT_CLUSTER) -o locks/cluster.txt
+	$(UV) $(UV_EXPORT) $(EXPORT_GPU) -o locks/gpu-faiss.txt
 	$(UV) $(UV_EXPORT) $(EXPORT_LS) -o $(LS_LOCK)
 	$(UV) $(UV_EXPORT) $(EXPORT_LS_BUILD) -o $(LS_BUILD_LOCK)
 
@@ -81,6 +83,7 @@ lock-check: $(STAMP)
 	$(UV) lock --check --project locks/labelstudio
 	$(UV) $(UV_EXPORT) $(EXPORT_DEV) | diff -u $(LOCK) -
 	$(UV) $(UV_EXPORT) $(EXPORT_CLUSTER) | diff -u locks/cluster.txt -
+	$(UV) $(UV_EXPORT) $(EXPORT_GPU) | diff -u locks/gpu-faiss.txt -
 	$(UV) $(UV_EXPORT) $(EXPORT_LS) | diff -u $(LS_LOCK) -
 	$(UV) $(UV_EXPORT) $(EXPORT_LS_BUILD) | diff -u $(LS_BUILD_LOCK) -
 
