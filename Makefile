@@ -30,6 +30,7 @@ $(STAMP): $(LOCK) pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) $(PIP_LOCKED) -r $(LOCK) $(HUSH_LOCAL_INDEX)
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . $(HUSH_LOCAL_INDEX)
+	$(PY) -m raal.lockcheck $(LOCK) --unlocked | xargs -r $(PY) -m pip uninstall -y -q  # a package the lock dropped
 	$(PY) -m raal.lockcheck $(LOCK)
 	touch $(STAMP)
 
@@ -39,6 +40,7 @@ $(LS_STAMP): $(LS_LOCK) $(LS_BUILD_LOCK) | $(STAMP)
 	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
 	$(LS_VENV)/bin/python $(PIP_LOCKED) -r $(LS_BUILD_LOCK) $(HUSH_LOCAL_INDEX)
 	$(LS_VENV)/bin/python $(PIP_HASHED) --no-build-isolation -r $(LS_LOCK) $(HUSH_LOCAL_INDEX)
+	$(PY) -m raal.lockcheck $(LS_LOCK) --venv $(LS_VENV) --unlocked | xargs -r $(LS_VENV)/bin/python -m pip uninstall -y -q
 	$(PY) -m raal.lockcheck $(LS_LOCK) --venv $(LS_VENV)
 	rm -rf $(LS_VENV)/template  # a migrated sqlite database that each test copies (migrating takes most of a start)
 	LABEL_STUDIO_BASE_DATA_DIR=$(LS_VENV)/template $(LS_VENV)/bin/label-studio version > /dev/null

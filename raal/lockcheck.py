@@ -4,6 +4,7 @@ locked version, and nothing installed that the lock does not name.
     python -m raal.lockcheck locks/dev.txt                    # the running interpreter's environment
     python -m raal.lockcheck locks/labelstudio.txt --venv .venv-ls
     python -m raal.lockcheck locks/cluster.txt -- CMD ...     # check, then run CMD in this process's place
+    python -m raal.lockcheck locks/dev.txt --unlocked         # the installed names the lock lacks, one a line
 
 `make install`, `make labelstudio` and `make env-check` run it after installing, and a cluster job runs it before
 raal starts (jobs/submit.sh), so a node whose packages drifted from what CI ran stops with one line instead of
@@ -121,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m raal.lockcheck", description=__doc__.split("\n\n")[0])
     parser.add_argument("lock", help="a requirements-style lock, e.g. locks/dev.txt")
     parser.add_argument("--venv", help="check this virtual environment instead of the running interpreter's")
+    parser.add_argument("--unlocked", action="store_true",
+                        help="only print the installed packages the lock does not name (make install uninstalls "
+                             "them, so an environment follows a lock that dropped a package)")
     args = parser.parse_args(argv)
     try:
         locked = read_lock(args.lock)
@@ -129,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"raal.lockcheck: error: {err}", file=sys.stderr)
         return 2
     where = args.venv or sys.prefix
+    if args.unlocked:
+        print("\n".join(sorted(set(present) - set(locked) - NOT_LOCKED)))
+        return 0
     problems = differences(locked, present)
     if problems:
         for line in problems:

@@ -111,3 +111,16 @@ def test_a_venv_is_read_from_its_site_packages(tmp_path):
     assert lockcheck.main([str(lock), "--venv", str(tmp_path)]) == 0
     lock.write_text("numpy==2.4.6\nscipy==1.17.1\n")
     assert lockcheck.main([str(lock), "--venv", str(tmp_path)]) == 1
+
+
+def test_unlocked_lists_what_make_install_uninstalls(tmp_path, capsys):
+    """A package the lock no longer names is listed (make install pipes the list to pip uninstall); raal is not."""
+    site = tmp_path / "lib" / "python3.11" / "site-packages"
+    for name, version in (("numpy", "2.4.6"), ("toml", "0.10.2"), ("raal", "0.1.0")):
+        info = site / f"{name}-{version}.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    lock = tmp_path / "lock.txt"
+    lock.write_text("numpy==2.4.6\n")
+    assert lockcheck.main([str(lock), "--venv", str(tmp_path), "--unlocked"]) == 0
+    assert capsys.readouterr().out.split() == ["toml"]
