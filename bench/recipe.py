@@ -11,6 +11,7 @@ labeled sets are used here, never sets chosen by an AL strategy: the recipe must
 
     python bench/recipe.py                       # ~6-10 min on 2 cores
     python bench/recipe.py --freeze 16 --out recipe.k16    # another variant, written beside the default
+    python bench/recipe.py --full [--data animal mnist] [--aggregate]   # the full fine-tune gate (recipe_full.py)
 """
 from __future__ import annotations
 
@@ -44,7 +45,15 @@ def main() -> None:
     ap.add_argument("--freeze", type=int, default=EvalConfig.freeze_blocks)
     ap.add_argument("--steps", type=int, default=EvalConfig.steps)
     ap.add_argument("--out", default="recipe")
+    ap.add_argument("--full", action="store_true", help="the full fine-tune gate (bench/recipe_full.py)")
+    ap.add_argument("--data", nargs="*", default=["animal", "mnist"], choices=["animal", "mnist"])
+    ap.add_argument("--aggregate", action="store_true", help="--full: only rebuild the tables")
     args = ap.parse_args()
+    if args.full:
+        import recipe_full  # bench/ is on sys.path: this script's folder
+
+        recipe_full.main(args.data, args.aggregate)
+        return
     sizes = [int(s) for s in args.sizes.split(",")]
 
     data = load_data(DataConfig(test_size=2000))

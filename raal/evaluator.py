@@ -6,13 +6,23 @@ scores it on the test split; its seed is derived from (AL seed, labeled-set size
 with the same number of labels are scored with paired seeds. The selector's own accuracy (the proxy's, or standard
 AL's model) stays in the rounds table as a labelled diagnostic (`model_accuracy`), never the headline.
 
-On a CPU the evaluator fine-tunes *partially*: the first `eval.freeze_blocks` blocks of the backbone are frozen,
+Two regimes. *Partial* (`eval.freeze_blocks` > 0, or -1 = all but the last 2 blocks): the first blocks are frozen,
 their activations for the pool and the test split are computed once per run (`PrefixCache`, stored in the run
-store), and each evaluation trains the remaining blocks + a head from the cache. Methods:
+store), and each evaluation trains the remaining blocks + a head from the cache; cheap, but the features barely
+move. *Full* (`eval.freeze_blocks=0`): every block trains, as users fine-tune; the transformed images of pool and
+test are held in memory (the input is the "activation"; bounded by RAAL_EVAL_MEMORY_GB) and the augmentation is a
+random translation of the images. Methods:
 - `lp`: the converged linear probe alone (L-BFGS on the frozen features);
 - `lpft` (default): the probe, then `eval.steps` AdamW steps of the trainable blocks and the head from it;
 - `ft`: the same steps from a fresh head.
-The same `fit` serves standard AL's per-round model and ASVP's refresh when `train.freeze_blocks > 0`.
+The same `fit` serves standard AL's per-round model and ASVP's refresh when `train.freeze_blocks != 0`.
+
+Fits are memoised: a fit is a function of (labeled set, labels, seed, recipe, backbone, transform) — the labeled
+rows are put in pool order first, so the order they were labeled in does not matter — and an identical request
+returns the earlier result (`Fitted.memo_hit`) instead of training again: from memory (the last few fits, models
+included) or, for `score`, from the record in the run store (`eval_memo/`), so a resumed run and every arm share
+them. Round 0 (the same random batch in every arm), ASVP's rounds before its first refresh (SVPp's sets) and
+standard AL's per-round model (the evaluator's own fit of that set) are each trained once.
 """
 from __future__ import annotations
 
@@ -22,6 +32,7 @@ import json
 import logging
 import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +40,7 @@ import torch
 from torch import nn
 
 from raal import layout, progress
+from raal.errors import ConfigError
 from raal.recipe import default_freeze, fit_probe, forward_in_chunks, split_trunk, train_suffix
 
 log = logging.getLogger(__name__)
@@ -79,8 +91,9 @@ class Fitted:
     head: nn.Linear
     accuracy: float
     probe_accuracy: float
-    seconds: float
+    seconds: float  # the measured cost of the fit (also when a later request got it from the memo)
     steps: int
+    memo_hit: bool = False  # this request was answered from the memo, not trained again
 
     def state_dict(self) -> dict:
         return {"suffix": {k: v.detach().clone() for k, v in self.suffix.state_dict().items()},
@@ -129,11 +142,28 @@ class PrefixCache:
         return acts
 
 
+def memory_limit_bytes() -> int:
+    """What full fine-tuning may hold as transformed inputs of pool + test (RAAL_EVAL_MEMORY_GB, default 8)."""
+    return int(float(os.environ.get("RAAL_EVAL_MEMORY_GB", "8")) * 2**30)
+
+
+def hold_inputs(images, transform, chunk: int = 256) -> torch.Tensor:
+    """The transformed images of one split as one float32 tensor (full fine-tuning: the input is the activation)."""
+    parts = []
+    for a in range(0, len(images), chunk):
+        parts.append(torch.from_numpy(transform(images.take(np.arange(a, min(len(images), a + chunk))))))
+        progress.report("evaluator inputs", min(len(images), a + chunk), len(images), "img")
+    return torch.cat(parts).contiguous()
+
+
 class Evaluator:
     """Holds the frozen prefix, the cached activations of pool and test, and the recipe; scores labeled sets."""
 
+    MEMO_MODELS = 6  # fits kept in memory with their models (a full MobileNetV2 is ~9 MB)
+
     def __init__(self, *, model_cfg, transform, freeze_blocks: int, recipe: Recipe, num_classes: int,
-                 test_labels: np.ndarray, pool_acts: torch.Tensor, test_acts: torch.Tensor, base_trunk: nn.Module):
+                 test_labels: np.ndarray, pool_acts: torch.Tensor, test_acts: torch.Tensor, base_trunk: nn.Module,
+                 store=None, identity: dict | None = None):
         self.model_cfg, self.transform = model_cfg, transform
         self.freeze_blocks, self.recipe, self.num_classes = freeze_blocks, recipe, num_classes
         self.test_labels = torch.as_tensor(np.asarray(test_labels, dtype=np.int64))
@@ -141,6 +171,20 @@ class Evaluator:
         self._base_trunk = base_trunk
         self.setup_seconds = 0.0
         self.threads = eval_threads()
+        self.store = store  # where score records are memoised (None: memory only)
+        self.identity = identity or {}  # backbone, transform, frozen blocks, pool/test ids: part of every memo key
+        self._memo: OrderedDict[str, Fitted] = OrderedDict()
+
+    @property
+    def full(self) -> bool:
+        """Full fine-tuning: every block trains (`freeze_blocks=0`)."""
+        return self.freeze_blocks == 0
+
+    def describe(self) -> str:
+        method = {"lpft": "LP-FT", "ft": "FT", "lp": "LP"}[self.recipe.method]
+        if self.full:
+            return f"{method} of the whole backbone (inputs held in memory), {self.recipe.steps} steps"
+        return f"{method} of the blocks after the first {self.freeze_blocks} (frozen, cached), {self.recipe.steps} steps"
 
     @classmethod
     def build(cls, *, store, data, model_cfg, transform, freeze_blocks: int, recipe: Recipe) -> Evaluator:
@@ -153,10 +197,21 @@ class Evaluator:
         prefix, _ = split_trunk(trunk, freeze_blocks)
         meta = {"arch": model_cfg.arch, "weights": str(model_cfg.weights), "freeze_blocks": freeze_blocks,
                 "transform": transform.describe()}
+        if freeze_blocks == 0:
+            need = 4 * 3 * transform.size ** 2 * (len(data.pool) + len(data.test))
+            if need > memory_limit_bytes():
+                raise ConfigError(f"eval.freeze_blocks=0 holds pool and test as float32 images in memory: "
+                                  f"{need / 2**30:.1f} GiB > RAAL_EVAL_MEMORY_GB={memory_limit_bytes() / 2**30:g}; "
+                                  f"use eval.freeze_blocks=-1 (partial) or a smaller data.image_size")
         acts = {}
+        identity = dict(meta)
         for split, images in (("pool", data.pool), ("test", data.test)):
             ids = np.asarray(images.ids, dtype=np.int64)
-            cache = PrefixCache(store, split, {**meta, "ids": hashlib.sha256(ids.tobytes()).hexdigest()})
+            identity[f"{split}_ids"] = hashlib.sha256(ids.tobytes()).hexdigest()
+            if freeze_blocks == 0:
+                acts[split] = hold_inputs(images, transform)
+                continue
+            cache = PrefixCache(store, split, {**meta, "ids": identity[f"{split}_ids"]})
             got = cache.load()
             if got is None:
                 threads = torch.get_num_threads()
@@ -168,7 +223,7 @@ class Evaluator:
             acts[split] = got
         ev = cls(model_cfg=model_cfg, transform=transform, freeze_blocks=freeze_blocks, recipe=recipe,
                  num_classes=data.pool.num_classes, test_labels=data.test.labels, pool_acts=acts["pool"],
-                 test_acts=acts["test"], base_trunk=trunk)
+                 test_acts=acts["test"], base_trunk=trunk, store=store, identity=identity)
         ev.setup_seconds = time.perf_counter() - t0
         return ev
 
@@ -182,27 +237,65 @@ class Evaluator:
         assert out is not None, "the pool and test splits are never empty (checked when the data loads)"
         return out
 
+    def accuracy_on(self, fitted: Fitted, positions: np.ndarray, labels: np.ndarray) -> float:
+        """Accuracy of a fit on pool rows (e.g. labeled rows it did not train on)."""
+        with torch.no_grad():
+            pred = fitted.head(self.features(fitted.suffix, "pool", positions)).argmax(1)
+        return float((pred == torch.as_tensor(np.asarray(labels, dtype=np.int64))).float().mean())
+
     def _accuracy(self, suffix: nn.Module, head: nn.Linear) -> float:
         with torch.no_grad():
             pred = head(self.features(suffix, "test")).argmax(1)
         return float((pred == self.test_labels).float().mean())
 
+    @staticmethod
+    def _canonical(positions, labels) -> tuple[np.ndarray, np.ndarray]:
+        pos = np.asarray(positions, dtype=np.int64)
+        y = np.asarray(labels, dtype=np.int64)
+        if len(pos) != len(y) or len(pos) < 2:
+            raise ValueError(f"the evaluator needs >= 2 labeled rows with one label each, got {len(pos)}/{len(y)}")
+        order = np.argsort(pos, kind="stable")
+        return pos[order], y[order]
+
+    def memo_key(self, positions, labels, *, seed: int, recipe: Recipe | None = None) -> str:
+        """The identity of a fit: labeled set and labels (in pool order), seed, recipe, backbone, transform, data."""
+        pos, y = self._canonical(positions, labels)
+        h = hashlib.sha256(pos.tobytes())
+        h.update(y.tobytes())
+        h.update(json.dumps({"seed": int(seed), "recipe": (recipe or self.recipe).__dict__, **self.identity},
+                            sort_keys=True, default=str).encode())
+        return h.hexdigest()[:32]
+
     def fit(self, positions: np.ndarray, labels: np.ndarray, *, seed: int, recipe: Recipe | None = None) -> Fitted:
-        """Fit the recipe on pool rows `positions` with `labels`; test accuracy of the probe and of the result."""
+        """Fit the recipe on pool rows `positions` with `labels`; test accuracy of the probe and of the result.
+
+        An identical earlier fit still in memory is returned as it is (`memo_hit`; treat its model as read-only)."""
         rc = recipe or self.recipe
+        key = self.memo_key(positions, labels, seed=seed, recipe=rc)
+        if key in self._memo:
+            self._memo.move_to_end(key)
+            f = self._memo[key]
+            return Fitted(f.suffix, f.head, f.accuracy, f.probe_accuracy, f.seconds, f.steps, memo_hit=True)
         t0 = time.perf_counter()
         threads = torch.get_num_threads()
         torch.set_num_threads(self.threads)  # the driver runs nothing else meanwhile; Ray gave it 1 thread
         try:
-            return self._fit(positions, labels, seed=seed, rc=rc, t0=t0)
+            out = self._fit(*self._canonical(positions, labels), seed=seed, rc=rc, t0=t0)
         finally:
             torch.set_num_threads(threads)
+        self._memo[key] = out
+        while len(self._memo) > self.MEMO_MODELS:
+            self._memo.popitem(last=False)
+        self._remember(key, out)
+        return out
 
-    def _fit(self, positions, labels, *, seed: int, rc: Recipe, t0: float) -> Fitted:
-        pos = np.asarray(positions, dtype=np.int64)
-        y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
-        if len(pos) != len(y) or len(pos) < 2:
-            raise ValueError(f"the evaluator needs >= 2 labeled rows with one label each, got {len(pos)}/{len(y)}")
+    def _remember(self, key: str, f: Fitted) -> None:
+        if self.store is not None and not self.store.exists(layout.eval_memo(key)):
+            self.store.write_json(layout.eval_memo(key), {"accuracy": f.accuracy, "probe_accuracy": f.probe_accuracy,
+                                                          "seconds": f.seconds, "steps": f.steps})
+
+    def _fit(self, pos: np.ndarray, labels: np.ndarray, *, seed: int, rc: Recipe, t0: float) -> Fitted:
+        y = torch.as_tensor(labels)
         x = self.pool_acts[torch.as_tensor(pos)]
         suffix = self.new_suffix()
         torch.manual_seed(int(seed) % (2**31))
@@ -221,7 +314,7 @@ class Evaluator:
             train_suffix(suffix, head, x, y, steps=steps, batch_size=rc.batch_size, backbone_lr=rc.backbone_lr,
                          head_lr=rc.head_lr if rc.method == "lpft" else rc.ft_head_lr,
                          weight_decay=rc.weight_decay, warmup_frac=rc.warmup_frac, augment=rc.augment, seed=seed,
-                         bn=rc.bn)
+                         bn=rc.bn, shift=self.transform.size // 16 if self.full else 0)
             acc = self._accuracy(suffix, head)
         else:
             acc = probe_acc
@@ -229,10 +322,16 @@ class Evaluator:
                       seconds=time.perf_counter() - t0, steps=steps)
 
     def score(self, positions: np.ndarray, labels: np.ndarray, *, seed: int) -> dict:
-        """The evaluation of one labeled set: accuracy (the headline), probe accuracy, steps, seconds."""
+        """The evaluation of one labeled set: accuracy (the headline), probe accuracy, steps, the fit's measured
+        seconds, and whether it came from the memo (memory, or the record an earlier identical fit left)."""
+        key = self.memo_key(positions, labels, seed=seed)
+        if key not in self._memo and self.store is not None and self.store.exists(layout.eval_memo(key)):
+            rec = self.store.read_json(layout.eval_memo(key))
+            return {"accuracy": rec["accuracy"], "probe_accuracy": rec["probe_accuracy"], "eval_steps": rec["steps"],
+                    "eval_seconds": rec["seconds"], "eval_memo": True}
         f = self.fit(positions, labels, seed=seed)
         return {"accuracy": f.accuracy, "probe_accuracy": f.probe_accuracy, "eval_steps": f.steps,
-                "eval_seconds": f.seconds}
+                "eval_seconds": f.seconds, "eval_memo": f.memo_hit}
 
     def load_fitted(self, state: dict) -> tuple[nn.Module, nn.Linear]:
         suffix = self.new_suffix()

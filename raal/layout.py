@@ -23,6 +23,8 @@ FEATURE_TIMING = f"{FEATURES}/timing.json"
 SCORES = "scores"  # pool scores of older runs (cluster fetch skips them)
 INITIAL = "initial"
 EVAL_CACHE = "eval_cache"
+EVAL_MEMO = "eval_memo"
+SWITCH = "switch.json"  # inside an arm: asvp.switch=holdout's decision
 REPORT = "report"  # local runs: the report written when the run ends
 REPORT_HTML, REPORT_SUMMARY = "report.html", "summary.txt"  # inside a report folder
 ORACLE = "oracle"
@@ -84,6 +86,11 @@ def initial_batch(name: str, size: int, seed: int) -> str:
 def eval_cache(split: str, key: str) -> tuple[str, str]:
     """(data, meta) of one split's cached prefix activations."""
     return f"{EVAL_CACHE}/{split}-{key}.f32", f"{EVAL_CACHE}/{split}-{key}.json"
+
+
+def eval_memo(key: str) -> str:
+    """The record of one evaluator fit (accuracy, seconds), found again by the fit's identity."""
+    return f"{EVAL_MEMO}/{key}.json"
 
 
 def export(r: int | str, fmt: str) -> str:
@@ -154,7 +161,9 @@ FILES: tuple[tuple[str, str], ...] = (
     (FEATURE_TIMING, "how long each feature computation took"),
     (INITIAL + "/", "the round-0 batch, chosen once per experiment"),
     (EVAL_CACHE + "/", "cached activations of the evaluator's frozen prefix"),
+    (EVAL_MEMO + "/", "one record per distinct evaluator fit (accuracy, seconds): identical fits run once"),
     (arm("<arm>") + "/" + ARM_META, "pipeline, strategy, baseline flag, seed"),
+    (arm("<arm>") + "/" + SWITCH, "asvp.switch=holdout: FT and LP-FT held-out accuracies, the method chosen"),
     (arm("<arm>") + "/" + selection("K"), "the arm's round-K selection (id, score, prediction), written first"),
     (arm("<arm>") + "/" + LABELS, "id, label, round, source"),
     (arm("<arm>") + "/" + ROUNDS, "one row a round (the commit point): sizes, accuracy, ASVP decisions, phase times"),
@@ -193,6 +202,8 @@ _ROUNDS: dict[str, tuple[str, object, object]] = {
     "probe_accuracy": ("float64", math.nan, math.nan), "trigger_signal": ("float64", math.nan, math.nan),
     "kappa": ("float64", math.nan, math.nan), "gain_per_100": ("float64", math.nan, math.nan),
     "stop_advice": ("string", "", ""), "stop_reason": ("string", "", ""),
+    # the evaluator's fit of this labeled set: its measured seconds, and whether the memo answered (trained once)
+    "eval_fit_s": ("float64", math.nan, math.nan), "eval_memo": ("bool", False, False),
 }
 ROUND_TYPES: dict[str, str] = {k: t for k, (t, _, _) in _ROUNDS.items()}
 #: what a writer stores for a column the round left unset (round, n_labeled and n_new must be given)
@@ -201,7 +212,7 @@ ROUND_DEFAULTS: dict[str, object] = {k: d for k, (_, d, _) in _ROUNDS.items() if
 ROUND_MISSING: dict[str, object] = {k: m for k, (_, _, m) in _ROUNDS.items()}
 #: columns added after the first runs: their absence is not worth a note
 ROUND_OPTIONAL = ("random_only", "model_accuracy", "model_eval", "probe_accuracy", "trigger_signal", "kappa",
-                  "gain_per_100", "stop_advice", "stop_reason")
+                  "gain_per_100", "stop_advice", "stop_reason", "eval_fit_s", "eval_memo")
 #: without these an arm's rounds cannot be read at all
 ROUND_REQUIRED = ("round", "n_labeled", "accuracy")
 

@@ -120,12 +120,14 @@ def default_freeze(trunk: nn.Module) -> int:
 def split_trunk(trunk: nn.Module, freeze_blocks: int) -> tuple[nn.Module, nn.Module]:
     """(prefix, suffix): prefix = the first `freeze_blocks` blocks (frozen), suffix = the rest + pooling.
 
+    `freeze_blocks=0` is full fine-tuning: the prefix is the identity and the suffix the whole trunk.
+
     suffix(prefix(x)) equals trunk(x) in eval mode (tested). The suffix is a deep copy, so training it never
     changes the caller's trunk.
     """
     blocks = trunk_blocks(trunk)
-    if not 0 < freeze_blocks < len(blocks):
-        raise ValueError(f"freeze_blocks must be in 1..{len(blocks) - 1} for {type(trunk).__name__} "
+    if not 0 <= freeze_blocks < len(blocks):
+        raise ValueError(f"freeze_blocks must be in 0..{len(blocks) - 1} for {type(trunk).__name__} "
                          f"({len(blocks)} blocks), got {freeze_blocks}")
     prefix = nn.Sequential(*blocks[:freeze_blocks]).eval().requires_grad_(False)
     suffix = nn.Sequential(copy.deepcopy(nn.Sequential(*blocks[freeze_blocks:])), _PoolFlatten())
@@ -142,14 +144,28 @@ def forward_in_chunks(module: nn.Module, x: torch.Tensor, chunk: int = 1024) -> 
     return out
 
 
+def random_shift(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Each image of x (N×C×H×W) translated by its own offset in [-shift, shift]² (edges replicated)."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (shift, shift, shift, shift), mode="replicate")
+    dy = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, x.shape[1], h, w + 2 * shift)
+    out = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, x.shape[1], h, w)
+    return out.gather(3, cols)
+
+
 def train_suffix(suffix: nn.Module, head: nn.Linear, x: torch.Tensor, y: torch.Tensor, *, steps: int,
                  batch_size: int, backbone_lr: float, head_lr: float, weight_decay: float, warmup_frac: float,
-                 augment: bool, seed: int, bn: str = "frozen") -> dict:
+                 augment: bool, seed: int, bn: str = "frozen", shift: int = 0) -> dict:
     """Fine-tune `suffix` + `head` in place on inputs x (cached prefix activations) for exactly `steps` steps.
 
     AdamW with two parameter groups, warm-up + cosine, batches drawn with replacement from a seeded generator
-    (the same seed gives the same run), frozen BatchNorm statistics unless bn == "train". Augmentation is a
-    horizontal flip of the activation maps (a mild, cheap stand-in for flipping the image; the cache holds one view).
+    (the same seed gives the same run), frozen BatchNorm statistics unless bn == "train". Augmentation: with
+    `shift` > 0 (x holds images: full fine-tuning) a random translation by up to `shift` pixels each way, which keeps
+    the label of a digit as well as of an animal (a flip would not); otherwise a horizontal flip of the activation
+    maps (a mild, cheap stand-in for flipping the image; the cache holds one view).
     Returns the loss of the first and last steps.
     """
     gen = torch.Generator().manual_seed(int(seed))
@@ -169,7 +185,9 @@ def train_suffix(suffix: nn.Module, head: nn.Linear, x: torch.Tensor, y: torch.T
             group["lr"] = lr * mult
         idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)
         xb = x[idx]
-        if augment and xb.dim() == 4:
+        if augment and xb.dim() == 4 and shift > 0:
+            xb = random_shift(xb, shift, gen)
+        elif augment and xb.dim() == 4:
             flip = torch.rand(len(idx), generator=gen) < 0.5
             xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
         loss = F.cross_entropy(head(suffix(xb)), y[idx])

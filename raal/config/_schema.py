@@ -187,7 +187,11 @@ class ASVPConfig:
     max_refreshes: int = -1  # -1 = unlimited
     logme_variant: str = "fast"  # fast | exact: the recorded LogME-PED (and rule "delta")
     ped: PEDConfig = field(default_factory=PEDConfig)
-    rule: str = "gain"  # gain | delta (legacy)
+    rule: str = "gain"  # gain | delta (legacy) | at (refresh at `refresh_at`) | never
+    refresh_at: list[int] = field(default_factory=list)  # rule "at": labeled-set sizes after which to refresh
+    # the final model's method: rule (LP-FT until a refresh, FT after) | ft | lpft | holdout (both fitted on 80 %
+    # of the labeled set, the better on the other 20 % wins: raal/pipelines/switch.py)
+    switch: str = "rule"
     gain_threshold: float = 0.02  # fire below this accuracy gain per doubling of the labels
     gain_rounds: int = 2  # ... in this many consecutive scored rounds
     gain_permutations: int = 5  # seeded random splits of the labeled set averaged per round

@@ -179,15 +179,22 @@ def validate(cfg: RunConfig) -> None:
     _check(e.bn in ("frozen", "train"), "eval.bn", "allowed: frozen, train", e.bn)
     _check(e.steps >= 1 and e.batch_size >= 1, "eval.steps", "steps and batch_size must be >= 1",
            (e.steps, e.batch_size))
-    _check(e.freeze_blocks == -1 or e.freeze_blocks >= 1, "eval.freeze_blocks", "must be -1 (auto) or >= 1",
-           e.freeze_blocks)
+    _check(e.freeze_blocks >= -1, "eval.freeze_blocks", "must be -1 (auto: all but the last 2 blocks), 0 (full "
+           "fine-tuning) or >= 1", e.freeze_blocks)
     _check(min(e.backbone_lr, e.head_lr, e.ft_head_lr) > 0 and e.weight_decay >= 0 and e.probe_l2 >= 0
            and 0 <= e.warmup_frac < 1, "eval", "learning rates must be > 0, weight_decay and probe_l2 >= 0, "
            "warmup_frac in [0, 1)", (e.backbone_lr, e.head_lr, e.ft_head_lr, e.weight_decay, e.warmup_frac))
     _check(cfg.asvp.logme_variant in ("fast", "exact"), "asvp.logme_variant", "allowed: fast, exact",
            cfg.asvp.logme_variant)
     _check(cfg.asvp.threshold >= 0, "asvp.threshold", "must be >= 0", cfg.asvp.threshold)
-    _check(cfg.asvp.rule in ("gain", "delta"), "asvp.rule", "allowed: gain, delta", cfg.asvp.rule)
+    _check(cfg.asvp.rule in ("gain", "delta", "at", "never"), "asvp.rule", "allowed: gain, delta, at, never",
+           cfg.asvp.rule)
+    _check(cfg.asvp.rule != "at" or (bool(cfg.asvp.refresh_at) and all(int(v) >= 1 for v in cfg.asvp.refresh_at)),
+           "asvp.refresh_at", "rule 'at' needs labeled-set sizes >= 1 to refresh at", cfg.asvp.refresh_at)
+    _check(cfg.asvp.switch in ("rule", "ft", "lpft", "holdout"), "asvp.switch", "allowed: rule, ft, lpft, holdout",
+           cfg.asvp.switch)
+    _check(cfg.asvp.switch != "holdout" or cfg.eval.every_round == "evaluator", "asvp.switch",
+           "holdout compares FT and LP-FT with the evaluator: set eval.every_round=evaluator", cfg.asvp.switch)
     _check(cfg.asvp.gain_rounds >= 1 and cfg.asvp.gain_permutations >= 1, "asvp.gain_rounds",
            "gain_rounds and gain_permutations must be >= 1", (cfg.asvp.gain_rounds, cfg.asvp.gain_permutations))
     _check(cfg.oracle.kind in ORACLES, "oracle.kind", f"allowed: {', '.join(ORACLES)}", cfg.oracle.kind)

@@ -10,9 +10,16 @@ After each round's labels (rounds >= 1): PED on the current features of the labe
   more labels.
 * "delta" (legacy): fire when a previous score exists and |score - previous| < `asvp.threshold`. `previous` is the
   last computed score since the last refresh (kept across skipped rounds, reset by a refresh).
+* "at": fire after the rounds whose labeled-set size is in `asvp.refresh_at` (the paper's forced-position
+  ablation); "never": SVPp's selection with ASVP's bookkeeping (the training-alignment-only ablation). Neither
+  computes PED or LogME.
 
 Firing fine-tunes the backbone on the labeled set (FT recipe) and re-embeds the pool and the test split into a new
-feature version. LP-FT is the training method until the first refresh, FT from then on.
+feature version: as a Ray Train job and a Ray Data pass (`train.freeze_blocks=0`), or in the driver with the
+evaluator (partial from its cached activations, or the whole backbone with `eval.freeze_blocks=0`), then with the
+evaluator's seed for that labeled-set size, so the refresh and the round's evaluation are one fit. The training
+method of the final model (`asvp.switch`): "rule" = LP-FT until the first refresh, FT from then on (the paper's
+alignment); "ft" / "lpft" = always that one.
 
 The decision state is *derived* from the committed rounds table, never kept beside it: a run killed between a
 decision and its commit recomputes the same decision from the same features and labels, and a refresh already
@@ -81,6 +88,8 @@ def decide(history: list[dict], ped_steps: int, score_fn: Callable[[], float], c
     the `gain_rounds - 1` previous scored rounds since the last refresh. A NaN signal (too few labels) never fires.
     Both rules: PED's skip limit first, at most `max_refreshes` refreshes (-1 = unlimited).
     """
+    if cfg.rule in FIXED_RULES:
+        raise ValueError(f"asvp.rule={cfg.rule} does not score the features: use `fixed_decision`")
     if ped_steps <= cfg.ped_max_steps_for_skip:
         return Decision(ped_steps, math.nan, math.nan, False)
     score = float(score_fn())
@@ -98,6 +107,18 @@ def decide(history: list[dict], ped_steps: int, score_fn: Callable[[], float], c
     recent = (previous_signals(history) + [signal])[-cfg.gain_rounds:]
     fire = (len(recent) == cfg.gain_rounds and all(math.isfinite(v) and v < cfg.gain_threshold for v in recent))
     return Decision(ped_steps, score, diff, bool(fire and allowed), signal)
+
+
+FIXED_RULES = ("at", "never")
+
+
+def fixed_decision(history: list[dict], n_labeled: int, cfg: ASVPConfig) -> Decision:
+    """rule "at": refresh after the round that reaches a labeled-set size listed in `refresh_at` (within
+    `max_refreshes`); rule "never": no refresh. No score is computed (PED steps -1)."""
+    refreshes = sum(bool(r.get("refreshed")) for r in history)
+    allowed = cfg.max_refreshes < 0 or refreshes < cfg.max_refreshes
+    fire = cfg.rule == "at" and int(n_labeled) in {int(v) for v in cfg.refresh_at} and allowed
+    return Decision(-1, math.nan, math.nan, bool(fire))
 
 
 def gain_signal(x, y, permutations: int = 5, seed: int = 0, min_per_class: int = 5) -> float:
@@ -132,7 +153,13 @@ def gain_signal(x, y, permutations: int = 5, seed: int = 0, min_per_class: int =
     return float(np.mean(gains))
 
 
-def training_method(history: list[dict], refreshed_now: bool) -> str:
+def training_method(history: list[dict], refreshed_now: bool, switch: str = "rule") -> str:
+    """The final model's method: `switch` "ft" / "lpft" fix it; "rule" = LP-FT until a refresh, FT after;
+    "holdout" is decided once on the final labeled set (`ASVPPipeline.final_method`): "" until then."""
+    if switch == "holdout":
+        return ""
+    if switch in ("ft", "lpft"):
+        return "FT" if switch == "ft" else "LP-FT"
     return "FT" if refreshed_now or any(r.get("refreshed") for r in history) else "LP-FT"
 
 
@@ -157,13 +184,30 @@ class ASVPPipeline(SVPpPipeline):
         """With fine-tuned evaluation, ASVP evaluates with its own training alignment (LP-FT, then FT)."""
         if self.ctx.cfg.eval.every_round not in ("ft", "lpft"):
             return None
-        return training_method(self.state.rounds, refreshed_now)
+        return training_method(self.state.rounds, refreshed_now, self.ctx.cfg.asvp.switch) or "FT"
 
     def final_method(self) -> str | None:
         """ASVP's training alignment: LP-FT if the features were never refreshed, FT once they were."""
         if self.ctx.cfg.eval.final == "none":
             return None
-        return training_method(self.state.rounds, False)
+        if self.ctx.cfg.asvp.switch == "holdout":
+            return {"ft": "FT", "lpft": "LP-FT"}[self.holdout_switch()["method"]]
+        return training_method(self.state.rounds, False, self.ctx.cfg.asvp.switch)
+
+    def holdout_switch(self) -> dict:
+        """asvp.switch=holdout on the final labeled set (raal.pipelines.switch), decided once and kept in the
+        arm's store (`switch.json`), so a resumed run trains the final model with the same method."""
+        from raal.evaluator import eval_seed  # lazy: heavy: torch
+        from raal.pipelines.switch import holdout_choice
+
+        if self.store.exists(layout.SWITCH):
+            return self.store.read_json(layout.SWITCH)
+        assert self.ctx.evaluator is not None, "config validation ties asvp.switch=holdout to the evaluator"
+        n = len(self.state.label_ids)
+        out = holdout_choice(self.ctx.evaluator, self.positions(self.state.labeled_ids), self.state.labels,
+                             seed=eval_seed(self.ctx.cfg.al.seed, n))
+        self.store.write_json(layout.SWITCH, {**out, "n_labeled": n})
+        return self.store.read_json(layout.SWITCH)
 
     def reference_stats(self, version: int):
         """Mean/std of the whole pool's current features, PED's rescaling set (computed once per version)."""
@@ -175,6 +219,8 @@ class ASVPPipeline(SVPpPipeline):
 
     def check(self, r: int) -> Decision:
 
+        if self.ctx.cfg.asvp.rule in FIXED_RULES:
+            return fixed_decision(self.state.rounds, len(self.state.label_ids), self.ctx.cfg.asvp)
         version = self.feature_version()
         x, y = self.labeled_rows(version)
         stats = self.reference_stats(version)
@@ -189,7 +235,7 @@ class ASVPPipeline(SVPpPipeline):
         """Fine-tune on the labeled set (FT), re-embed pool and test into the next version; resumable."""
         new = self.feature_version() + 1
         if self.ctx.cfg.train.freeze_blocks != 0:
-            return self.refresh_partial(r, new, timer)
+            return self.refresh_in_driver(new, timer)
         ckpt = layout.backbone_checkpoint(new)
         with timer.phase("t_tr_full"):
             self.finetune(method="ft", name=f"refresh_v{new}", seed=round_seed(self.ctx.cfg.al.seed, r, 2),
@@ -200,19 +246,20 @@ class ASVPPipeline(SVPpPipeline):
                 self.ctx.embed(fs, new, split, weights=(self.store, ckpt + ".pt"))
         return new
 
-    def refresh_partial(self, r: int, new: int, timer: PhaseTimer) -> int:
-        """The refresh from the evaluator's cached activations: FT of the trainable blocks on the labeled set, then
-        their features of pool and test written as version `new` (the same store layout as a full refresh)."""
-
-
-        from raal.evaluator import Recipe, save_state  # lazy: heavy: torch
+    def refresh_in_driver(self, new: int, timer: PhaseTimer) -> int:
+        """The refresh with the evaluator: FT on the labeled set (its trainable blocks, or the whole backbone with
+        eval.freeze_blocks=0) at the evaluator's seed for this size, then the features of pool and test written as
+        version `new` (the same store layout as a Ray refresh). A fit the evaluator already made is reused and
+        charged at its measured cost."""
+        from raal.evaluator import Recipe, eval_seed, save_state  # lazy: heavy: torch
 
         ev, fs = self.ctx.evaluator, self.feature_store(new)
         assert ev is not None, "config validation ties train.freeze_blocks != 0 to the evaluator"
         with timer.phase("t_tr_full"):
             fit = ev.fit(self.positions(self.state.labeled_ids), self.state.labels,
-                         seed=round_seed(self.ctx.cfg.al.seed, r, 2), recipe=Recipe.from_config(self.ctx.cfg.eval,
-                                                                                              method="ft"))
+                         seed=eval_seed(self.ctx.cfg.al.seed, len(self.state.label_ids)),
+                         recipe=Recipe.from_config(self.ctx.cfg.eval, method="ft"))
+        timer.charge("t_tr_full", fit)
         state = fit.state_dict()
         save_state(self.store, layout.backbone_checkpoint(new) + ".partial.pt", state)
         digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in state["suffix"].values())).hexdigest()
@@ -221,7 +268,7 @@ class ASVPPipeline(SVPpPipeline):
                 feats = ev.features(fit.suffix, split).numpy()
                 target = fs.set_for(new, split)
                 meta = {"kind": "features", "version": new, "split": split, "arch": self.ctx.cfg.model.arch,
-                        "weights_id": f"partial:{ev.freeze_blocks}:{digest[:16]}", "dim": int(feats.shape[1]),
+                        "weights_id": f"evaluator:{ev.freeze_blocks}:{digest[:16]}", "dim": int(feats.shape[1]),
                         "transform": self.ctx.transform.describe(), "logits_dim": None}
                 todo = target.begin(np.asarray(ids, dtype=np.int64), {"features": int(feats.shape[1])},
                                     self.ctx.cfg.embed.shard_rows, meta, replace=True)
@@ -246,5 +293,5 @@ class ASVPPipeline(SVPpPipeline):
         proxy = self.train_proxy(r, timer, version=version)
         row.update(self.evaluate_round(r, proxy, timer, refreshed_now=refreshed, version=version))
         row.update(refreshed=refreshed, features_version=version,
-                   train_method=training_method(self.state.rounds, refreshed))
+                   train_method=training_method(self.state.rounds, refreshed, self.ctx.cfg.asvp.switch))
         return row

@@ -100,6 +100,12 @@ class PhaseTimer:
         finally:
             self.times[key] = self.times.get(key, 0.0) + time.perf_counter() - t0
 
+    def charge(self, key: str, fitted) -> None:
+        """Charge a fit the method needed at its measured cost even when the evaluator's memo answered it (the rule
+        of docs/evaluation.md: a method pays for every fit it uses; evaluation pays for each distinct fit once)."""
+        if getattr(fitted, "memo_hit", False):
+            self.times[key] = self.times.get(key, 0.0) + float(fitted.seconds)
+
 
 class Query(NamedTuple):
     """A round's picks (pool ids, in pick order) and what annotators see beside each: the pick priority (higher =
@@ -306,7 +312,8 @@ class Pipeline:
             res = ev.score(self.positions(self.state.labeled_ids), self.state.labels,
                            seed=eval_seed(self.ctx.cfg.al.seed, n))
         return {**out, "accuracy": res["accuracy"], "probe_accuracy": res["probe_accuracy"],
-                "eval_method": f"evaluator:{ev.recipe.method}"}
+                "eval_method": f"evaluator:{ev.recipe.method}", "eval_fit_s": res["eval_seconds"],
+                "eval_memo": bool(res["eval_memo"])}
 
     def stop_advice(self, r: int, row: dict) -> dict:
         """The round's stopping signals and advice (`raal.pipelines.advice`); the kappa model is the converged

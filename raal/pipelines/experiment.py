@@ -158,9 +158,7 @@ class Experiment:
         self.store.write_json(layout.STATUS, {"state": "running", "round": self.completed_rounds()})
         ev = self.ctx.evaluator
         return {"pool": len(self.ctx.data.pool), "test": len(self.ctx.data.test), "t_pre": self.ctx.t_pre,
-                "evaluator": None if ev is None else (
-                    f"{ {'lpft': 'LP-FT', 'ft': 'FT', 'lp': 'LP'}[ev.recipe.method]} of the blocks after the "
-                    f"first {ev.freeze_blocks} (frozen, cached), {ev.recipe.steps} steps"),
+                "evaluator": None if ev is None else ev.describe(),
                 "arms": [a.arm.name for a in self.arms], "resumed": self.resumed,
                 "undecodable": [b["error"] for b in self.undecodable],
                 "baseline": next((a.arm.name for a in self.arms if a.arm.baseline), None),

@@ -46,7 +46,8 @@ class StandardPipeline(Pipeline):
         return layout.model_checkpoint(r)
 
     def partial(self) -> bool:
-        """Partial fine-tuning from the evaluator's cached activations (`train.freeze_blocks != 0`)."""
+        """Fine-tuning in the driver with the evaluator (`train.freeze_blocks != 0`): partial from its cached
+        activations, or of the whole backbone when `eval.freeze_blocks=0`."""
         return self.ctx.cfg.train.freeze_blocks != 0
 
     def _partial_recipe(self):
@@ -88,13 +89,17 @@ class StandardPipeline(Pipeline):
 
     def after_labels(self, r: int, timer: PhaseTimer) -> dict:
         if self.partial():
-            from raal.evaluator import save_state  # lazy: heavy: torch
+            from raal.evaluator import eval_seed, save_state  # lazy: heavy: torch
 
             rel = self.checkpoint(r) + ".partial.pt"
             assert self.ctx.evaluator is not None, "config validation ties train.freeze_blocks != 0 to the evaluator"
+            # the evaluator's seed for this labeled-set size: with train.method == eval.method the round's model and
+            # its evaluation are one fit (memoised), trained once
             with timer.phase("t_tr_full"):
                 fit = self.ctx.evaluator.fit(self.positions(self.state.labeled_ids), self.state.labels,
-                                             seed=round_seed(self.ctx.cfg.al.seed, r, 3), recipe=self._partial_recipe())
+                                             seed=eval_seed(self.ctx.cfg.al.seed, len(self.state.label_ids)),
+                                             recipe=self._partial_recipe())
+            timer.charge("t_tr_full", fit)
             save_state(self.store, rel, fit.state_dict())
             return {"accuracy": fit.accuracy, "eval_method": f"partial {self.method()}",
                     "train_method": self.method(), "features_version": r}

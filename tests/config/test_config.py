@@ -142,3 +142,16 @@ def test_every_config_path_ends_in_validate():
 def test_load_config_keeps_the_configs_own_name_unless_overridden():
     assert load_config("demo").name == "demo"
     assert load_config("demo", ["name=other"]).name == "other"
+
+
+def test_asvp_forced_rule_and_switch_are_checked():
+    assert load_config("demo", ["asvp.rule=at", "asvp.refresh_at=[400,800]"]).asvp.refresh_at == [400, 800]
+    with pytest.raises(ConfigError, match="asvp.refresh_at"):
+        load_config("demo", ["asvp.rule=at"])
+    with pytest.raises(ConfigError, match="asvp.switch.*allowed"):
+        load_config("demo", ["asvp.switch=best"])
+    with pytest.raises(ConfigError, match="eval.every_round=evaluator"):
+        load_config("demo", ["asvp.switch=holdout", "eval.every_round=proxy"])
+    assert load_config("demo", ["eval.freeze_blocks=0"]).eval.freeze_blocks == 0
+    with pytest.raises(ConfigError, match="eval.freeze_blocks"):
+        load_config("demo", ["eval.freeze_blocks=-2"])

@@ -135,7 +135,7 @@ def test_one_evaluator_scores_every_arm_and_the_baseline_is_extended(ray_local, 
     assert [row["refreshed"] for row in svpp] == [False, False, True] and svpp[2]["features_version"] == 1
     assert svpp[2]["t_tr_full"] > 0
     manifest = RunStore(tmp_path / "ev").read_json("arms/asvp_margin/features/v1/pool/manifest.json")
-    assert manifest["complete"] and str(manifest["weights_id"]).startswith("partial:17:")
+    assert manifest["complete"] and str(manifest["weights_id"]).startswith("evaluator:17:")
     best_other = max(row["accuracy"] for row in svpp + std)
     extended = rnd[3:]
     assert all(row["n_labeled"] == 60 + 20 * (i + 1) for i, row in enumerate(extended))
@@ -152,3 +152,30 @@ def test_svpp_runs_the_proxy_and_cover_strategies(ray_local, tmp_path):
     for arm in ("svpp_dropquery", "svpp_probcover"):
         assert [r["n_labeled"] for r in history[arm]] == [20, 40, 60]
         assert all(0 <= r["accuracy"] <= 1 for r in history[arm])
+
+
+def test_full_finetune_evaluator_refresh_at_a_forced_size_and_memoised_fits(ray_local, tmp_path):
+    """eval.freeze_blocks=0: every arm scored by a full fine-tune; standard AL's model each round and ASVP's refresh
+    are the evaluator's own fit of that labeled set (one fit each, memoised), charged to the method at its measured
+    cost; asvp.rule=at refreshes after the round that reaches the listed size, nowhere else."""
+    history, _ = run_experiment(["eval.every_round=evaluator", "eval.freeze_blocks=0", "eval.method=ft",
+                                 "eval.steps=3", "al.pipeline=asvp", "al.strategy=margin",
+                                 "al.compare=[svpp/margin,standard/margin]", "al.baseline=false", "asvp.rule=at",
+                                 "asvp.refresh_at=[40]", "train.freeze_blocks=-1", "train.method=ft"],
+                                tmp_path / "full")
+    asvp, svpp, std = history["asvp_margin"], history["svpp_margin"], history["standard_margin"]
+    assert all(row["eval_method"] == "evaluator:ft" for rows in history.values() for row in rows)
+    assert [row["refreshed"] for row in asvp] == [False, True, False]
+    assert [row["features_version"] for row in asvp] == [0, 1, 1] and all(r["ped_steps"] == -1 for r in asvp[1:])
+    # ASVP runs first: its refresh at 40 labels trained the fit its own evaluation, SVPp's (same set) and
+    # nobody else's then reuse; round 0 (the same batch everywhere) is trained once
+    assert [row["eval_memo"] for row in asvp] == [False, True, False]
+    assert asvp[1]["t_tr_full"] >= asvp[1]["eval_fit_s"] > 0
+    assert [row["eval_memo"] for row in svpp[:2]] == [True, True]
+    assert [row["accuracy"] for row in svpp[:2]] == [row["accuracy"] for row in asvp[:2]]
+    # standard AL's model is the evaluator's fit: its evaluation is always a memo hit, and its fine-tune is charged
+    # the fit's measured seconds even in round 0, where ASVP's evaluation had trained it
+    assert all(row["eval_memo"] for row in std)
+    assert all(row["t_tr_full"] >= row["eval_fit_s"] > 0 for row in std)
+    manifest = RunStore(tmp_path / "full").read_json("arms/asvp_margin/features/v1/pool/manifest.json")
+    assert manifest["complete"] and str(manifest["weights_id"]).startswith("evaluator:0:")

