@@ -11,6 +11,7 @@ Per dataset and seed, one real raal experiment (`python -m raal.run`, private lo
 - `main`: asvp/margin (trigger `gain`), svpp/margin, standard/margin, and the random baseline svpp/random, which
   goes on past the schedule until it passes every arm's best (the paper ran until AL approached the whole-pool
   model; the schedule reaches 3,200 labels, 40 % of Animal-MNIST's pool and 80 % of MNIST's);
+- `switch`: the training switch on `main`'s final sets (FT, LP-FT, the paper's rule, the holdout rule);
 - `at<N>` (the paper's Table 4): ASVP with one forced refresh after the round that reaches N labels, alone in
   its run; rounds before N are SVPp's sets, found in the evaluator's memo copied from `main`.
 
@@ -20,6 +21,7 @@ whose JSON exists is skipped. `--aggregate` rebuilds bench/results/asvp_full/REA
 
     python bench/asvp_full.py --data animal --seeds 0 1 2 3 4 --runs main
     python bench/asvp_full.py --data animal --seeds 0 1 2 --runs at200 at400 at800 at1600 at3200
+    python bench/asvp_full.py --data animal --seeds 0 1 2 3 4 --runs switch    # after main: the training switch
     python bench/asvp_full.py --aggregate
 """
 from __future__ import annotations
@@ -125,6 +127,49 @@ def run_one(data: str, run: str, seed: int) -> None:
     os.replace(tmp, res)
 
 
+def switch_one(data: str, seed: int) -> None:
+    """The training switch, measured on `main`'s final labeled sets (ASVP's and SVPp's): the evaluator's FT and
+    LP-FT of the whole set (the final model either way; FT is the rounds' own evaluation, found in the memo), the
+    paper's rule (LP-FT unless a refresh fired) and the holdout rule (both methods on 80 % of the labeled set,
+    scored on the other 20 %: raal/pipelines/switch.py). Written to <dataset>/switch_seed<k>.json."""
+    import numpy as np
+
+    from raal.config import from_yaml
+    from raal.data.sources import load_data
+    from raal.data.transforms import ImageTransform
+    from raal.evaluator import Evaluator, Recipe, eval_seed
+    from raal.pipelines.switch import holdout_choice
+    from raal.store import RunStore
+
+    res = result_path(data, "switch", seed)
+    if res.exists() or not result_path(data, "main", seed).exists():
+        return
+    store = RunStore(run_dir(data, "main", seed))
+    cfg = from_yaml(store.read_text("config.yaml"))
+    ds = load_data(cfg.data)
+    ev = Evaluator.build(store=store, data=ds, model_cfg=cfg.model, transform=ImageTransform(cfg.data.image_size),
+                         freeze_blocks=cfg.eval.freeze_blocks, recipe=Recipe.from_config(cfg.eval))
+    main_rec = json.loads(result_path(data, "main", seed).read_text())
+    out: dict = {"data": data, "run": "switch", "seed": seed, "arms": {}}
+    for arm in ("asvp_margin", "svpp_margin"):
+        labels = pq.read_table(run_dir(data, "main", seed) / "arms" / arm / "labels.parquet").to_pydict()
+        ids = np.asarray(labels["id"], dtype=np.int64)
+        pos = np.searchsorted(np.asarray(ds.pool.ids), ids)
+        y = np.asarray(labels["label"], dtype=np.int64)
+        n = len(ids)
+        acc = {m: ev.fit(pos, y, seed=eval_seed(seed, n), recipe=Recipe.from_config(cfg.eval, method=m)).accuracy
+               for m in ("ft", "lpft")}
+        hold = holdout_choice(ev, pos, y, seed=eval_seed(seed, n))
+        refreshed = any(r.get("refreshed") for r in main_rec["arms"][arm])
+        out["arms"][arm] = {"n_labeled": n, "ft": acc["ft"], "lpft": acc["lpft"], "holdout": hold,
+                            "rule": "ft" if refreshed else "lpft"}
+        print(f"{data} seed {seed} {arm}: FT {acc['ft']:.4f} LP-FT {acc['lpft']:.4f} holdout picks "
+              f"{hold['method']}", flush=True)
+    tmp = res.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=1, default=float))
+    os.replace(tmp, res)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", nargs="*", default=["animal"], choices=list(DATASETS))
@@ -136,7 +181,10 @@ def main() -> None:
         for data in args.data:
             for seed in args.seeds:
                 for run in args.runs:
-                    run_one(data, run, seed)
+                    if run == "switch":
+                        switch_one(data, seed)
+                    else:
+                        run_one(data, run, seed)
     from asvp_full_report import write  # the tables: one idea per file
 
     write(OUT, DATASETS)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from raal.metrics import mean_ci, saving_curve
+from raal.metrics import SELECTION_PHASES, mean_ci, saving_curve
+from raal.metrics import selection_seconds as metrics_selection_seconds
 
 ARMS = {"asvp": "asvp_margin", "svpp": "svpp_margin", "standard": "standard_margin", "random": "svpp_random"}
-SELECT = ("t_tr_proxy", "t_f_proxy", "t_tr_full", "t_f_full", "t_select")
 
 
 def _ci(values, scale=100.0, signed=True, digits=1) -> str:
@@ -24,11 +24,9 @@ def _ci(values, scale=100.0, signed=True, digits=1) -> str:
 
 
 def selection_seconds(rows: list[dict], n_rounds: int) -> float:
-    """What choosing the labels cost over the schedule: proxy, selection, the fine-tunes and re-embeds that select
-    or refresh (charged at their measured cost even when the evaluator's memo had the fit); the shared v0
-    features (round 0's t_pre) and all evaluation are left out."""
-    return float(sum(r.get(k, 0.0) or 0.0 for r in rows[:n_rounds] for k in SELECT)
-                 + sum(r.get("t_pre", 0.0) or 0.0 for r in rows[1:n_rounds]))
+    """`raal.metrics.selection_seconds` (the report's rule) on JSON rows."""
+    cols = {k: np.asarray([float(r.get(k) or 0.0) for r in rows]) for k in ("t_pre", *SELECTION_PHASES)}
+    return metrics_selection_seconds({"round": np.arange(len(rows)), **cols}, n_rounds)
 
 
 def curve(rows: list[dict]) -> list[tuple[int, float]]:
@@ -121,6 +119,32 @@ def forced_tables(mains: list[dict], runs: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
+def switch_table(runs: dict[str, list[dict]]) -> list[str]:
+    """Final-model accuracy by the training switch: always FT, always LP-FT, the paper's rule, the holdout rule."""
+    recs = runs.get("switch", [])
+    if not recs:
+        return []
+    cols: dict[str, list[float]] = {"ft": [], "lpft": [], "rule": [], "holdout": [], "holdout - best fixed": []}
+    picks = []
+    for rec in recs:
+        for arm, v in rec["arms"].items():
+            cols["ft"].append(v["ft"])
+            cols["lpft"].append(v["lpft"])
+            cols["rule"].append(v[v["rule"]])
+            cols["holdout"].append(v[v["holdout"]["method"]])
+            picks.append(f"{arm.split('_')[0]} s{rec['seed']}: {v['holdout']['method']}")
+    mean_ft, mean_lpft = np.mean(cols["ft"]), np.mean(cols["lpft"])
+    best = cols["ft"] if mean_ft >= mean_lpft else cols["lpft"]
+    cols["holdout - best fixed"] = [h - b for h, b in zip(cols["holdout"], best)]
+    lines = ["", "Training switch on the final labeled sets of ASVP and SVPp (final-model accuracy %, mean [95 % CI] "
+             "over seeds x arms; bar: holdout >= the better fixed method - 0.3 points):", "",
+             "| always FT | always LP-FT | paper's rule | holdout rule | holdout - better fixed (points) |",
+             "|---|---|---|---|---|",
+             "| " + " | ".join(_ci(cols[k], signed=False) for k in ("ft", "lpft", "rule", "holdout"))
+             + f" | {_ci(cols['holdout - best fixed'])} |", "", "Holdout picks: " + "; ".join(picks) + "."]
+    return lines
+
+
 def write(out: Path, datasets: dict) -> None:
     lines = ["# ASVP where features move (bench/asvp_full.py)", "",
              "Every arm at every labeled-set size scored by the one full fine-tune evaluator (all blocks, FT, 300 "
@@ -136,7 +160,7 @@ def write(out: Path, datasets: dict) -> None:
         if not mains:
             continue
         lines += [f"## {meta['title']} — seeds {sorted(m['seed'] for m in mains)}", ""]
-        lines += main_tables(mains) + forced_tables(mains, runs) + [""]
+        lines += main_tables(mains) + forced_tables(mains, runs) + switch_table(runs) + [""]
         lines += ["Curves (labels: accuracy %) per seed:", ""]
         for m in mains:
             for k, arm in ARMS.items():

@@ -184,7 +184,9 @@ class Evaluator:
         method = {"lpft": "LP-FT", "ft": "FT", "lp": "LP"}[self.recipe.method]
         if self.full:
             return f"{method} of the whole backbone (inputs held in memory), {self.recipe.steps} steps"
-        return f"{method} of the blocks after the first {self.freeze_blocks} (frozen, cached), {self.recipe.steps} steps"
+        return (f"{method} of the blocks after the first {self.freeze_blocks} (frozen, cached), {self.recipe.steps} "
+                "steps: a partial fine-tune, where features barely move and ASVP cannot differ from SVPp; full "
+                "fine-tune figures: bench/results/asvp_full/ (eval.freeze_blocks=0)")
 
     @classmethod
     def build(cls, *, store, data, model_cfg, transform, freeze_blocks: int, recipe: Recipe) -> Evaluator:

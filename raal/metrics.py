@@ -286,6 +286,19 @@ def phase_totals(rounds: Mapping) -> dict[str, float]:
     return tot
 
 
+SELECTION_PHASES = ("t_tr_proxy", "t_f_proxy", "t_tr_full", "t_f_full", "t_select")
+
+
+def selection_seconds(rounds: Mapping, n_rounds: int | None = None) -> float:
+    """What choosing the labels cost over the first `n_rounds` rounds (all by default): proxy training and
+    scoring, selection, the fine-tunes and pool re-embeds that select (standard AL) or refresh (ASVP: `t_pre` of
+    rounds >= 1). Round 0's `t_pre` (the pre-computed features every arm shares) and all evaluation are left out;
+    a fit the evaluator had memoised is in `t_tr_full` at its measured cost (docs/evaluation.md)."""
+    n = _n_rows(rounds) if n_rounds is None else min(int(n_rounds), _n_rows(rounds))
+    sel = sum(float(np.nansum(_column(rounds, p, n, 0.0)[:n].astype(np.float64))) for p in SELECTION_PHASES)
+    return sel + float(np.nansum(_column(rounds, "t_pre", n, 0.0)[1:n].astype(np.float64)))
+
+
 def round_seconds(rounds: Mapping) -> np.ndarray:
     """Compute seconds of each round: t_round, or the sum of its phases where t_round is missing or zero."""
     n = _n_rows(rounds)

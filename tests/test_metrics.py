@@ -152,3 +152,17 @@ def test_mean_ci_is_a_t_interval():
     assert m == pytest.approx(0.2) and lo == pytest.approx(0.2 - 4.302653 * 0.1 / np.sqrt(3), rel=1e-5)
     assert hi - m == pytest.approx(m - lo)
     assert np.isnan(mean_ci([0.5])[1]) and np.isnan(mean_ci([])[0])
+
+
+def test_selection_seconds_charges_choosing_not_evaluating():
+    from raal.metrics import selection_seconds
+
+    rounds = {"round": np.arange(3), "t_pre": np.array([50.0, 0.0, 7.0]), "t_tr_proxy": np.array([1.0, 1.0, 1.0]),
+              "t_f_proxy": np.array([0.5, 0.5, 0.5]), "t_tr_full": np.array([0.0, 200.0, 0.0]),
+              "t_f_full": np.array([0.0, 20.0, 0.0]), "t_select": np.array([0.1, 0.1, 0.1]),
+              "t_eval": np.array([300.0, 300.0, 300.0])}
+    # round 0's t_pre (the shared pre-computed features) and every t_eval are left out; a refresh's re-embed
+    # (t_pre of round 2) is in
+    assert selection_seconds(rounds) == pytest.approx(3 * 1.6 + 200 + 20 + 7)
+    assert selection_seconds(rounds, 2) == pytest.approx(2 * 1.6 + 220)
+    assert selection_seconds({"round": np.arange(2)}) == 0.0  # no phase columns: nothing measured

@@ -226,6 +226,46 @@ def plot_saving(stats):
     return fig
 
 
+def plot_tradeoff(stats):
+    """Each method's mean saving ratio against its selection compute (`metrics.selection_seconds`): one point per
+    arm; arms repeated over seeds (same config) become one point with 95 % t-intervals on both axes."""
+    from raal.metrics import mean_ci, selection_seconds
+
+    fig, ax = _figure(8, 5)
+    ax = ax[0, 0]
+    rows = [s for s in stats if s.saving is not None and not s.arm.baseline and np.isfinite(s.saving.mean)]
+    groups = {id(s): g for g in seed_groups(rows) for s in g}
+    seen: set[int] = set()
+    for s in rows:
+        if id(s) in seen:
+            continue
+        group = groups.get(id(s), [s])
+        seen.update(id(g) for g in group)
+        n_al = min(len(g.arm.rounds["round"]) for g in group)
+        xs = [selection_seconds(g.arm.rounds, n_al) for g in group]
+        ys = [100 * g.saving.mean for g in group]
+        (x, xlo, xhi), (y, ylo, yhi) = mean_ci(xs), mean_ci(ys)
+        label = s.arm.name if len(group) > 1 else s.key
+        if len(group) > 1 and np.isfinite(xlo):
+            ax.errorbar([x], [y], xerr=[[x - xlo], [xhi - x]], yerr=[[y - ylo], [yhi - y]], fmt="o",
+                        color=s.color, capsize=3, label=f"{label}: mean of {len(group)} seeds, 95 % CI")
+        else:
+            ax.plot([x], [y], "o", color=s.color, ms=7, label=label)
+    ax.axhline(0, color="grey", lw=1)
+    ax.set_xscale("log")
+    ax.set_title("Label saving against the compute spent choosing the labels")
+    ax.set_xlabel("selection compute over the schedule (s, log): proxy, selection, fine-tunes and re-embeds that "
+                  "select or refresh")
+    ax.set_ylabel("mean sample saving ratio vs random (%)")
+    ax.grid(alpha=0.3)
+    if ax.has_data() and rows:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no saving ratio: no random baseline with evaluated rounds", ha="center", va="center",
+                transform=ax.transAxes)
+    return fig
+
+
 def _asvp_arms(stats):
     out = []
     for s in stats:

@@ -22,6 +22,7 @@ from raal.report._plots import (
     plot_cost,
     plot_saving,
     plot_time,
+    plot_tradeoff,
 )
 from raal.report._stats import ArmStats, _acc_scale, _collect
 from raal.report._tables import SUMMARY_HEAD, _text_table, summary_rows
@@ -156,6 +157,10 @@ def write_report(run_dirs: str | Path | Iterable[str | Path], out_dir: str | Pat
                    "labels saved). Right: sample saving ratio per round. Hollow markers are extrapolated beyond the "
                    "random curve; grey crosses are left out of the mean (labeled set still purely random).",
          safe("saving", plot_saving, stats)),
+        ("tradeoff", "Each method's mean saving ratio against the compute it spent choosing labels (proxy, "
+                     "selection, and the fine-tunes and re-embeds that select or refresh, each charged at its "
+                     "measured cost; evaluation left out). Up and left is better.",
+         safe("tradeoff", plot_tradeoff, stats)),
         ("asvp", "ASVP's per-round decisions: PED step count, LogME-PED score and its change against the threshold; "
                  "stars and dotted lines mark feature refreshes; circles are rounds trained with LP-FT, squares "
                  "with FT.", safe("asvp", plot_asvp, stats, scale, ylab, threshold)),
@@ -204,6 +209,7 @@ def write_report(run_dirs: str | Path | Iterable[str | Path], out_dir: str | Pat
         png = _png(fig)
         (out / f"{name}.png").write_bytes(png)
         title = {"accuracy": "Accuracy vs labels", "saving": "Equivalent labels and sample saving ratio",
+                 "tradeoff": "Label saving vs selection compute",
                  "asvp": "ASVP decisions", "time": "Time per phase", "cost": "Cost vs accuracy"}[name]
         parts.append(f"<h2>{e(title)}</h2><figure><img alt='{e(title)}' src='data:image/png;base64,"
                      f"{base64.b64encode(png).decode('ascii')}'><figcaption>{e(caption)}</figcaption></figure>")

@@ -89,10 +89,10 @@ def test_report_of_two_runs_embeds_decodable_nonblank_images(tmp_path, capsys):
     html_path = out / "report.html"
     text = html_path.read_text()
     imgs = _images(text)
-    assert len(imgs) == 5                                   # accuracy, saving, asvp, time, cost
+    assert len(imgs) == 6                                   # accuracy, saving, tradeoff, asvp, time, cost
     for im in imgs:
         assert im.shape[0] > 100 and im.shape[1] > 100 and im.std() > 0
-    for name in ("accuracy", "saving", "asvp", "time", "cost"):
+    for name in ("accuracy", "saving", "tradeoff", "asvp", "time", "cost"):
         assert (out / f"{name}.png").stat().st_size > 1000
     for key in ("exp_a/svpp_margin", "exp_b/asvp_margin", "exp_a/random"):
         assert key in text
@@ -186,4 +186,4 @@ def test_a_failing_plot_is_reported_and_the_rest_is_written(tmp_path, monkeypatc
     path = write_report(make_run(tmp_path, "exp"), tmp_path / "rep")
     text = path.read_text()
     assert "the time plot could not be drawn (RuntimeError: synthetic failure)" in text
-    assert len(_images(text)) == 4 and not (tmp_path / "rep" / "time.png").exists()
+    assert len(_images(text)) == 5 and not (tmp_path / "rep" / "time.png").exists()

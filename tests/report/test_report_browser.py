@@ -53,7 +53,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
     path = write_report(runs, tmp_path / "out")
     page = check_page(path, screenshot=True)
     assert page["errors"] == []
-    assert len(page["imgs"]) == 5  # accuracy, saving, asvp, time, cost
+    assert len(page["imgs"]) == 6  # accuracy, saving, tradeoff, asvp, time, cost
     assert all(i["complete"] and i["w"] > 0 and i["h"] > 0 for i in page["imgs"]), page["imgs"]
     assert page["summary_rows"] == 6  # 3 arms x 2 seeds
     assert "Summary" in page["heads"]
