@@ -13,14 +13,17 @@ Per dataset and seed, one real raal experiment (`python -m raal.run`, private lo
   model; the schedule reaches 3,200 labels, 40 % of Animal-MNIST's pool and 80 % of MNIST's);
 - `switch`: the training switch on `main`'s final sets (FT, LP-FT, the paper's rule, the holdout rule);
 - `at<N>` (the paper's Table 4): ASVP with one forced refresh after the round that reaches N labels, alone in
-  its run; rounds before N are SVPp's sets, found in the evaluator's memo copied from `main`.
+  its run; rounds before N are SVPp's sets, found in the evaluator's memo copied from `main` (with
+  `eval.memo_models=true` the models too, so the refresh at N reuses SVPp's evaluation fit of that set). Positions:
+  after 100 (the initial random batch), 200, 400, 800 and 1,600 labels; a refresh after the last round could not
+  change a pick.
 
 Each finished run is written to bench/results/asvp_full/<dataset>/<run>_seed<k>.json (every round of every arm:
 accuracy, labels, phase seconds) and committed as it comes; a killed run resumes where it stopped, and a seed
 whose JSON exists is skipped. `--aggregate` rebuilds bench/results/asvp_full/README.md from the JSON alone.
 
     python bench/asvp_full.py --data animal --seeds 0 1 2 3 4 --runs main
-    python bench/asvp_full.py --data animal --seeds 0 1 2 --runs at200 at400 at800 at1600 at3200
+    python bench/asvp_full.py --data animal --seeds 0 1 2 --runs at100 at200 at400 at800 at1600
     python bench/asvp_full.py --data animal --seeds 0 1 2 3 4 --runs switch    # after main: the training switch
     python bench/asvp_full.py --aggregate
 """
@@ -46,7 +49,7 @@ OUT = ROOT / "bench" / "results" / "asvp_full"
 SCHEDULE = "[100]+[200]+[400]+[800]+[1600]"  # 100 -> 200 -> 400 -> 800 -> 1,600 -> 3,200 labels
 COMMON = ["conf=demo", "data.image_size=64", "al.initial=100", f"al.schedule={SCHEDULE}",
           "eval.every_round=evaluator", "eval.freeze_blocks=0", "eval.method=ft", "train.freeze_blocks=-1",
-          "train.method=ft", "report=false"]
+          "train.method=ft", "eval.memo_models=true", "report=false"]
 RUN_ARGS = {"main": ["al.pipeline=asvp", "al.compare=[svpp/margin,standard/margin]"]}
 DATASETS = {"animal": {"args": ["data.test_size=2000"], "title": "Animal-MNIST (pool 8,000 / test 2,000)"},
             "mnist": {"args": ["data.source=parquet", "data.test_size=1000"],

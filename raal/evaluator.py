@@ -172,6 +172,7 @@ class Evaluator:
         self.setup_seconds = 0.0
         self.threads = eval_threads()
         self.store = store  # where score records are memoised (None: memory only)
+        self.memo_models = False  # also keep each fit's model there (EvalConfig.memo_models)
         self.identity = identity or {}  # backbone, transform, frozen blocks, pool/test ids: part of every memo key
         self._memo: OrderedDict[str, Fitted] = OrderedDict()
 
@@ -278,6 +279,10 @@ class Evaluator:
             self._memo.move_to_end(key)
             f = self._memo[key]
             return Fitted(f.suffix, f.head, f.accuracy, f.probe_accuracy, f.seconds, f.steps, memo_hit=True)
+        kept = self._recall(key)
+        if kept is not None:
+            self._memo[key] = kept
+            return kept
         t0 = time.perf_counter()
         threads = torch.get_num_threads()
         torch.set_num_threads(self.threads)  # the driver runs nothing else meanwhile; Ray gave it 1 thread
@@ -292,9 +297,22 @@ class Evaluator:
         return out
 
     def _remember(self, key: str, f: Fitted) -> None:
-        if self.store is not None and not self.store.exists(layout.eval_memo(key)):
-            self.store.write_json(layout.eval_memo(key), {"accuracy": f.accuracy, "probe_accuracy": f.probe_accuracy,
-                                                          "seconds": f.seconds, "steps": f.steps})
+        """The fit's record (and, with `memo_models`, its model first) in the run store, for resumed runs."""
+        if self.store is None or self.store.exists(layout.eval_memo(key)):
+            return
+        if self.memo_models:
+            save_state(self.store, layout.eval_memo_model(key), f.state_dict())
+        self.store.write_json(layout.eval_memo(key), {"accuracy": f.accuracy, "probe_accuracy": f.probe_accuracy,
+                                                      "seconds": f.seconds, "steps": f.steps})
+
+    def _recall(self, key: str) -> Fitted | None:
+        """A fit whose model was kept in the run store (`memo_models`), rebuilt without training."""
+        if self.store is None or not (self.store.exists(layout.eval_memo(key))
+                                      and self.store.exists(layout.eval_memo_model(key))):
+            return None
+        rec = self.store.read_json(layout.eval_memo(key))
+        suffix, head = self.load_fitted(load_state(self.store, layout.eval_memo_model(key)))
+        return Fitted(suffix, head, rec["accuracy"], rec["probe_accuracy"], rec["seconds"], rec["steps"], memo_hit=True)
 
     def _fit(self, pos: np.ndarray, labels: np.ndarray, *, seed: int, rc: Recipe, t0: float) -> Fitted:
         y = torch.as_tensor(labels)

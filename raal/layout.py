@@ -93,6 +93,11 @@ def eval_memo(key: str) -> str:
     return f"{EVAL_MEMO}/{key}.json"
 
 
+def eval_memo_model(key: str) -> str:
+    """The model of one evaluator fit (suffix + head state dicts), kept only with eval.memo_models."""
+    return f"{EVAL_MEMO}/{key}.pt"
+
+
 def export(r: int | str, fmt: str) -> str:
     """Round r's file for annotators in one of EXPORT_FORMATS."""
     return f"{EXPORTS}/round_{r}.{fmt}"
@@ -161,7 +166,8 @@ FILES: tuple[tuple[str, str], ...] = (
     (FEATURE_TIMING, "how long each feature computation took"),
     (INITIAL + "/", "the round-0 batch, chosen once per experiment"),
     (EVAL_CACHE + "/", "cached activations of the evaluator's frozen prefix"),
-    (EVAL_MEMO + "/", "one record per distinct evaluator fit (accuracy, seconds): identical fits run once"),
+    (EVAL_MEMO + "/", "one record per distinct evaluator fit (accuracy, seconds; its model with eval.memo_models): "
+                      "identical fits run once"),
     (arm("<arm>") + "/" + ARM_META, "pipeline, strategy, baseline flag, seed"),
     (arm("<arm>") + "/" + SWITCH, "asvp.switch=holdout: FT and LP-FT held-out accuracies, the method chosen"),
     (arm("<arm>") + "/" + selection("K"), "the arm's round-K selection (id, score, prediction), written first"),

@@ -219,3 +219,21 @@ def test_holdout_switch_fits_both_methods_on_the_same_split_of_the_labeled_set(f
     fit = ev.fit(pos[part], truth[pos][part], seed=9, recipe=Recipe(**{**ev.recipe.__dict__, "method": "ft"}))
     assert fit.memo_hit
     assert ev.accuracy_on(fit, pos[held], truth[pos][held]) == got["ft"]
+
+
+def test_kept_models_let_another_evaluator_reuse_a_fit_without_training(data, tmp_path, monkeypatch):
+    truth = np.asarray([data.truth[int(i)] for i in data.pool.ids])
+    pos = np.arange(3, 400, 4)
+    store = RunStore(tmp_path / "donor")
+    ev = Evaluator.build(store=store, data=data, model_cfg=ModelConfig(), transform=ImageTransform(size=32),
+                         freeze_blocks=0, recipe=Recipe.from_config(EvalConfig(method="ft", steps=3)))
+    ev.memo_models = True
+    first = ev.fit(pos, truth[pos], seed=4)
+    other = Evaluator(model_cfg=ev.model_cfg, transform=ev.transform, freeze_blocks=0, recipe=ev.recipe,
+                      num_classes=ev.num_classes, test_labels=ev.test_labels.numpy(), pool_acts=ev.pool_acts,
+                      test_acts=ev.test_acts, base_trunk=ev._base_trunk, store=store, identity=ev.identity)
+    monkeypatch.setattr(other, "_fit", lambda *a, **k: pytest.fail("trained again"))
+    again = other.fit(pos, truth[pos], seed=4)
+    assert again.memo_hit and again.accuracy == first.accuracy and again.seconds == first.seconds
+    rows = np.arange(0, 400, 7)  # the kept model is the model: same predictions as the fit that made it
+    assert other.accuracy_on(again, rows, truth[rows]) == ev.accuracy_on(first, rows, truth[rows])

@@ -218,6 +218,9 @@ class EvalConfig:
     probe_l2: float = 1e-3
     augment: bool = True
     bn: str = "frozen"  # frozen | train
+    # keep every fit's model in the run store beside its memo record (eval_memo/<key>.pt; MobileNetV2: ~9 MB a
+    # fit), so that another run seeded with these records (a benchmark's forced-refresh arm) reuses the model too
+    memo_models: bool = False
 
 
 @dataclass

@@ -11,7 +11,7 @@ After each round's labels (rounds >= 1): PED on the current features of the labe
 * "delta" (legacy): fire when a previous score exists and |score - previous| < `asvp.threshold`. `previous` is the
   last computed score since the last refresh (kept across skipped rounds, reset by a refresh).
 * "at": fire after the rounds whose labeled-set size is in `asvp.refresh_at` (the paper's forced-position
-  ablation); "never": SVPp's selection with ASVP's bookkeeping (the training-alignment-only ablation). Neither
+  ablation; round 0's size counts too, i.e. a fine-tune on the initial random batch); "never": SVPp's selection with ASVP's bookkeeping (the training-alignment-only ablation). Neither
   computes PED or LogME.
 
 Firing fine-tunes the backbone on the labeled set (FT recipe) and re-embeds the pool and the test split into a new
@@ -281,7 +281,7 @@ class ASVPPipeline(SVPpPipeline):
     def after_labels(self, r: int, timer: PhaseTimer) -> dict:
         row: dict = {}
         refreshed = False
-        if r >= 1:
+        if r >= 1 or self.ctx.cfg.asvp.rule == "at":  # a forced refresh may follow round 0's random batch too
             d = self.check(r)
             row.update(ped_steps=d.ped_steps, logme_ped=d.score, score_diff=d.diff, trigger_signal=d.signal)
             if d.refresh:

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 OPERATIONAL_KEYS = ("run_dir", "report", "ray.", "data.check_images", "embed.num_actors", "embed.batch_size",
                     "embed.device", "proxy.device", "proxy.score_batch_size", "train.num_workers", "train.use_gpu",
                     "train.cpus_per_worker", "train.eval_batch_size", "train.warm", "oracle.allow_partial", "oracle.image_url",
-                    "oracle.document_root", "oracle.backend_url", "oracle.annotations", "track.", "log.")
+                    "oracle.document_root", "oracle.backend_url", "oracle.annotations", "track.", "log.", "eval.memo_models")
 
 
 def default_run_dir(cfg: RunConfig) -> str:
@@ -152,6 +152,7 @@ class Experiment:
                                                  transform=self.ctx.transform,
                                                  freeze_blocks=self.cfg.eval.freeze_blocks,
                                                  recipe=Recipe.from_config(self.cfg.eval))
+            self.ctx.evaluator.memo_models = bool(self.cfg.eval.memo_models)
 
         self.update_stop(ArmState.open(self.store.child(layout.arm(self.specs[0].name))).rounds)  # before the arms size
         self.arms = [self._classes[s.pipeline](self.ctx, s) for s in self.specs]
