@@ -89,14 +89,53 @@ def seed_donors(data: str, run: str, seed: int) -> None:
                 shutil.copy2(f, target / "eval_memo" / f.name)
 
 
+def svpp_signals(base: Path) -> dict[int, float]:
+    """ASVP's trigger signal (`gain_signal` on the pre-trained v0 features) at every round of SVPp's labeled sets:
+    what the trigger would see at each position if it had not fired yet; the input of the calibration."""
+    import numpy as np
+
+    from raal.data.positions import IdIndex
+    from raal.features import FeatureStore
+    from raal.pipelines.asvp import gain_signal
+    from raal.store import RunStore
+
+    pool = FeatureStore(RunStore(base)).open(0, "pool")
+    index = IdIndex(np.asarray(pool.ids))
+    lab = pq.read_table(base / "arms" / "svpp_margin" / "labels.parquet").to_pydict()
+    rounds, lid, ly = np.asarray(lab["round"]), np.asarray(lab["id"]), np.asarray(lab["label"])
+    out = {}
+    for r in range(int(rounds.max()) + 1):
+        keep = rounds <= r
+        pos = index.positions(lid[keep])
+        order = np.argsort(pos)
+        x = np.asarray(pool.features[pos[order]], dtype=np.float32)
+        out[int(keep.sum())] = float(gain_signal(x, ly[keep][order]))
+    return out
+
+
+def add_signals(data: str, seed: int) -> None:
+    res = result_path(data, "main", seed)
+    if not res.exists() or not run_dir(data, "main", seed).is_dir():
+        return
+    rec = json.loads(res.read_text())
+    if "svpp_signals" not in rec:
+        rec["svpp_signals"] = svpp_signals(run_dir(data, "main", seed))
+        tmp = res.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rec, indent=1, default=float))
+        os.replace(tmp, res)
+
+
 def export(data: str, run: str, seed: int) -> dict:
-    """Every committed round of every arm of a finished run, as plain JSON (what the aggregate needs)."""
+    """Every committed round of every arm of a finished run, as plain JSON (what the aggregate needs); for `main`
+    also the trigger signal along SVPp's rounds."""
     base = run_dir(data, run, seed)
     out: dict = {"data": data, "run": run, "seed": seed, "arms": {}, "final": {}}
     for arm in sorted(p.name for p in (base / "arms").iterdir()):
         rows = pq.read_table(base / "arms" / arm / "rounds.parquet").to_pylist()
         out["arms"][arm] = [{k: v for k, v in r.items() if isinstance(v, (int, float, str, bool)) or v is None}
                             for r in rows]
+    if run == "main":
+        out["svpp_signals"] = svpp_signals(base)
     return out
 
 
@@ -186,6 +225,8 @@ def main() -> None:
                 for run in args.runs:
                     if run == "switch":
                         switch_one(data, seed)
+                    elif run == "signals":  # add the trigger signal to a main JSON exported without it
+                        add_signals(data, seed)
                     else:
                         run_one(data, run, seed)
     from asvp_full_report import write  # the tables: one idea per file

@@ -145,6 +145,75 @@ def switch_table(runs: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
+TAUS = [round(0.0025 * i, 4) for i in range(1, 81)]  # 0.0025 .. 0.2
+
+
+def fire_position(signals: dict, tau: float, rounds: int = 2) -> int | None:
+    """Where the `gain` rule (threshold tau, `rounds` consecutive scored rounds) first fires along SVPp's rounds; a
+    NaN signal (too few labels) never fires and does not count, as in `raal.pipelines.asvp.decide`."""
+    recent: list[float] = []
+    for n in sorted(int(k) for k in signals):
+        v = float(signals[str(n)] if str(n) in signals else signals[n])
+        if not math.isfinite(v):
+            continue
+        recent.append(v)
+        if len(recent) >= rounds and all(x < tau for x in recent[-rounds:]):
+            return n
+    return None
+
+
+def position_savings(mains: list[dict], runs: dict[str, list[dict]]) -> dict[int, dict]:
+    """seed -> {position (labels) or None (never): mean saving vs that seed's random arm}."""
+    out: dict[int, dict] = {}
+    for m in mains:
+        rnd = m["arms"][ARMS["random"]]
+        svpp = m["arms"][ARMS["svpp"]]
+        per = {None: saving(rnd, svpp).mean}
+        for name, recs in runs.items():
+            if name.startswith("at"):
+                for rec in recs:
+                    if rec["seed"] == m["seed"]:
+                        per[int(name[2:])] = saving(rnd, rec["arms"][ARMS["asvp"]]).mean
+        out[m["seed"]] = per
+    return out
+
+
+def outcome(signals: dict, per: dict, tau: float, rounds: int) -> float:
+    p = fire_position(signals, tau, rounds)
+    return per.get(p, per[None])  # a position with no forced run (the last round) changes no pick: SVPp's
+
+
+def calibration_lines(by_data: dict[str, tuple[list[dict], dict]]) -> list[str]:
+    """Leave-one-dataset-out: the threshold that maximises the mean saving on one dataset's forced-refresh sweep,
+    applied to the other's signals."""
+    ready = {d: (mains, position_savings(mains, runs)) for d, (mains, runs) in by_data.items()
+             if any(k.startswith("at") for k in runs) and all("svpp_signals" in m for m in mains)}
+    if len(ready) < 2:
+        return []
+    lines = ["## The trigger, calibrated on one dataset and checked on the other", "",
+             "| calibrated on | threshold (2 rounds) | checked on | fires at (per seed) | its mean saving % | best "
+             "forced position (mean %) | within the best two? |", "|---|---|---|---|---|---|---|"]
+    for a, (mains_a, per_a) in ready.items():
+        seeds_a = [m for m in mains_a if len(per_a[m["seed"]]) > 1]
+        tau = max(TAUS, key=lambda t: (np.mean([outcome(m["svpp_signals"], per_a[m["seed"]], t, 2)
+                                                for m in seeds_a]), -t))
+        for b, (mains_b, per_b) in ready.items():
+            if b == a:
+                continue
+            seeds_b = [m for m in mains_b if len(per_b[m["seed"]]) > 1]
+            fired = [fire_position(m["svpp_signals"], tau, 2) for m in seeds_b]
+            got = [outcome(m["svpp_signals"], per_b[m["seed"]], tau, 2) for m in seeds_b]
+            positions = sorted({p for m in seeds_b for p in per_b[m["seed"]]}, key=lambda p: (p is None, p or 0))
+            means = {p: np.mean([per_b[m["seed"]][p] for m in seeds_b if p in per_b[m["seed"]]]) for p in positions}
+            ranked = sorted(positions, key=lambda p: -means[p])
+            modal = max(set(fired), key=fired.count)
+            best = ranked[0]
+            lines.append(f"| {a} | {tau:.4f} | {b} | {', '.join(str(p or 'never') for p in fired)} | "
+                         f"{_ci(got)} | {best or 'never'} ({100 * means[best]:+.1f}) | "
+                         f"{'yes' if modal in ranked[:2] else 'no'} |")
+    return lines + [""]
+
+
 def write(out: Path, datasets: dict) -> None:
     lines = ["# ASVP where features move (bench/asvp_full.py)", "",
              "Every arm at every labeled-set size scored by the one full fine-tune evaluator (all blocks, FT, 300 "
@@ -154,11 +223,13 @@ def write(out: Path, datasets: dict) -> None:
              "compute: proxy, selection, the fine-tunes and re-embeds that select (standard) or refresh (ASVP), each "
              "charged at its measured cost even when the evaluator's memo held the fit; evaluation wall = the "
              "evaluator's time actually spent (each distinct fit once). 2 CPU cores shared with other benchmarks.", ""]
+    by_data = {}
     for data, meta in datasets.items():
         runs = load(out, data)
         mains = runs.get("main", [])
         if not mains:
             continue
+        by_data[data] = (mains, runs)
         lines += [f"## {meta['title']} — seeds {sorted(m['seed'] for m in mains)}", ""]
         lines += main_tables(mains) + forced_tables(mains, runs) + switch_table(runs) + [""]
         lines += ["Curves (labels: accuracy %) per seed:", ""]
@@ -168,6 +239,7 @@ def write(out: Path, datasets: dict) -> None:
                 lines.append(f"- {k} seed {m['seed']}: " + ", ".join(f"{int(r['n_labeled'])}: "
                                                                       f"{100 * r['accuracy']:.1f}" for r in rows))
         lines.append("")
+    lines += calibration_lines(by_data)
     (out / "README.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
