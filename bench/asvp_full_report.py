@@ -220,8 +220,9 @@ def write(out: Path, datasets: dict) -> None:
              "steps, seeds paired by (AL seed, labeled-set size)); standard AL's per-round model and ASVP's refresh "
              "are that evaluator's fit of their labeled set. Saving ratio r = (N_random - N)/N_random over "
              "interpolated rounds 1.. (round 0 is random in every arm), mean [95 % t-interval over seeds]. Selection "
-             "compute: proxy, selection, the fine-tunes and re-embeds that select (standard) or refresh (ASVP), each "
-             "charged at its measured cost even when the evaluator's memo held the fit; evaluation wall = the "
+             "compute (`raal.metrics.selection_seconds`): proxy, selection, the fine-tunes and re-embeds that select "
+             "(standard) or refresh (ASVP), each charged at its measured cost even when the evaluator's memo held the "
+             "fit; the last round's fine-tune (a final model, which every method trains) left out; evaluation wall = the "
              "evaluator's time actually spent (each distinct fit once). 2 CPU cores shared with other benchmarks.", ""]
     by_data = {}
     for data, meta in datasets.items():

@@ -292,11 +292,17 @@ SELECTION_PHASES = ("t_tr_proxy", "t_f_proxy", "t_tr_full", "t_f_full", "t_selec
 def selection_seconds(rounds: Mapping, n_rounds: int | None = None) -> float:
     """What choosing the labels cost over the first `n_rounds` rounds (all by default): proxy training and
     scoring, selection, the fine-tunes and pool re-embeds that select (standard AL) or refresh (ASVP: `t_pre` of
-    rounds >= 1). Round 0's `t_pre` (the pre-computed features every arm shares) and all evaluation are left out;
-    a fit the evaluator had memoised is in `t_tr_full` at its measured cost (docs/evaluation.md)."""
+    rounds >= 1). Left out: round 0's `t_pre` (the pre-computed features every arm shares), all evaluation, and
+    the last round's fine-tune and re-embed (`t_tr_full`, `t_pre`), which choose nothing: standard AL's last
+    fine-tune is its final model, which every method trains. A fit the evaluator had memoised is in `t_tr_full`
+    at its measured cost (docs/evaluation.md)."""
     n = _n_rows(rounds) if n_rounds is None else min(int(n_rounds), _n_rows(rounds))
-    sel = sum(float(np.nansum(_column(rounds, p, n, 0.0)[:n].astype(np.float64))) for p in SELECTION_PHASES)
-    return sel + float(np.nansum(_column(rounds, "t_pre", n, 0.0)[1:n].astype(np.float64)))
+
+    def total(phase: str, a: int, b: int) -> float:
+        return float(np.nansum(_column(rounds, phase, n, 0.0)[a:b].astype(np.float64)))
+
+    sel = sum(total(p, 0, n if p != "t_tr_full" else n - 1) for p in SELECTION_PHASES)
+    return sel + total("t_pre", 1, n - 1)
 
 
 def round_seconds(rounds: Mapping) -> np.ndarray:

@@ -161,8 +161,10 @@ def test_selection_seconds_charges_choosing_not_evaluating():
               "t_f_proxy": np.array([0.5, 0.5, 0.5]), "t_tr_full": np.array([0.0, 200.0, 0.0]),
               "t_f_full": np.array([0.0, 20.0, 0.0]), "t_select": np.array([0.1, 0.1, 0.1]),
               "t_eval": np.array([300.0, 300.0, 300.0])}
-    # round 0's t_pre (the shared pre-computed features) and every t_eval are left out; a refresh's re-embed
-    # (t_pre of round 2) is in
-    assert selection_seconds(rounds) == pytest.approx(3 * 1.6 + 200 + 20 + 7)
-    assert selection_seconds(rounds, 2) == pytest.approx(2 * 1.6 + 220)
+    # round 0's t_pre (the shared pre-computed features) and every t_eval are left out, and so is the last
+    # round's fine-tune and re-embed (they choose nothing); round 1's fine-tune selects round 2: it is in
+    assert selection_seconds(rounds) == pytest.approx(3 * 1.6 + 200 + 20)
+    assert selection_seconds(rounds, 2) == pytest.approx(2 * 1.6 + 20)  # round 1 is the last: its fine-tune is out
+    rounds["t_pre"][1] = 9.0  # a refresh re-embed after round 1 selects round 2
+    assert selection_seconds(rounds) == pytest.approx(3 * 1.6 + 200 + 20 + 9)
     assert selection_seconds({"round": np.arange(2)}) == 0.0  # no phase columns: nothing measured
