@@ -14,8 +14,8 @@ DATA_SOURCES = ("animal_mnist", "image_folder", "parquet")
 # behind them (pipelines pull torch and Ray); raal.pipelines.registry and raal.strategies check themselves against
 # them when imported, so a pipeline or strategy added on one side only fails at once.
 PIPELINES = ("standard", "svpp", "asvp", "activeft", "peal")
-STRATEGIES = ("activeft", "activeft_al", "badge", "confidence", "coreset", "dropquery", "entropy", "featdist",
-              "kmeans_centroid", "margin", "probcover", "random", "typiclust")  # sorted
+STRATEGIES = ("activeft", "activeft_al", "badge", "cluster_margin", "confidence", "coreset", "dropquery", "entropy",
+              "featdist", "kmeans_centroid", "margin", "probcover", "random", "typiclust")  # sorted
 BALANCED_STRATEGIES = ("confidence", "entropy", "margin")  # those that rank by a score take al.balanced
 TRAIN_METHODS = ("ft", "lpft")
 DEVICES = ("auto", "cpu", "cuda")
