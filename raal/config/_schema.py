@@ -26,6 +26,7 @@ IMAGE_URL_MODES = ("path", "local-files", "backend")
 EVAL_MODES = ("evaluator", "proxy", "ft", "lpft")
 INITIAL_STRATEGIES = ("random", "typiclust", "probcover", "kmeans_centroid", "activeft")
 STOP_MODES = ("schedule", "advice")
+CANDIDATE_MODES = ("all", "seals")  # al.candidates: what the strategies of the AL arms choose from
 
 
 @dataclass
@@ -90,6 +91,12 @@ class ALConfig:
     stop: str = "schedule"  # schedule: run every round | advice: end when the main arm's stop_advice says stop
     # Score strategies (margin, confidence, entropy) pick round-robin over the predicted classes (docs/strategies.md)
     balanced: bool = False
+    # all: every round's strategy chooses from the whole unlabeled pool. seals: from the `candidates_k` nearest
+    # neighbours of each labeled item (SEALS), kept incrementally on an IVF index of the v0 features, so rounds after
+    # the first never score the whole pool; the random baseline and random arms stay on the whole pool
+    # (docs/selection.md#seals-candidates-and-cluster-margin)
+    candidates: str = "all"
+    candidates_k: int = 100
 
 
 @dataclass
