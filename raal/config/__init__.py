@@ -23,6 +23,7 @@ from raal.config._schema import (
     ANNOTATION_POLICIES,
     AUTOCAST_MODES,
     BALANCED_STRATEGIES,
+    CANDIDATE_MODES,
     DATA_SOURCES,
     DEVICES,
     EVAL_MODES,
@@ -68,10 +69,10 @@ from raal.config._validate import (
 from raal.errors import ConfigError
 
 __all__ = [
-    "ANNOTATION_POLICIES", "AUTOCAST_MODES", "BALANCED_STRATEGIES", "DATA_SOURCES", "DEVICES", "EVAL_MODES",
-    "IMAGE_URL_MODES", "IMAGENET_MEAN", "IMAGENET_STD", "INITIAL_STRATEGIES", "MAIN_KEYS", "MAX_NUMBER_DIGITS",
-    "MAX_ROUNDS", "MAX_SCHEDULE_CHARS", "MAX_YAML_DEPTH", "MAX_YAML_NODES", "NUMERIC_RANGES", "ORACLES",
-    "PIPELINES", "STOP_MODES", "STRATEGIES", "TRAIN_METHODS",
+    "ANNOTATION_POLICIES", "AUTOCAST_MODES", "BALANCED_STRATEGIES", "CANDIDATE_MODES", "DATA_SOURCES", "DEVICES",
+    "EVAL_MODES", "IMAGE_URL_MODES", "IMAGENET_MEAN", "IMAGENET_STD", "INITIAL_STRATEGIES", "MAIN_KEYS",
+    "MAX_NUMBER_DIGITS", "MAX_ROUNDS", "MAX_SCHEDULE_CHARS", "MAX_YAML_DEPTH", "MAX_YAML_NODES", "NUMERIC_RANGES",
+    "ORACLES", "PIPELINES", "STOP_MODES", "STRATEGIES", "TRAIN_METHODS",
     "ALConfig", "ASVPConfig", "ConfigError", "CostConfig", "DataConfig", "EmbedConfig", "EvalConfig", "LogConfig",
     "LoraConfig", "MetricsConfig", "ModelConfig", "OracleConfig", "PEDConfig", "ProxyConfig", "RayConfig", "RunConfig",
     "StoppingConfig", "TrackConfig", "TrainConfig",

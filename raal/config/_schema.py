@@ -14,8 +14,8 @@ DATA_SOURCES = ("animal_mnist", "image_folder", "parquet")
 # behind them (pipelines pull torch and Ray); raal.pipelines.registry and raal.strategies check themselves against
 # them when imported, so a pipeline or strategy added on one side only fails at once.
 PIPELINES = ("standard", "svpp", "asvp", "activeft", "peal")
-STRATEGIES = ("activeft", "activeft_al", "badge", "confidence", "coreset", "dropquery", "entropy", "featdist",
-              "kmeans_centroid", "margin", "probcover", "random", "typiclust")  # sorted
+STRATEGIES = ("activeft", "activeft_al", "badge", "cluster_margin", "confidence", "coreset", "dropquery", "entropy",
+              "featdist", "kmeans_centroid", "margin", "probcover", "random", "typiclust")  # sorted
 BALANCED_STRATEGIES = ("confidence", "entropy", "margin")  # those that rank by a score take al.balanced
 TRAIN_METHODS = ("ft", "lpft")
 DEVICES = ("auto", "cpu", "cuda")
@@ -26,6 +26,7 @@ IMAGE_URL_MODES = ("path", "local-files", "backend")
 EVAL_MODES = ("evaluator", "proxy", "ft", "lpft")
 INITIAL_STRATEGIES = ("random", "typiclust", "probcover", "kmeans_centroid", "activeft")
 STOP_MODES = ("schedule", "advice")
+CANDIDATE_MODES = ("all", "seals")  # al.candidates: what the strategies of the AL arms choose from
 
 
 @dataclass
@@ -90,6 +91,12 @@ class ALConfig:
     stop: str = "schedule"  # schedule: run every round | advice: end when the main arm's stop_advice says stop
     # Score strategies (margin, confidence, entropy) pick round-robin over the predicted classes (docs/strategies.md)
     balanced: bool = False
+    # all: every round's strategy chooses from the whole unlabeled pool. seals: from the `candidates_k` nearest
+    # neighbours of each labeled item (SEALS), kept incrementally on an IVF index of the v0 features, so rounds after
+    # the first never score the whole pool; the random baseline and random arms stay on the whole pool
+    # (docs/selection.md#seals-candidates-and-cluster-margin)
+    candidates: str = "all"
+    candidates_k: int = 100
 
 
 @dataclass

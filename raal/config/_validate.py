@@ -13,6 +13,7 @@ from raal.config._schema import (
     ANNOTATION_POLICIES,
     AUTOCAST_MODES,
     BALANCED_STRATEGIES,
+    CANDIDATE_MODES,
     DATA_SOURCES,
     DEVICES,
     EVAL_MODES,
@@ -131,6 +132,9 @@ def validate(cfg: RunConfig) -> None:
     _check(not a.balanced or a.strategy in BALANCED_STRATEGIES, "al.balanced",
            f"only strategies that rank by a score accept it ({', '.join(BALANCED_STRATEGIES)})",
            f"{a.balanced} with al.strategy={a.strategy}")
+    _check(a.candidates in CANDIDATE_MODES, "al.candidates", f"allowed: {', '.join(CANDIDATE_MODES)}", a.candidates)
+    _check(isinstance(a.candidates_k, int) and not isinstance(a.candidates_k, bool) and a.candidates_k >= 1,
+           "al.candidates_k", "must be an integer >= 1 (neighbours per labeled item)", a.candidates_k)
     for arm in a.compare:
         parts = str(arm).split("/")
         _check(len(parts) == 2 and parts[0] in PIPELINES and parts[1] in known, "al.compare",

@@ -20,6 +20,7 @@ from raal.data.positions import IdIndex
 from raal.data.sources import Dataset
 from raal.data.transforms import ImageTransform
 from raal.features import embed_images
+from raal.index import KnnCandidates, PoolIndex
 from raal.labeling.oracle import WaitingForLabels
 from raal.pipelines.coldstart import initial_batch
 from raal.pipelines.state import ArmState
@@ -61,6 +62,7 @@ class Context:
     t_pre: float = 0.0  # wall time of the v0 feature pass (pool + test)
     evaluator: Evaluator | None = None  # when eval.every_round == "evaluator"
     stop_after: int | None = None  # al.stop=advice: the round after which the main arm was advised to stop
+    pool_index: PoolIndex | None = None  # al.candidates=seals: the k-NN index over the v0 pool features
 
     @property
     def num_classes(self) -> int:
@@ -69,6 +71,15 @@ class Context:
     def sizes(self) -> list[int]:
         sizes = [self.cfg.al.initial] + parse_schedule(self.cfg.al.schedule)
         return sizes if self.stop_after is None else sizes[:self.stop_after + 1]
+
+    def candidate_index(self) -> PoolIndex:
+        """The IVF index over the v0 pool features that SEALS' candidates come from: built on first use (the one
+        pass over the whole pool), then shared by every arm. Fixed features, as SEALS: the candidates of a label
+        never change, so they can be kept instead of recomputed."""
+        if self.pool_index is None:
+            assert self.features is not None, "prepare() opens the v0 features before any round"
+            self.pool_index = PoolIndex(self.features.open(0, "pool").features, seed=self.cfg.al.seed)
+        return self.pool_index
 
     def embed(self, fs, version: int, split: str, *, weights: tuple[RunStore, str] | None = None,
               with_logits: bool = True) -> bool:
@@ -109,11 +120,33 @@ class PhaseTimer:
 
 class Query(NamedTuple):
     """A round's picks (pool ids, in pick order) and what annotators see beside each: the pick priority (higher =
-    ask sooner) and, where the strategy had model probabilities, the model's class (None otherwise)."""
+    ask sooner) and, where the strategy had model probabilities, the model's class (None otherwise); `rows_scored`:
+    the unlabeled rows the selection chose from (the rounds table's column of that name)."""
 
     ids: np.ndarray
     score: np.ndarray
     prediction: np.ndarray | None = None
+    rows_scored: int = -1
+
+
+class RowSubset:
+    """Sorted rows of a 2-D array, read one slice at a time: lets `predict` score SEALS' candidates without first
+    gathering them into one copy."""
+
+    def __init__(self, x, rows: np.ndarray):
+        self.x, self.rows = x, rows
+        self.shape, self.ndim, self.dtype = (len(rows), x.shape[1]), 2, x.dtype
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, part: slice) -> np.ndarray:
+        return np.asarray(self.x[self.rows[part]])
+
+
+def take_rows(x, rows: np.ndarray | None):
+    """x itself (rows None: the whole pool), else its `rows` gathered into one array."""
+    return x if rows is None else np.asarray(x[rows])
 
 
 def round_seed(seed: int, r: int, salt: int = 0) -> int:
@@ -161,6 +194,7 @@ class Pipeline:
         self.strategy = strategies.for_run(arm.strategy, num_classes=ctx.num_classes, balanced=ctx.cfg.al.balanced)
         self.pool_ids = ctx.data.pool.ids
         self.extra_rounds = max(0, self.state.completed_rounds - len(ctx.sizes())) if arm.baseline else 0
+        self.candidates: KnnCandidates | None = None  # al.candidates=seals: this arm's candidate pool, grown per round
         if not self.store.exists(layout.ARM_META):
             self.store.write_json(layout.ARM_META, {"name": arm.name, "pipeline": arm.pipeline,
                                                "strategy": arm.strategy, "baseline": arm.baseline,
@@ -199,7 +233,8 @@ class Pipeline:
     # -- the round --------------------------------------------------------------------------------------------------
     def select(self, r: int, size: int, timer: PhaseTimer) -> Query:
         """Round 0 is the shared initial batch (`coldstart.initial_batch`); later rounds ask the strategy with the
-        pipeline's inputs. The score beside each pick is one sign for every strategy: higher = ask sooner."""
+        pipeline's inputs, on SEALS' candidates with `al.candidates=seals` (`candidate_rows`). The score beside each
+        pick is one sign for every strategy: higher = ask sooner."""
         seed = round_seed(self.ctx.cfg.al.seed, r)
         mask = self.labeled_mask()
         if r == 0 and not self.chooses_initial():
@@ -213,14 +248,36 @@ class Pipeline:
                     pos = initial_batch(self.ctx.store, name, size, labeled_mask=mask, seed=seed,
                                         features=self.ctx.features.open(0, "pool").features,
                                         num_classes=self.ctx.num_classes)
-            return Query(self.pool_ids[pos], pick_priority(len(pos)))
-        inputs = self.strategy_inputs(r, self.strategy.requires, timer)
+            return Query(self.pool_ids[pos], pick_priority(len(pos)), rows_scored=int((~mask).sum()))
+        with timer.phase("t_select"):
+            rows = self.candidate_rows(mask, size)
+        inputs = self.strategy_inputs(r, self.strategy.requires, timer, rows=rows)
+        sub = mask if rows is None else mask[rows]
         with timer.phase("t_select"):
             faults.reach("select")
-            pos = np.asarray(self.strategy.select(size, labeled_mask=mask, seed=seed, **inputs), dtype=np.int64)
+            local = np.asarray(self.strategy.select(size, labeled_mask=sub, seed=seed, **inputs), dtype=np.int64)
+        pos = local if rows is None else rows[local]
         probs = inputs.get("probs")
-        prediction = None if probs is None else np.asarray(probs[pos], dtype=np.float32).argmax(1).astype(np.int64)
-        return Query(self.pool_ids[pos], pick_priority(len(pos)), prediction)
+        prediction = None if probs is None else np.asarray(probs[local], dtype=np.float32).argmax(1).astype(np.int64)
+        return Query(self.pool_ids[pos], pick_priority(len(pos)), prediction, int((~sub).sum()))
+
+    def candidate_rows(self, mask: np.ndarray, size: int) -> np.ndarray | None:
+        """The sorted pool rows this round's strategy sees with `al.candidates=seals`: SEALS' candidates (the
+        `al.candidates_k` nearest neighbours of each labeled row, only the newly labeled rows searched) and the
+        labeled rows (the centres, counts or context of the strategies that use them; never picked). None = the
+        whole pool: `al.candidates=all`, random arms (a uniform draw over fewer rows is another strategy), nothing
+        labeled yet, or fewer candidates than the round asks for (logged)."""
+        al = self.ctx.cfg.al
+        if al.candidates != "seals" or self.arm.strategy == "random" or not mask.any():
+            return None
+        if self.candidates is None:
+            self.candidates = KnnCandidates(self.ctx.candidate_index(), al.candidates_k)
+        cand = self.candidates.update(mask)
+        if len(cand) < size:
+            log.warning("%s: SEALS has %d candidates for a round of %d (al.candidates_k=%d): this round chooses from "
+                        "the whole pool", self.arm.name, len(cand), size, al.candidates_k)
+            return None
+        return np.union1d(cand, np.flatnonzero(mask))
 
     def chooses_initial(self) -> bool:
         """Whether the arm's strategy picks round 0 itself (declared by the pipeline or the strategy)."""
@@ -236,9 +293,11 @@ class Pipeline:
         progress.set_context(round=r, arm=self.arm.name)
         timer = PhaseTimer()
         ids = self.state.saved_query(r)
+        scored = -1  # unknown when the query was chosen before a restart
         if ids is None:
-            ids, score, prediction = self.select(r, size, timer)
-            self.state.save_query(r, ids, score=score, prediction=prediction)
+            query = self.select(r, size, timer)
+            ids, scored = query.ids, query.rows_scored
+            self.state.save_query(r, ids, score=query.score, prediction=query.prediction)
         answered = self.state.labels_for_round(r)
         todo = np.asarray([i for i in ids.tolist() if i not in answered], dtype=np.int64)
         if len(todo):
@@ -250,7 +309,7 @@ class Pipeline:
             if missing and not (answered and self.ctx.oracle.accepts_partial(r)):
                 raise WaitingForLabels(self.arm.name, r, missing)
         row: dict = {"round": r, "n_labeled": len(self.state.label_ids), "n_new": len(answered),
-               "random_only": self.random_only(r)}
+                     "random_only": self.random_only(r), "rows_scored": scored}
         row.update(self.after_labels(r, timer))
         row.update(self.evaluate_labeled(timer, row))
         with timer.phase("t_eval"):  # judging the round: counted with its evaluation
@@ -331,7 +390,10 @@ class Pipeline:
                             rule=StopRule.from_config(cfg.stopping, cfg.cost.label_price))
 
     # -- policy hooks -----------------------------------------------------------------------------------------------
-    def strategy_inputs(self, r: int, requires: frozenset, timer: PhaseTimer) -> dict:
+    def strategy_inputs(self, r: int, requires: frozenset, timer: PhaseTimer, *,
+                        rows: np.ndarray | None = None) -> dict:
+        """The inputs in `requires` for round r's strategy, for the pool rows `rows` only (sorted; None = all): an
+        array input then has len(rows) rows."""
         raise NotImplementedError
 
     def after_labels(self, r: int, timer: PhaseTimer) -> dict:

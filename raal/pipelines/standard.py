@@ -11,7 +11,7 @@ import torch
 
 from raal import layout
 from raal.features import FeatureStore
-from raal.pipelines.base import PhaseTimer, Pipeline, round_seed
+from raal.pipelines.base import PhaseTimer, Pipeline, round_seed, take_rows
 from raal.pipelines.finetune import load_head
 
 
@@ -55,14 +55,17 @@ class StandardPipeline(Pipeline):
 
         return Recipe.from_config(self.ctx.cfg.eval, method="lpft" if self.method() == "LP-FT" else "ft")
 
-    def strategy_inputs(self, r: int, requires: frozenset, timer: PhaseTimer) -> dict:
+    def strategy_inputs(self, r: int, requires: frozenset, timer: PhaseTimer, *,
+                        rows: np.ndarray | None = None) -> dict:
+        """The fine-tuned model's features and head over the pool. With SEALS' `rows` the head scores those rows
+        only; the backbone still re-embeds the whole pool (each round is a new feature version)."""
         if not requires:
             return {}
         if r == 0:  # nothing trained yet: embedding-based choosers use the pre-trained features
             if requires - self.supplies_at_start:
                 raise ValueError(f"strategy {self.arm.strategy!r} needs a trained model, which round 0 cannot give")
             assert self.ctx.features is not None, "prepare() opens the v0 features before any round"
-            return {"embeddings": self.ctx.features.open(0, "pool").features}
+            return {"embeddings": take_rows(self.ctx.features.open(0, "pool").features, rows)}
         if self.partial():  # the last round's suffix re-embeds the whole pool from the cached activations
             from raal.evaluator import load_state  # lazy: heavy: torch
 
@@ -71,14 +74,15 @@ class StandardPipeline(Pipeline):
             suffix, head = ev.load_fitted(load_state(self.store, self.checkpoint(r - 1) + ".partial.pt"))
             with timer.phase("t_f_full"):
                 feats, probs = ev.probs(suffix, head)
-            out = {"embeddings": feats, "probs": probs, "proxy": head_proxy(head.state_dict())}
+            out = {"embeddings": take_rows(feats, rows), "probs": take_rows(probs, rows),
+                   "proxy": head_proxy(head.state_dict())}
             return {k: v for k, v in out.items() if k in requires}
 
         fs = FeatureStore(self.store)
         ckpt = self.checkpoint(r - 1)
         with timer.phase("t_f_full"):
             self.ctx.embed(fs, r, "pool", weights=(self.store, ckpt + ".pt"), with_logits=False)
-            feats = fs.open(r, "pool").features
+            feats = take_rows(fs.open(r, "pool").features, rows)
             out = {"embeddings": feats}
             if "probs" in requires or "proxy" in requires:
                 head_state = load_head(self.store, ckpt)

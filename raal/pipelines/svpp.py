@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from raal import layout
-from raal.pipelines.base import Context, PhaseTimer, Pipeline, round_seed
+from raal.pipelines.base import Context, PhaseTimer, Pipeline, RowSubset, round_seed, take_rows
 
 
 class SVPpPipeline(Pipeline):
@@ -83,7 +83,8 @@ class SVPpPipeline(Pipeline):
         return self.train_proxy(r, timer)
 
     # -- hooks ------------------------------------------------------------------------------------------------------
-    def strategy_inputs(self, r: int, requires: frozenset, timer: PhaseTimer) -> dict:
+    def strategy_inputs(self, r: int, requires: frozenset, timer: PhaseTimer, *,
+                        rows: np.ndarray | None = None) -> dict:
         from raal.train import predict  # lazy: heavy: torch
 
         pool, _ = self.feature_sets()
@@ -92,15 +93,16 @@ class SVPpPipeline(Pipeline):
         if r == 0:  # nothing labeled yet: only embedding-based choosers (ActiveFT) can run, on the features
             if requires - self.supplies_at_start:
                 raise ValueError(f"strategy {self.arm.strategy!r} needs a trained model, which round 0 cannot give")
-            return {"embeddings": pool.features}
+            return {"embeddings": take_rows(pool.features, rows)}
         proxy = self.proxy_after(r - 1, timer)
         batch = self.ctx.cfg.proxy.score_batch_size
         if "proxy" in requires:  # the strategy runs the proxy itself, on the features it reads (DropQuery)
-            return {"embeddings": pool.features,
+            return {"embeddings": take_rows(pool.features, rows),
                     "proxy": lambda h: predict(proxy, h, batch_size=batch, want=("logits",))["logits"]}
         want = tuple(k for k in ("probs", "embeddings") if k in requires)
-        with timer.phase("t_f_proxy"):
-            out = predict(proxy, pool.features, batch_size=batch, want=want)
+        with timer.phase("t_f_proxy"):  # SEALS: the proxy scores the candidate rows only
+            feats = pool.features if rows is None else RowSubset(pool.features, rows)
+            out = predict(proxy, feats, batch_size=batch, want=want)
         return {k: out[k] for k in want}
 
     def evaluate_proxy(self, proxy, timer: PhaseTimer, version: int | None = None) -> float:

@@ -17,6 +17,7 @@ from raal.strategies.activeft import ActiveFT
 from raal.strategies.activeft_al import ActiveFTAL
 from raal.strategies.badge import Badge
 from raal.strategies.base import Strategy
+from raal.strategies.cluster_margin import ClusterMargin
 from raal.strategies.confidence import LeastConfidence
 from raal.strategies.coreset import CoreSet
 from raal.strategies.dropquery import DropQuery
@@ -30,7 +31,7 @@ from raal.strategies.typiclust import TypiClust
 
 _REGISTRY: dict[str, type[Strategy]] = {cls.name: cls for cls in (
     RandomSampling, Margin, LeastConfidence, Entropy, CoreSet, Badge, ActiveFT, ActiveFTAL, FeatDist, KMeansCentroid,
-    TypiClust, ProbCover, DropQuery)}
+    TypiClust, ProbCover, DropQuery, ClusterMargin)}
 _DEFAULTS: dict[str, Strategy] = {}
 
 __all__ = ["Strategy", "accepting", "accepts", "check_names", "for_run", "get", "names"]

@@ -35,6 +35,8 @@ def test_demo_loads_with_overrides():
     (["al.initial=-1"], "al.initial"),
     (["data.source=ftp"], "data.source"),
     (["train.method=sgd"], "train.method"),
+    (["al.candidates=knn"], "al.candidates"),        # neither all nor seals
+    (["al.candidates_k=0"], "al.candidates_k"),      # no neighbours
     (["justaword"], "justaword"),                    # malformed override
 ])
 def test_bad_values_name_the_key(override, key):

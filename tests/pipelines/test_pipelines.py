@@ -154,6 +154,21 @@ def test_svpp_runs_the_proxy_and_cover_strategies(ray_local, tmp_path):
         assert all(0 <= r["accuracy"] <= 1 for r in history[arm])
 
 
+def test_svpp_on_seals_candidates_with_cluster_margin(ray_local, tmp_path):
+    """al.candidates=seals in a real run: the AL arms' rounds after the first choose from SEALS' candidates (at most
+    k per label, fewer than the unlabeled pool) and record how many; cluster_margin runs on the proxy and the
+    features; the random baseline stays on the whole pool."""
+    history, _ = run_experiment(["al.pipeline=svpp", "al.strategy=cluster_margin", "al.compare=[svpp/margin]",
+                                 "al.candidates=seals", "al.candidates_k=5"], tmp_path / "s")
+    for arm in ("svpp_cluster_margin", "svpp_margin"):
+        rows = history[arm]
+        assert [r["n_labeled"] for r in rows] == [20, 40, 60]
+        assert rows[0]["rows_scored"] == 200  # round 0: the shared random batch
+        for before, r in zip((20, 40), rows[1:]):
+            assert 20 <= r["rows_scored"] <= 5 * before and r["rows_scored"] < 200 - before, arm
+    assert [r["rows_scored"] for r in history["svpp_random"][:3]] == [200, 180, 160]
+
+
 def test_full_finetune_evaluator_refresh_at_a_forced_size_and_memoised_fits(ray_local, tmp_path):
     """eval.freeze_blocks=0: every arm scored by a full fine-tune; standard AL's model each round and ASVP's refresh
     are the evaluator's own fit of that labeled set (one fit each, memoised), charged to the method at its measured

@@ -48,7 +48,8 @@ def test_registry():
     names = strategies.names()
     assert names == sorted(names)
     assert set(names) == {"random", "margin", "confidence", "entropy", "coreset", "badge", "activeft",
-                          "activeft_al", "featdist", "kmeans_centroid", "typiclust", "probcover", "dropquery"}
+                          "activeft_al", "featdist", "kmeans_centroid", "typiclust", "probcover", "dropquery",
+                          "cluster_margin"}
     assert strategies.get("badge").requires == frozenset({"probs", "embeddings"})
     assert strategies.get("random").requires == frozenset()
     for n in names:

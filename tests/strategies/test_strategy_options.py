@@ -14,6 +14,7 @@ import pytest
 import raal.strategies.activeft as activeft_mod
 import raal.strategies.activeft_al as activeft_al_mod
 import raal.strategies.badge as badge_mod
+import raal.strategies.cluster_margin as cluster_margin_mod
 import raal.strategies.dropquery as dropquery_mod
 import raal.strategies.kmeans_centroid as kmeans_centroid_mod
 import raal.strategies.probcover as probcover_mod
@@ -429,3 +430,71 @@ def test_option_dropquery_dropout():
     assert calm.last["candidates"] == 0 and wild.last["candidates"] > 6
     for bad in (0, 1):
         refused("dropquery", "0 < dropout < 1", dropout=bad)
+
+
+# -- cluster_margin ---------------------------------------------------------------------------------------------------
+@covers(("cluster_margin", "margin_factor"))
+def test_option_cluster_margin_margin_factor():
+    """Candidates = the ceil(margin_factor x budget) smallest margins: at 1 the batch is margin's batch (in round-robin
+    order), larger factors reach past it for diversity."""
+    plain, _ = pick("margin", 12, probs=_proxy(EMB))
+    one, s = pick("cluster_margin", 12, margin_factor=1)
+    wide, w = pick("cluster_margin", 12, margin_factor=8)
+    assert s.margin_factor == 1.0 and set(one) == set(plain) and s.last["candidates"] == 12
+    assert set(wide) != set(plain) and w.last["candidates"] == 96
+    for bad in (0.5, True, float("inf"), "10"):
+        refused("cluster_margin", rf"strategy 'cluster_margin': margin_factor={bad!r} is not allowed; must be a number",
+                margin_factor=bad)
+
+
+@covers(("cluster_margin", "clusters"))
+def test_option_cluster_margin_clusters():
+    """The HAC cut: one cluster is plain margin order; four spread the picks (None: ceil(sqrt N))."""
+    plain, _ = pick("margin", 12, probs=_proxy(EMB))
+    one, _ = pick("cluster_margin", 12, clusters=1)
+    four, s = pick("cluster_margin", 12, clusters=4)
+    assert np.array_equal(one, plain) and not np.array_equal(four, plain)
+    assert len(np.unique(s.pool_clusters(EMB))) == 4 and strategies.get("cluster_margin").sizes(N)[0] == 13
+    for bad in (0, 2.5, True):
+        refused("cluster_margin", rf"clusters={bad!r} is not allowed; must be None \(auto\) or an integer >= 1",
+                clusters=bad)
+
+
+@covers(("cluster_margin", "kmeans_k"))
+def test_option_cluster_margin_kmeans_k(monkeypatch):
+    """The k-means cells HAC merges (None: min(N, max(clusters, min(8 clusters, 4096)))); a cut into more clusters
+    than cells keeps the cells."""
+    calls = spy(monkeypatch, cluster_margin_mod, "kmeans_labels")
+    pick("cluster_margin", 6)
+    _, s = pick("cluster_margin", 6, kmeans_k=10, clusters=4)
+    _, few = pick("cluster_margin", 6, kmeans_k=3, clusters=4)
+    assert [c["args"][1] for c in calls] == [104, 10, 3]
+    assert len(np.unique(s.pool_clusters(EMB))) == 4 and len(np.unique(few.pool_clusters(EMB))) == 3
+    refused("cluster_margin", "kmeans_k=0 is not allowed", kmeans_k=0)
+
+
+@covers(("cluster_margin", "within"))
+def test_option_cluster_margin_within():
+    """Within a cluster: ascending margin (default), or uniformly at random for a seed (the paper); the clusters'
+    shares are the same either way."""
+    ranked, s = pick("cluster_margin", 12, clusters=4)
+    rand, _ = pick("cluster_margin", 12, clusters=4, within="random")
+    other, _ = pick("cluster_margin", 12, clusters=4, within="random", seed=1)
+    lab = s.pool_clusters(EMB)
+    assert np.array_equal(np.bincount(lab[ranked], minlength=4), np.bincount(lab[rand], minlength=4))
+    assert not np.array_equal(ranked, rand) and not np.array_equal(rand, other)
+    refused("cluster_margin", "within='best' is not allowed; allowed: margin, random", within="best")
+
+
+@covers(("cluster_margin", "niter"))
+def test_option_cluster_margin_niter(monkeypatch):
+    """k-means' Lloyd steps before HAC: passed on; 0 (the seeding alone) gives other cells than 20."""
+    calls = spy(monkeypatch, cluster_margin_mod, "kmeans_labels")
+    emb = _blobs(300, k=12, spread=1.5, seed=3)
+    mask = np.zeros(300, dtype=bool)
+    cells = {}
+    for it in (0, 20):
+        _, s = pick("cluster_margin", 8, mask=mask, emb=emb, niter=it, kmeans_k=30, clusters=30)
+        cells[it] = s.pool_clusters(emb)
+    assert [c["niter"] for c in calls] == [0, 20] and not np.array_equal(cells[0], cells[20])
+    refused("cluster_margin", "niter=-1 is not allowed; must be >= 0", niter=-1)
