@@ -249,6 +249,9 @@ class Pipeline:
                                         features=self.ctx.features.open(0, "pool").features,
                                         num_classes=self.ctx.num_classes)
             return Query(self.pool_ids[pos], pick_priority(len(pos)), rows_scored=int((~mask).sum()))
+        spread = self.select_on_workers(r, size, mask, timer)
+        if spread is not None:
+            return spread
         with timer.phase("t_select"):
             rows = self.candidate_rows(mask, size)
         inputs = self.strategy_inputs(r, self.strategy.requires, timer, rows=rows)
@@ -278,6 +281,11 @@ class Pipeline:
                         "the whole pool", self.arm.name, len(cand), size, al.candidates_k)
             return None
         return np.union1d(cand, np.flatnonzero(mask))
+
+    def select_on_workers(self, r: int, size: int, mask: np.ndarray, timer: PhaseTimer) -> Query | None:
+        """Round r's query chosen on Ray workers next to the feature shards (`al.select_workers`), or None: select
+        in this process (every pipeline but svpp/asvp, and their arms whose strategy has no merge)."""
+        return None
 
     def chooses_initial(self) -> bool:
         """Whether the arm's strategy picks round 0 itself (declared by the pipeline or the strategy)."""
