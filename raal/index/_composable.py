@@ -28,13 +28,15 @@ from raal.index._search import kcenter_greedy, min_sq_dist_to
 APPROX_FACTOR = 4  # the bound above, against OPT and therefore against exact greedy
 
 
-def part_round(x: np.ndarray, n_centres: int, part_labeled: np.ndarray, budget: int, *,
+def part_round(x: np.ndarray, n_centres: int, budget: int, *, part_labeled: np.ndarray | None = None,
                block_rows: int = 256) -> np.ndarray:
     """Round 1 on one part: `x` holds the labeled centres (its first `n_centres` rows) and then the part's rows.
-    Returns the part's picks as row numbers of the part, in pick order: min(budget, its unlabeled rows) of them (the
-    part's labeled rows are centres too, as copies of rows of L; with no centres at all the first pick is the row
-    farthest from the part's mean)."""
-    part_labeled = np.asarray(part_labeled, dtype=bool)
+    Returns the part's picks as row numbers of the part, in pick order: min(budget, its unlabeled rows) of them.
+    Leave the part's labeled rows out of `x` (they are among the centres already; as `part_labeled` rows they are
+    centres twice, which costs time); with no centres at all the first pick is the row farthest from the part's
+    mean."""
+    n_part = len(x) - int(n_centres)
+    part_labeled = np.zeros(n_part, bool) if part_labeled is None else np.asarray(part_labeled, dtype=bool)
     k = min(int(budget), int((~part_labeled).sum()))
     if k == 0:
         return np.empty(0, np.int64)
@@ -69,20 +71,23 @@ def composable_kcenter(x: np.ndarray, budget: int, parts: list[tuple[int, int]],
     centres = np.asarray(x[lab_rows], dtype=np.float32)
     picked = []
     for s, e in parts:
-        buf = np.concatenate([centres, np.asarray(x[s:e], dtype=np.float32)])
-        picked.append(s + np.sort(part_round(buf, len(centres), labeled[s:e], budget, block_rows=block_rows)))
+        rows = s + np.flatnonzero(~labeled[s:e])  # the part's labeled rows are among the centres already
+        buf = np.concatenate([centres, np.asarray(x[rows], dtype=np.float32)])
+        picked.append(rows[np.sort(part_round(buf, len(centres), budget, block_rows=block_rows))])
     union = np.concatenate(picked)
     origin = None if len(lab_rows) else mean_row(x)
     return union[merge_round(centres, np.asarray(x[union], dtype=np.float32), budget, origin=origin,
                              block_rows=block_rows)]
 
 
-def kcenter_radius(x: np.ndarray, centre_rows: np.ndarray, *, chunk_bytes: int = CHUNK_BYTES) -> float:
-    """The k-center objective: the largest Euclidean distance of any row of `x` to its nearest row in
-    `centre_rows` (the labeled rows and the picks), read in chunks."""
+def kcenter_radius(x: np.ndarray, centre_rows: np.ndarray, *, rows: np.ndarray | None = None,
+                   chunk_bytes: int = CHUNK_BYTES) -> float:
+    """The k-center objective: the largest Euclidean distance of any row of `x` (or of its `rows`) to its nearest
+    row in `centre_rows` (the labeled rows and the picks), read in chunks."""
     centre_rows = np.asarray(centre_rows, dtype=np.int64)
+    query = np.arange(len(x)) if rows is None else np.asarray(rows, dtype=np.int64)
     worst = 0.0
-    for s, e in iter_slices(len(x), 1 << 16):
-        d = min_sq_dist_to(x, x, query_rows=np.arange(s, e), centre_rows=centre_rows, chunk_bytes=chunk_bytes)
+    for s, e in iter_slices(len(query), 1 << 16):
+        d = min_sq_dist_to(x, x, query_rows=query[s:e], centre_rows=centre_rows, chunk_bytes=chunk_bytes)
         worst = max(worst, float(d.max()))
     return float(np.sqrt(worst))

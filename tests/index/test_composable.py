@@ -49,10 +49,10 @@ def test_several_parts_stay_within_the_bound():
             cuts = _cuts(len(x), parts)
             picked, part_r = [], []
             for a, b in cuts:
-                buf = np.concatenate([x[lab], x[a:b]])
-                p = a + np.sort(part_round(buf, len(lab), mask[a:b], budget))
+                rows = a + np.flatnonzero(~mask[a:b])
+                p = rows[np.sort(part_round(np.concatenate([x[lab], x[rows]]), len(lab), budget))]
                 picked.append(p)
-                part_r.append(kcenter_radius(x[a:b], np.r_[np.flatnonzero(mask[a:b]), p - a]) if len(p) else 0.0)
+                part_r.append(kcenter_radius(x, np.r_[lab, p], rows=np.arange(a, b)))
             union = np.concatenate(picked)
             final = union[merge_round(x[lab], x[union], budget)]
             np.testing.assert_array_equal(final, composable_kcenter(x, budget, cuts, labeled_mask=mask))
@@ -68,8 +68,10 @@ def test_parts_that_are_labeled_or_small():
     x = _blobs(300, 4, 0)
     mask = np.zeros(300, bool)
     mask[:100] = True
-    assert len(part_round(np.concatenate([x[:5], x[:100]]), 5, mask[:100], 10)) == 0  # fully labeled part
-    small = part_round(np.concatenate([x[:5], x[100:108]]), 5, mask[100:108], 10)
+    assert len(part_round(np.concatenate([x[:5], x[:100]]), 5, 10, part_labeled=mask[:100])) == 0  # all labeled
+    both = part_round(np.concatenate([x[:5], x[95:105]]), 5, 10, part_labeled=mask[95:105])
+    np.testing.assert_array_equal(np.sort(both), np.arange(5, 10))  # labeled rows given as such are never picked
+    small = part_round(np.concatenate([x[:5], x[100:108]]), 5, 10)
     np.testing.assert_array_equal(np.sort(small), np.arange(8))  # fewer rows than the budget: all of them
     with pytest.raises(ValueError, match="budget must be in 1..8"):
         merge_round(x[:5], x[100:108], 9)
