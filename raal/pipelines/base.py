@@ -121,12 +121,15 @@ class PhaseTimer:
 class Query(NamedTuple):
     """A round's picks (pool ids, in pick order) and what annotators see beside each: the pick priority (higher =
     ask sooner) and, where the strategy had model probabilities, the model's class (None otherwise); `rows_scored`:
-    the unlabeled rows the selection chose from (the rounds table's column of that name)."""
+    the unlabeled rows the selection chose from; `select_workers`, `select_bytes`: the Ray tasks that chose it (0:
+    this process) and the bytes they sent back (the rounds table's columns of those names)."""
 
     ids: np.ndarray
     score: np.ndarray
     prediction: np.ndarray | None = None
     rows_scored: int = -1
+    select_workers: int = 0
+    select_bytes: int = 0
 
 
 class RowSubset:
@@ -301,10 +304,12 @@ class Pipeline:
         progress.set_context(round=r, arm=self.arm.name)
         timer = PhaseTimer()
         ids = self.state.saved_query(r)
-        scored = -1  # unknown when the query was chosen before a restart
+        chosen = {"rows_scored": -1}  # unknown when the query was chosen before a restart
         if ids is None:
             query = self.select(r, size, timer)
-            ids, scored = query.ids, query.rows_scored
+            ids = query.ids
+            chosen = {"rows_scored": query.rows_scored, "select_workers": query.select_workers,
+                      "select_bytes": query.select_bytes}
             self.state.save_query(r, ids, score=query.score, prediction=query.prediction)
         answered = self.state.labels_for_round(r)
         todo = np.asarray([i for i in ids.tolist() if i not in answered], dtype=np.int64)
@@ -317,7 +322,7 @@ class Pipeline:
             if missing and not (answered and self.ctx.oracle.accepts_partial(r)):
                 raise WaitingForLabels(self.arm.name, r, missing)
         row: dict = {"round": r, "n_labeled": len(self.state.label_ids), "n_new": len(answered),
-                     "random_only": self.random_only(r), "rows_scored": scored}
+                     "random_only": self.random_only(r), **chosen}
         row.update(self.after_labels(r, timer))
         row.update(self.evaluate_labeled(timer, row))
         with timer.phase("t_eval"):  # judging the round: counted with its evaluation

@@ -61,7 +61,7 @@ def score_part(store, rel: str, records: list[dict], dim: int, labeled: np.ndarr
     time and the part's candidates folded as they grow, so memory is a shard plus about `budget` candidates."""
     from raal.train import load_proxy, predict
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     target, model = _open_part(store, rel, 1), load_proxy(proxy_state)
     base = int(records[0]["start"])
     pos, score, cls = [np.empty(0, np.int64)], [np.empty(0, np.float64)], [np.empty(0, np.int64)]
@@ -86,7 +86,8 @@ def score_part(store, rel: str, records: list[dict], dim: int, labeled: np.ndarr
     pos, score, cls = _fold(pos, score, cls, strategy, budget)
     out = {"pos": pos[0], "score": score[0], "cls": cls[0]}
     return {**out, "unlabeled": int((~labeled).sum()), "rows_read": read, "proxy_s": t_proxy,
-            "task_s": time.perf_counter() - t0, "bytes": sum(v.nbytes for v in out.values())}
+            "task_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+            "bytes": sum(v.nbytes for v in out.values())}
 
 
 def _fold(pos, score, cls, strategy: ScoreStrategy, budget: int):
@@ -97,29 +98,37 @@ def _fold(pos, score, cls, strategy: ScoreStrategy, budget: int):
 
 def coreset_part(store, rel: str, records: list[dict], dim: int, labeled: np.ndarray, proxy_state: dict,
                  centres: np.ndarray, budget: int, batch: int) -> dict:
-    """Ray task: round 1 of composable k-center on one part: the part's proxy embeddings (in one buffer after the
-    labeled centres), greedy k-center there; returns the picks' pool positions (ascending), their embeddings, and
-    the part's embedding sum (the merge's start when nothing is labeled)."""
+    """Ray task: round 1 of composable k-center on one part: the proxy embeddings of the part's unlabeled rows, in
+    one buffer after the labeled centres (the part's labeled rows are among them), greedy k-center there. Returns
+    the picks' pool positions (ascending), their embeddings, and the embedding sum of the part's rows (the merge's
+    start when nothing is labeled, and then every row is unlabeled)."""
     from raal.train import load_proxy, predict
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     target, model = _open_part(store, rel, 1), load_proxy(proxy_state)
-    base, stop = int(records[0]["start"]), int(records[-1]["stop"])
-    n_c = len(centres)
-    buf = np.empty((n_c + stop - base, model.in_dim), dtype=np.float32)
+    base, n_c = int(records[0]["start"]), len(centres)
+    rows = base + np.flatnonzero(~labeled)
+    buf = np.empty((n_c + len(rows), model.in_dim), dtype=np.float32)
     buf[:n_c] = centres
-    t_proxy = 0.0
+    t_proxy, at, read = 0.0, n_c, 0
     for rec in records:
         s, e = int(rec["start"]), int(rec["stop"])
+        keep = ~labeled[s - base:e - base]
+        if not keep.any():
+            continue
         t1 = time.perf_counter()
-        emb = predict(model, target.read_shard(rec, "features", dim), batch_size=batch, want=("embeddings",))
-        buf[n_c + s - base:n_c + e - base] = emb["embeddings"]
+        feats = target.read_shard(rec, "features", dim)
+        emb = predict(model, feats if keep.all() else feats[keep], batch_size=batch, want=("embeddings",))
+        buf[at:at + int(keep.sum())] = emb["embeddings"]
+        at += int(keep.sum())
+        read += e - s
         t_proxy += time.perf_counter() - t1
-    picks = np.sort(part_round(buf, n_c, labeled, budget))
-    out = {"pos": base + picks, "emb": buf[n_c + picks]}
+    picks = np.sort(part_round(buf, n_c, budget))
+    out = {"pos": rows[picks], "emb": buf[n_c + picks]}
     total = buf[n_c:].sum(axis=0, dtype=np.float64)
-    return {**out, "sum": total, "unlabeled": int((~labeled).sum()), "rows_read": stop - base, "proxy_s": t_proxy,
-            "task_s": time.perf_counter() - t0, "bytes": sum(v.nbytes for v in out.values())}
+    return {**out, "sum": total, "unlabeled": len(rows), "rows_read": read, "proxy_s": t_proxy,
+            "task_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+            "bytes": sum(v.nbytes for v in out.values())}
 
 
 def _run(fn, target: ShardedSet, labeled_mask: np.ndarray, workers: int, shared: tuple) -> tuple[list[dict], dict]:
@@ -151,6 +160,7 @@ def _run(fn, target: ShardedSet, labeled_mask: np.ndarray, workers: int, shared:
              "rows_read": sum(r["rows_read"] for r in results),
              "bytes_returned": sum(r["bytes"] for r in results), "tasks_s": time.perf_counter() - t0,
              "proxy_s": max(r["proxy_s"] for r in results), "task_s": [round(r["task_s"], 3) for r in results],
+             "cpu_s": [round(r["cpu_s"], 3) for r in results],
              "unlabeled": sum(r["unlabeled"] for r in results)}
     return results, stats
 

@@ -141,7 +141,8 @@ class SVPpPipeline(Pipeline):
         timer.times["t_f_proxy"] = timer.times.get("t_f_proxy", 0.0) + min(proxy_s, wall)
         timer.times["t_select"] = timer.times.get("t_select", 0.0) + max(0.0, wall - proxy_s)
         self.last_spread = out.stats
-        return Query(self.pool_ids[out.picks], pick_priority(len(out.picks)), out.prediction, int((~mask).sum()))
+        return Query(self.pool_ids[out.picks], pick_priority(len(out.picks)), out.prediction, int((~mask).sum()),
+                     int(out.stats["workers"]), int(out.stats["bytes_returned"]))
 
     def evaluate_proxy(self, proxy, timer: PhaseTimer, version: int | None = None) -> float:
         from raal.train import predict  # lazy: heavy: torch

@@ -88,6 +88,8 @@ def test_score_strategies_pick_what_one_process_picks(ray_local, arm, name, bala
         np.testing.assert_array_equal(q.prediction, one.prediction)
         np.testing.assert_array_equal(q.score, one.score)
         assert q.rows_scored == one.rows_scored == N - 60
+        assert (one.select_workers, one.select_bytes) == (0, 0)  # the rounds table's record of who chose
+        assert (q.select_workers, q.select_bytes) == (workers, stats["bytes_returned"])
         assert stats["workers"] == workers and stats["shards"] == 14 and stats["unlabeled"] == N - 60
         assert stats["candidates"] <= workers * (C if balanced else 1) * 50  # each worker sends its best only
         assert stats["bytes_returned"] == 24 * stats["candidates"]  # position, score, class: 8 bytes each
