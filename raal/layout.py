@@ -213,6 +213,9 @@ _ROUNDS: dict[str, tuple[str, object, object]] = {
     # the unlabeled rows the round's selection chose from: the whole unlabeled pool, or SEALS' candidates
     # (al.candidates=seals); -1 when the query was chosen before a restart
     "rows_scored": ("int64", -1, -1),
+    # al.select_workers: the Ray tasks that chose the round (0 = the driver's process) and the bytes their results
+    # took back to the driver; -1 when the query was chosen before a restart
+    "select_workers": ("int64", -1, -1), "select_bytes": ("int64", -1, -1),
 }
 ROUND_TYPES: dict[str, str] = {k: t for k, (t, _, _) in _ROUNDS.items()}
 #: what a writer stores for a column the round left unset (round, n_labeled and n_new must be given)
@@ -221,7 +224,8 @@ ROUND_DEFAULTS: dict[str, object] = {k: d for k, (_, d, _) in _ROUNDS.items() if
 ROUND_MISSING: dict[str, object] = {k: m for k, (_, _, m) in _ROUNDS.items()}
 #: columns added after the first runs: their absence is not worth a note
 ROUND_OPTIONAL = ("random_only", "model_accuracy", "model_eval", "probe_accuracy", "trigger_signal", "kappa",
-                  "gain_per_100", "stop_advice", "stop_reason", "eval_fit_s", "eval_memo", "rows_scored")
+                  "gain_per_100", "stop_advice", "stop_reason", "eval_fit_s", "eval_memo", "rows_scored",
+                  "select_workers", "select_bytes")
 #: without these an arm's rounds cannot be read at all
 ROUND_REQUIRED = ("round", "n_labeled", "accuracy")
 

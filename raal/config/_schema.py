@@ -27,6 +27,8 @@ EVAL_MODES = ("evaluator", "proxy", "ft", "lpft")
 INITIAL_STRATEGIES = ("random", "typiclust", "probcover", "kmeans_centroid", "activeft")
 STOP_MODES = ("schedule", "advice")
 CANDIDATE_MODES = ("all", "seals")  # al.candidates: what the strategies of the AL arms choose from
+SHARDED_PIPELINES = ("svpp", "asvp")  # al.select_workers > 0: the pipelines whose proxy scores the pool on workers
+SHARDED_STRATEGIES = ("confidence", "coreset", "entropy", "margin")  # ... and the strategies that have a merge
 
 
 @dataclass
@@ -97,6 +99,12 @@ class ALConfig:
     # (docs/selection.md#seals-candidates-and-cluster-margin)
     candidates: str = "all"
     candidates_k: int = 100
+    # 0: svpp/asvp score the pool in the driver's process. N > 0: N Ray tasks (one CPU each) each read a contiguous
+    # part of the pool's feature shards from the run store, run the proxy there and return only their candidates;
+    # the driver merges them: the exact picks for margin/confidence/entropy (balanced too), composable greedy
+    # k-center for coreset (docs/selection.md#selection-spread-over-ray-workers). Arms with other strategies select
+    # in process.
+    select_workers: int = 0
 
 
 @dataclass

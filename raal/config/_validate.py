@@ -21,6 +21,8 @@ from raal.config._schema import (
     INITIAL_STRATEGIES,
     ORACLES,
     PIPELINES,
+    SHARDED_PIPELINES,
+    SHARDED_STRATEGIES,
     STOP_MODES,
     STRATEGIES,
     TRAIN_METHODS,
@@ -135,6 +137,18 @@ def validate(cfg: RunConfig) -> None:
     _check(a.candidates in CANDIDATE_MODES, "al.candidates", f"allowed: {', '.join(CANDIDATE_MODES)}", a.candidates)
     _check(isinstance(a.candidates_k, int) and not isinstance(a.candidates_k, bool) and a.candidates_k >= 1,
            "al.candidates_k", "must be an integer >= 1 (neighbours per labeled item)", a.candidates_k)
+    _check(isinstance(a.select_workers, int) and not isinstance(a.select_workers, bool) and a.select_workers >= 0,
+           "al.select_workers", "must be an integer >= 0 (0 = select in the driver's process)", a.select_workers)
+    if a.select_workers > 0:
+        _check(a.pipeline in SHARDED_PIPELINES, "al.select_workers",
+               f"needs al.pipeline in {', '.join(SHARDED_PIPELINES)} (their proxy scores the pool on the workers)",
+               f"{a.select_workers} with al.pipeline={a.pipeline}")
+        _check(a.strategy in SHARDED_STRATEGIES, "al.select_workers",
+               f"needs al.strategy in {', '.join(SHARDED_STRATEGIES)} (the strategies with a merge of the workers' "
+               "picks)", f"{a.select_workers} with al.strategy={a.strategy}")
+        _check(a.candidates == "all", "al.select_workers",
+               "needs al.candidates=all (SEALS' candidates are scored in the driver)",
+               f"{a.select_workers} with al.candidates={a.candidates}")
     for arm in a.compare:
         parts = str(arm).split("/")
         _check(len(parts) == 2 and parts[0] in PIPELINES and parts[1] in known, "al.compare",

@@ -278,6 +278,21 @@ class ShardedSet:
             arrays[name] = np.memmap(path, dtype=DTYPE, mode="r", shape=(manifest["rows"], dim))
         return ids, arrays, manifest
 
+    def read_shard(self, rec: dict, name: str, dim: int) -> np.ndarray:
+        """Array `name` of the shard with manifest record `rec`, (stop - start) × dim, read-only, from the shard's
+        own file and checked against its sha256: what a worker next to the store reads (the consolidated copy lives
+        on the driver's disk only)."""
+        fname = self.shard_file(int(rec["index"]), f"{name}.f32")
+        try:
+            data = self.store.read_bytes(self.p(fname))
+        except StoreError as err:
+            raise StoreError(f"{self.store.path(self.rel)}: shard {rec['index']} is missing ({fname})") from err
+        rows = int(rec["stop"]) - int(rec["start"])
+        if len(data) != rows * dim * np.dtype(DTYPE).itemsize or sha256(data) != rec["sha256"][name]:
+            raise StoreError(f"{self.store.path(self.rel)}: shard {rec['index']} ({fname}) is corrupt or truncated; "
+                             "rerun the pass to recompute it")
+        return np.frombuffer(data, dtype=DTYPE).reshape(rows, dim)
+
     @staticmethod
     def _stamp_path(path: Path) -> Path:
         return path.with_name(path.name + ".stamp.json")

@@ -162,12 +162,14 @@ def min_sq_dist_to(queries: np.ndarray, centres: np.ndarray, *, query_rows: np.n
 
 # -- greedy k-center -------------------------------------------------------------------------------------------------
 def kcenter_greedy(x: np.ndarray, budget: int, *, labeled_mask: np.ndarray | None = None, normalize: bool = False,
-                   block_rows: int = 256, chunk_bytes: int = CHUNK_BYTES, use_gpu: bool | None = None) -> np.ndarray:
+                   block_rows: int = 256, chunk_bytes: int = CHUNK_BYTES, use_gpu: bool | None = None,
+                   origin: np.ndarray | None = None) -> np.ndarray:
     """Greedy k-center (farthest-first traversal) on Euclidean distance; returns `budget` row numbers in pick order.
 
     The labeled rows are the initial centres and are never picked; with nothing labeled the first pick is the row
-    farthest from the mean. Each pick is the unlabeled row whose distance to its nearest centre is largest (first
-    index on exact ties). `normalize` runs on L2-normalised rows (PEAL's feature distance) without copying `x`.
+    farthest from `origin` (default: the mean of the rows; a merge of parts passes the whole pool's). Each pick is
+    the unlabeled row whose distance to its nearest centre is largest (first index on exact ties). `normalize` runs
+    on L2-normalised rows (PEAL's feature distance) without copying `x`.
 
     Exact, but lazy: the running min-distance vector is kept per block of `block_rows` rows together with the
     block's maximum and the number of centres it has seen. A max-heap of those maxima (upper bounds, since distances
@@ -222,7 +224,8 @@ def kcenter_greedy(x: np.ndarray, budget: int, *, labeled_mask: np.ndarray | Non
         mind[unl] = min_sq_dist_to(x, x, query_rows=unl, centre_rows=np.flatnonzero(labeled),
                                    normalize=normalize, use_gpu=use_gpu, chunk_bytes=chunk_bytes)
     else:
-        mean = mean_row(x, normalize=normalize, chunk_bytes=chunk_bytes)
+        mean = mean_row(x, normalize=normalize, chunk_bytes=chunk_bytes) if origin is None else \
+            np.asarray(origin, dtype=np.float32).reshape(dim)
         msq = np.array([mean @ mean], dtype=np.float32)
         far = np.concatenate([dist_block(s, e, mean[None, :], msq)[:, 0] for s, e in iter_slices(n, crow)])
         add_centre(int(np.argmax(far)))

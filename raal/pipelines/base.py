@@ -121,12 +121,15 @@ class PhaseTimer:
 class Query(NamedTuple):
     """A round's picks (pool ids, in pick order) and what annotators see beside each: the pick priority (higher =
     ask sooner) and, where the strategy had model probabilities, the model's class (None otherwise); `rows_scored`:
-    the unlabeled rows the selection chose from (the rounds table's column of that name)."""
+    the unlabeled rows the selection chose from; `select_workers`, `select_bytes`: the Ray tasks that chose it (0:
+    this process) and the bytes they sent back (the rounds table's columns of those names)."""
 
     ids: np.ndarray
     score: np.ndarray
     prediction: np.ndarray | None = None
     rows_scored: int = -1
+    select_workers: int = 0
+    select_bytes: int = 0
 
 
 class RowSubset:
@@ -249,6 +252,9 @@ class Pipeline:
                                         features=self.ctx.features.open(0, "pool").features,
                                         num_classes=self.ctx.num_classes)
             return Query(self.pool_ids[pos], pick_priority(len(pos)), rows_scored=int((~mask).sum()))
+        spread = self.select_on_workers(r, size, mask, timer)
+        if spread is not None:
+            return spread
         with timer.phase("t_select"):
             rows = self.candidate_rows(mask, size)
         inputs = self.strategy_inputs(r, self.strategy.requires, timer, rows=rows)
@@ -279,6 +285,11 @@ class Pipeline:
             return None
         return np.union1d(cand, np.flatnonzero(mask))
 
+    def select_on_workers(self, r: int, size: int, mask: np.ndarray, timer: PhaseTimer) -> Query | None:
+        """Round r's query chosen on Ray workers next to the feature shards (`al.select_workers`), or None: select
+        in this process (every pipeline but svpp/asvp, and their arms whose strategy has no merge)."""
+        return None
+
     def chooses_initial(self) -> bool:
         """Whether the arm's strategy picks round 0 itself (declared by the pipeline or the strategy)."""
         return self.single_shot or self.strategy.chooses_first_batch
@@ -293,10 +304,12 @@ class Pipeline:
         progress.set_context(round=r, arm=self.arm.name)
         timer = PhaseTimer()
         ids = self.state.saved_query(r)
-        scored = -1  # unknown when the query was chosen before a restart
+        chosen = {"rows_scored": -1}  # unknown when the query was chosen before a restart
         if ids is None:
             query = self.select(r, size, timer)
-            ids, scored = query.ids, query.rows_scored
+            ids = query.ids
+            chosen = {"rows_scored": query.rows_scored, "select_workers": query.select_workers,
+                      "select_bytes": query.select_bytes}
             self.state.save_query(r, ids, score=query.score, prediction=query.prediction)
         answered = self.state.labels_for_round(r)
         todo = np.asarray([i for i in ids.tolist() if i not in answered], dtype=np.int64)
@@ -309,7 +322,7 @@ class Pipeline:
             if missing and not (answered and self.ctx.oracle.accepts_partial(r)):
                 raise WaitingForLabels(self.arm.name, r, missing)
         row: dict = {"round": r, "n_labeled": len(self.state.label_ids), "n_new": len(answered),
-                     "random_only": self.random_only(r), "rows_scored": scored}
+                     "random_only": self.random_only(r), **chosen}
         row.update(self.after_labels(r, timer))
         row.update(self.evaluate_labeled(timer, row))
         with timer.phase("t_eval"):  # judging the round: counted with its evaluation

@@ -7,12 +7,16 @@ instead of retraining.
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import torch
 
-from raal import layout
-from raal.pipelines.base import Context, PhaseTimer, Pipeline, RowSubset, round_seed, take_rows
+from raal import faults, layout
+from raal.config import SHARDED_STRATEGIES
+from raal.pipelines.base import Context, PhaseTimer, Pipeline, Query, RowSubset, round_seed, take_rows
+from raal.strategies.base import pick_priority
+from raal.strategies.scored import ScoreStrategy
 
 
 class SVPpPipeline(Pipeline):
@@ -23,6 +27,7 @@ class SVPpPipeline(Pipeline):
         super().__init__(ctx, arm)
         self._sets: dict[int, tuple] = {}
         self._proxy_cache: tuple[int, object] | None = None
+        self.last_spread: dict = {}  # the stats of the last selection on workers (raal.pipelines.sharded)
 
     # -- features -----------------------------------------------------------------------------------------------------
     def feature_version(self) -> int:
@@ -104,6 +109,40 @@ class SVPpPipeline(Pipeline):
             feats = pool.features if rows is None else RowSubset(pool.features, rows)
             out = predict(proxy, feats, batch_size=batch, want=want)
         return {k: out[k] for k in want}
+
+    def select_on_workers(self, r: int, size: int, mask: np.ndarray, timer: PhaseTimer) -> Query | None:
+        """With `al.select_workers` > 0, the round's proxy scores the pool's feature shards on that many Ray tasks
+        and the driver merges their candidates (raal.pipelines.sharded): score strategies pick exactly what they
+        pick here, coreset by composable greedy k-center. The tasks' proxy time (the slowest task's) counts as
+        `t_f_proxy`, the rest of the wall time as `t_select`."""
+        from raal.pipelines import sharded  # lazy: Ray
+        from raal.train import predict, proxy_state_dict  # lazy: heavy: torch
+
+        workers = self.ctx.cfg.al.select_workers
+        if workers <= 0 or r == 0 or self.strategy.name not in SHARDED_STRATEGIES:
+            return None
+        v = self.feature_version()
+        self.feature_sets(v)  # the driver's copy: its ids were checked against the pool
+        proxy = self.proxy_after(r - 1, timer)
+        batch = self.ctx.cfg.proxy.score_batch_size
+        t0 = time.perf_counter()
+        faults.reach("select")
+        target = self.feature_store(v).set_for(v, "pool")
+        if self.strategy.name == "coreset":
+            x, _ = self.labeled_rows(v)
+            centres = predict(proxy, x, batch_size=batch, want=("embeddings",))["embeddings"]
+            out = sharded.select_coreset(target, proxy_state_dict(proxy), centres, size, mask, workers=workers,
+                                         batch=batch)
+        else:
+            assert isinstance(self.strategy, ScoreStrategy), "SHARDED_STRATEGIES: coreset and score strategies"
+            out = sharded.select_scores(target, proxy_state_dict(proxy), self.strategy, size, mask, workers=workers,
+                                        batch=batch)
+        wall, proxy_s = time.perf_counter() - t0, float(out.stats["proxy_s"])
+        timer.times["t_f_proxy"] = timer.times.get("t_f_proxy", 0.0) + min(proxy_s, wall)
+        timer.times["t_select"] = timer.times.get("t_select", 0.0) + max(0.0, wall - proxy_s)
+        self.last_spread = out.stats
+        return Query(self.pool_ids[out.picks], pick_priority(len(out.picks)), out.prediction, int((~mask).sum()),
+                     int(out.stats["workers"]), int(out.stats["bytes_returned"]))
 
     def evaluate_proxy(self, proxy, timer: PhaseTimer, version: int | None = None) -> float:
         from raal.train import predict  # lazy: heavy: torch

@@ -19,6 +19,10 @@ from raal.recipe import cosine_multiplier, epoch_batches
 
 PREDICT_OUTPUTS = ("probs", "embeddings", "logits")
 _UPLOAD_ROWS = 65536  # rows per host->device copy when features move to a GPU
+# `predict` runs every batch with at least this many rows (zero rows pad a shorter one): MKL takes other code paths
+# for thin products (and splits them differently across threads), which round differently, so without the padding a
+# row's outputs would depend on where the pool was cut into batches or shards (raal.pipelines.sharded relies on it)
+MIN_BATCH_ROWS = 256
 
 
 class ProxyMLP(nn.Module):
@@ -170,7 +174,8 @@ def predict(model: ProxyMLP, features, *, batch_size: int = 16384,
             want: tuple[str, ...] = ("probs", "embeddings")) -> dict[str, np.ndarray]:
     """Score every row of `features` in eval mode, in batches: a dict of float32 arrays, one per name in `want`.
 
-    probs: N×C softmax; embeddings: N×D post-ReLU hidden vector; logits: N×C.
+    probs: N×C softmax; embeddings: N×D post-ReLU hidden vector; logits: N×C. A short batch is padded to
+    MIN_BATCH_ROWS rows, so a row's outputs do not depend on how the rows were cut into batches or shards.
     """
     want = tuple(want)
     bad = [w for w in want if w not in PREDICT_OUTPUTS]
@@ -189,9 +194,10 @@ def predict(model: ProxyMLP, features, *, batch_size: int = 16384,
     try:
         for a in range(0, n, batch_size):
             b = min(n, a + batch_size)
-            x = torch.from_numpy(np.array(features[a:b], dtype=np.float32)).to(device)  # a copy: memmaps are read-only
+            x = _batch(features, a, b).to(device)
             h = model.embed(x)
-            logits = model.fc2(h)
+            logits = model.fc2(h)[:b - a]  # the padding rows go through both layers, then are dropped
+            h = h[:b - a]
             if "embeddings" in out:
                 out["embeddings"][a:b] = h.float().cpu().numpy()
             if "logits" in out:
@@ -201,6 +207,15 @@ def predict(model: ProxyMLP, features, *, batch_size: int = 16384,
     finally:
         model.train(was_training)
     return out
+
+
+def _batch(features, a: int, b: int) -> torch.Tensor:
+    """Rows a:b as a float32 tensor of at least MIN_BATCH_ROWS rows (zeros below them), in a buffer torch allocated:
+    a copy (memmaps are read-only), with the same alignment whatever array the rows came from."""
+    x = torch.empty((max(b - a, MIN_BATCH_ROWS), features.shape[1]), dtype=torch.float32)
+    x[b - a:] = 0
+    x[:b - a].numpy()[:] = features[a:b]
+    return x
 
 
 def proxy_state_dict(model: ProxyMLP) -> dict:

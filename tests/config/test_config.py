@@ -37,6 +37,10 @@ def test_demo_loads_with_overrides():
     (["train.method=sgd"], "train.method"),
     (["al.candidates=knn"], "al.candidates"),        # neither all nor seals
     (["al.candidates_k=0"], "al.candidates_k"),      # no neighbours
+    (["al.select_workers=-1"], "al.select_workers"),  # negative worker count
+    (["al.select_workers=2", "al.strategy=badge"], "al.select_workers"),  # no merge for BADGE
+    (["al.select_workers=2", "al.pipeline=standard"], "al.select_workers"),  # no proxy over stored features
+    (["al.select_workers=2", "al.candidates=seals"], "al.select_workers"),  # SEALS scores in the driver
     (["justaword"], "justaword"),                    # malformed override
 ])
 def test_bad_values_name_the_key(override, key):
@@ -44,6 +48,16 @@ def test_bad_values_name_the_key(override, key):
         load_config("demo", override)
     msg = str(err.value)
     assert key in msg and "\n" not in msg
+
+
+def test_select_workers_takes_the_strategies_with_a_merge():
+    from raal.config import SHARDED_STRATEGIES
+
+    assert load_config("demo").al.select_workers == 0  # in process unless asked
+    for pipeline in ("svpp", "asvp"):
+        for strategy in SHARDED_STRATEGIES:
+            cfg = load_config("demo", ["al.select_workers=3", f"al.pipeline={pipeline}", f"al.strategy={strategy}"])
+            assert cfg.al.select_workers == 3
 
 
 def test_missing_config_lists_the_available_ones():
@@ -63,6 +77,7 @@ def test_budget_larger_than_pool():
     (["conf=nope"], "conf=nope"),
     (["conf=demo", "data.pool_size=300", "al.schedule=[1000]*2"], "budget"),
     (["conf=demo", "al.strategy=magic"], "al.strategy"),
+    (["conf=demo", "al.select_workers=2", "al.strategy=typiclust"], "al.select_workers"),
 ])
 def test_cli_exits_2_with_one_line(args, key, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "raal.run", *args, f"run_dir={tmp_path / 'r'}"],

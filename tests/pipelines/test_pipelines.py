@@ -169,6 +169,36 @@ def test_svpp_on_seals_candidates_with_cluster_margin(ray_local, tmp_path):
     assert [r["rows_scored"] for r in history["svpp_random"][:3]] == [200, 180, 160]
 
 
+def test_selection_on_workers_picks_what_the_driver_picks(ray_local, tmp_path):
+    """al.select_workers=2 in real runs, the driver actor submitting the tasks: svpp/margin queries exactly the
+    in-process run's ids in every round, coreset beside it runs composable k-center on the workers; asvp selects
+    on the workers from the refreshed features in its own store after a forced refresh at 20 labels. The rounds
+    table records who chose each round and the bytes that came back."""
+    from raal import layout
+
+    def queries(run, arm):
+        store = RunStore(tmp_path / run / "arms" / arm)
+        return [store.read_table(layout.selection(r)).column("id").to_pylist() for r in (1, 2)]
+
+    base = ["al.pipeline=svpp", "al.strategy=margin", "al.compare=[svpp/coreset]", "al.baseline=false",
+            "embed.shard_rows=64"]  # 4 shards of the 200-row pool: 2 per worker
+    a, _ = run_experiment(base, tmp_path / "a")
+    b, _ = run_experiment(base + ["al.select_workers=2"], tmp_path / "b", features_from=tmp_path / "a")
+    assert queries("b", "svpp_margin") == queries("a", "svpp_margin")  # ids in pick order, rounds 1 and 2
+    assert [r["select_workers"] for r in a["svpp_margin"]] == [0, 0, 0]
+    assert [r["select_workers"] for r in b["svpp_margin"]] == [0, 2, 2] == [r["select_workers"]
+                                                                           for r in b["svpp_coreset"]]
+    assert [r["select_bytes"] for r in b["svpp_margin"]] == [0, 2 * 20 * 24, 2 * 20 * 24]  # 20 best per worker
+    assert [r["n_labeled"] for r in b["svpp_coreset"]] == [20, 40, 60]
+    assert all(r["select_bytes"] > 2 * 20 * 8 for r in b["svpp_coreset"][1:])  # positions and embeddings
+    c, _ = run_experiment(["al.pipeline=asvp", "al.strategy=entropy", "al.compare=[]", "al.baseline=false",
+                           "asvp.rule=at", "asvp.refresh_at=[20]", "al.select_workers=2", "embed.shard_rows=64"],
+                          tmp_path / "c", features_from=tmp_path / "a")
+    rows = c["asvp_entropy"]
+    assert [r["features_version"] for r in rows] == [1, 1, 1] and [r["n_labeled"] for r in rows] == [20, 40, 60]
+    assert [r["select_workers"] for r in rows] == [0, 2, 2]
+
+
 def test_full_finetune_evaluator_refresh_at_a_forced_size_and_memoised_fits(ray_local, tmp_path):
     """eval.freeze_blocks=0: every arm scored by a full fine-tune; standard AL's model each round and ASVP's refresh
     are the evaluator's own fit of that labeled set (one fit each, memoised), charged to the method at its measured

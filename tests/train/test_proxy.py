@@ -147,3 +147,24 @@ def test_bad_input_is_one_value_error():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="cuda"):
             train_proxy(x, y, 3, ProxyConfig(device="cuda"))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_rows_outputs_do_not_depend_on_how_the_pool_is_cut(threads):
+    """Selection on workers (raal.pipelines.sharded) scores shard by shard and must see the bits one pass over the
+    pool gives: short batches are padded, so one row alone, odd shards and the whole pool agree exactly."""
+    x, _ = blobs(5000, 96, 7, seed=3)
+    torch.manual_seed(0)
+    model = ProxyMLP(96, 7).eval()
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        whole = predict(model, x, batch_size=4096, want=("probs", "embeddings", "logits"))
+        for cut in (1, 7, 97, 1000):
+            stop = 300 if cut < 97 else len(x)
+            parts = [predict(model, x[s:min(stop, s + cut)], want=("probs", "embeddings", "logits"))
+                     for s in range(0, stop, cut)]
+            for k in whole:
+                np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), whole[k][:stop], err_msg=k)
+    finally:
+        torch.set_num_threads(old)
