@@ -11,15 +11,16 @@ After each round's labels (rounds >= 1): PED on the current features of the labe
 * "delta" (legacy): fire when a previous score exists and |score - previous| < `asvp.threshold`. `previous` is the
   last computed score since the last refresh (kept across skipped rounds, reset by a refresh).
 * "at": fire after the rounds whose labeled-set size is in `asvp.refresh_at` (the paper's forced-position
-  ablation; round 0's size counts too, i.e. a fine-tune on the initial random batch); "never": SVPp's selection with ASVP's bookkeeping (the training-alignment-only ablation). Neither
-  computes PED or LogME.
+  ablation; round 0's size counts too, i.e. a fine-tune on the initial random batch); "never": SVPp's selection
+  with ASVP's bookkeeping (the training-alignment-only ablation). Neither computes PED or LogME.
 
 Firing fine-tunes the backbone on the labeled set (FT recipe) and re-embeds the pool and the test split into a new
 feature version: as a Ray Train job and a Ray Data pass (`train.freeze_blocks=0`), or in the driver with the
 evaluator (partial from its cached activations, or the whole backbone with `eval.freeze_blocks=0`), then with the
 evaluator's seed for that labeled-set size, so the refresh and the round's evaluation are one fit. The training
 method of the final model (`asvp.switch`): "rule" = LP-FT until the first refresh, FT from then on (the paper's
-alignment); "ft" / "lpft" = always that one.
+alignment); "ft" / "lpft" = always that one; "holdout" = the better of the two on a held-out fifth of the
+labeled set (raal/pipelines/switch.py).
 
 The decision state is *derived* from the committed rounds table, never kept beside it: a run killed between a
 decision and its commit recomputes the same decision from the same features and labels, and a refresh already
