@@ -94,6 +94,7 @@ class Fitted:
     seconds: float  # the measured cost of the fit (also when a later request got it from the memo)
     steps: int
     memo_hit: bool = False  # this request was answered from the memo, not trained again
+    class_recall: tuple[float, ...] = ()  # test recall per class (nan: no test item of that class); long tails
 
     def state_dict(self) -> dict:
         return {"suffix": {k: v.detach().clone() for k, v in self.suffix.state_dict().items()},
@@ -246,10 +247,16 @@ class Evaluator:
             pred = fitted.head(self.features(fitted.suffix, "pool", positions)).argmax(1)
         return float((pred == torch.as_tensor(np.asarray(labels, dtype=np.int64))).float().mean())
 
-    def _accuracy(self, suffix: nn.Module, head: nn.Linear) -> float:
+    def _test_scores(self, suffix: nn.Module, head: nn.Linear) -> tuple[float, tuple[float, ...]]:
+        """Test accuracy and recall per class: on a long-tailed pool the headline hides the rare classes."""
         with torch.no_grad():
             pred = head(self.features(suffix, "test")).argmax(1)
-        return float((pred == self.test_labels).float().mean())
+        hit = (pred == self.test_labels).double()
+        k = self.num_classes
+        per = torch.bincount(self.test_labels, weights=hit, minlength=k)[:k]
+        count = torch.bincount(self.test_labels, minlength=k)[:k].double()
+        recall = torch.where(count > 0, per / count.clamp(min=1), torch.full_like(per, float("nan")))
+        return float(hit.mean()), tuple(float(r) for r in recall)
 
     @staticmethod
     def _canonical(positions, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -278,7 +285,8 @@ class Evaluator:
         if key in self._memo:
             self._memo.move_to_end(key)
             f = self._memo[key]
-            return Fitted(f.suffix, f.head, f.accuracy, f.probe_accuracy, f.seconds, f.steps, memo_hit=True)
+            return Fitted(f.suffix, f.head, f.accuracy, f.probe_accuracy, f.seconds, f.steps, memo_hit=True,
+                          class_recall=f.class_recall)
         kept = self._recall(key)
         if kept is not None:
             self._memo[key] = kept
@@ -303,7 +311,8 @@ class Evaluator:
         if self.memo_models:
             save_state(self.store, layout.eval_memo_model(key), f.state_dict())
         self.store.write_json(layout.eval_memo(key), {"accuracy": f.accuracy, "probe_accuracy": f.probe_accuracy,
-                                                      "seconds": f.seconds, "steps": f.steps})
+                                                      "seconds": f.seconds, "steps": f.steps,
+                                                      "class_recall": list(f.class_recall)})
 
     def _recall(self, key: str) -> Fitted | None:
         """A fit whose model was kept in the run store (`memo_models`), rebuilt without training."""
@@ -312,18 +321,20 @@ class Evaluator:
             return None
         rec = self.store.read_json(layout.eval_memo(key))
         suffix, head = self.load_fitted(load_state(self.store, layout.eval_memo_model(key)))
-        return Fitted(suffix, head, rec["accuracy"], rec["probe_accuracy"], rec["seconds"], rec["steps"], memo_hit=True)
+        return Fitted(suffix, head, rec["accuracy"], rec["probe_accuracy"], rec["seconds"], rec["steps"], memo_hit=True,
+                      class_recall=tuple(rec.get("class_recall", ())))
 
     def _fit(self, pos: np.ndarray, labels: np.ndarray, *, seed: int, rc: Recipe, t0: float) -> Fitted:
         y = torch.as_tensor(labels)
         x = self.pool_acts[torch.as_tensor(pos)]
         suffix = self.new_suffix()
         torch.manual_seed(int(seed) % (2**31))
+        recall: tuple[float, ...] = ()
         if rc.method in ("lp", "lpft"):
             feats = forward_in_chunks(suffix, x)
             assert feats is not None, "x has >= 2 rows (checked above)"
             head = fit_probe(feats, y, self.num_classes, l2=rc.probe_l2)
-            probe_acc = self._accuracy(suffix, head)
+            probe_acc, recall = self._test_scores(suffix, head)
         else:
             first = forward_in_chunks(suffix, x[:1])
             assert first is not None, "x has >= 2 rows (checked above)"
@@ -335,23 +346,25 @@ class Evaluator:
                          head_lr=rc.head_lr if rc.method == "lpft" else rc.ft_head_lr,
                          weight_decay=rc.weight_decay, warmup_frac=rc.warmup_frac, augment=rc.augment, seed=seed,
                          bn=rc.bn, shift=self.transform.size // 16 if self.full else 0)
-            acc = self._accuracy(suffix, head)
+            acc, recall = self._test_scores(suffix, head)
         else:
             acc = probe_acc
         return Fitted(suffix=suffix, head=head, accuracy=acc, probe_accuracy=probe_acc,
-                      seconds=time.perf_counter() - t0, steps=steps)
+                      seconds=time.perf_counter() - t0, steps=steps, class_recall=recall)
 
     def score(self, positions: np.ndarray, labels: np.ndarray, *, seed: int) -> dict:
         """The evaluation of one labeled set: accuracy (the headline), probe accuracy, steps, the fit's measured
-        seconds, and whether it came from the memo (memory, or the record an earlier identical fit left)."""
+        seconds, whether it came from the memo (memory, or the record an earlier identical fit left) and the test
+        recall per class (empty from a record written before it was kept)."""
         key = self.memo_key(positions, labels, seed=seed)
         if key not in self._memo and self.store is not None and self.store.exists(layout.eval_memo(key)):
             rec = self.store.read_json(layout.eval_memo(key))
             return {"accuracy": rec["accuracy"], "probe_accuracy": rec["probe_accuracy"], "eval_steps": rec["steps"],
-                    "eval_seconds": rec["seconds"], "eval_memo": True}
+                    "eval_seconds": rec["seconds"], "eval_memo": True,
+                    "class_recall": tuple(rec.get("class_recall", ()))}
         f = self.fit(positions, labels, seed=seed)
         return {"accuracy": f.accuracy, "probe_accuracy": f.probe_accuracy, "eval_steps": f.steps,
-                "eval_seconds": f.seconds, "eval_memo": f.memo_hit}
+                "eval_seconds": f.seconds, "eval_memo": f.memo_hit, "class_recall": f.class_recall}
 
     def load_fitted(self, state: dict) -> tuple[nn.Module, nn.Linear]:
         suffix = self.new_suffix()

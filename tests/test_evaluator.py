@@ -237,3 +237,17 @@ def test_kept_models_let_another_evaluator_reuse_a_fit_without_training(data, tm
     assert again.memo_hit and again.accuracy == first.accuracy and again.seconds == first.seconds
     rows = np.arange(0, 400, 7)  # the kept model is the model: same predictions as the fit that made it
     assert other.accuracy_on(again, rows, truth[rows]) == ev.accuracy_on(first, rows, truth[rows])
+
+
+def test_class_recall_weights_back_to_the_accuracy(evaluator, data):
+    """Recall per class is what a long-tailed pool is judged by; weighted by the test counts it is the accuracy."""
+    ev, store = evaluator
+    truth = np.asarray([data.truth[int(i)] for i in data.pool.ids])
+    pos = np.arange(0, 400, 3)
+    res = ev.score(pos, truth[pos], seed=5)
+    recall = np.asarray(res["class_recall"])
+    counts = np.bincount(ev.test_labels.numpy(), minlength=ev.num_classes)
+    assert recall.shape == (ev.num_classes,) and np.all((recall >= 0) & (recall <= 1))
+    assert float(recall @ counts / counts.sum()) == pytest.approx(res["accuracy"], abs=1e-6)
+    again = ev.score(pos, truth[pos], seed=5)  # from the memo: the same recall
+    assert again["eval_memo"] and again["class_recall"] == res["class_recall"]
