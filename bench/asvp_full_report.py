@@ -6,21 +6,12 @@ import math
 from pathlib import Path
 
 import numpy as np
+from _tables import ci
 
-from raal.metrics import SELECTION_PHASES, mean_ci, saving_curve
+from raal.metrics import SELECTION_PHASES, saving_curve
 from raal.metrics import selection_seconds as metrics_selection_seconds
 
 ARMS = {"asvp": "asvp_margin", "svpp": "svpp_margin", "standard": "standard_margin", "random": "svpp_random"}
-
-
-def _ci(values, scale=100.0, signed=True, digits=1) -> str:
-    m, lo, hi = mean_ci(values)
-    if not math.isfinite(m):
-        return "n/a"
-    fmt = f"+.{digits}f" if signed else f".{digits}f"
-    if not math.isfinite(lo):
-        return f"{scale * m:{fmt}} (1 seed)"
-    return f"{scale * m:{fmt}} [{scale * lo:{fmt}}, {scale * hi:{fmt}}]"
 
 
 def selection_seconds(rows: list[dict], n_rounds: int) -> float:
@@ -78,21 +69,21 @@ def main_tables(mains: list[dict]) -> list[str]:
     std_select = stats["standard"]["select"]
     for k in ("asvp", "svpp", "standard", "random"):
         s = stats[k]
-        ratio = "baseline" if k == "random" else f"{_ci(s['ratio'])} ({s['used']} / {s['extrap']})"
+        ratio = "baseline" if k == "random" else f"{ci(s['ratio'])} ({s['used']} / {s['extrap']})"
         refresh = "; ".join(str(x) for x in s["refresh"]) if k == "asvp" else "-"
-        lines.append(f"| {k} | {ratio} | {_ci(s['acc'], signed=False)} | {_ci(s['select'], 1.0, False, 0)} | "
-                     f"{_ci(s['eval'], 1.0, False, 0)} | {refresh} |")
+        lines.append(f"| {k} | {ratio} | {ci(s['acc'], signed=False)} | {ci(s['select'], 1.0, False, 0)} | "
+                     f"{ci(s['eval'], 1.0, False, 0)} | {refresh} |")
     if std_select and stats["asvp"]["select"]:
         frac = [a / b for a, b in zip(stats["asvp"]["select"], std_select) if b > 0]
-        lines += ["", f"ASVP's selection compute / standard AL's (paired by seed): {_ci(frac, 1.0, False, 2)} "
+        lines += ["", f"ASVP's selection compute / standard AL's (paired by seed): {ci(frac, 1.0, False, 2)} "
                   "(bar: <= 0.33)."]
     lines += ["", "Paired accuracy differences at the same labeled-set size (points, mean [95 % t-interval over "
               "seeds]); `svpp-standard` < 0 is where SVPp falls behind standard AL (the paper's premise):", "",
               "| labels | " + " | ".join(diffs) + " |", "|---" * (len(diffs) + 1) + "|"]
     for n in sorted({n for d in diffs.values() for n in d}):
-        lines.append(f"| {n:,} | " + " | ".join(_ci(diffs[k].get(n, [])) for k in diffs) + " |")
+        lines.append(f"| {n:,} | " + " | ".join(ci(diffs[k].get(n, [])) for k in diffs) + " |")
     asvp_minus = [a - b for a, b in zip(stats["asvp"]["ratio"], stats["svpp"]["ratio"])]
-    lines += ["", f"ASVP - SVPp mean saving (points, paired): {_ci(asvp_minus)} (bar: >= +3 with the interval above "
+    lines += ["", f"ASVP - SVPp mean saving (points, paired): {ci(asvp_minus)} (bar: >= +3 with the interval above "
               "0 on one dataset, >= -1 on every dataset)."]
     return lines
 
@@ -115,7 +106,7 @@ def forced_tables(mains: list[dict], runs: dict[str, list[dict]]) -> list[str]:
             r = saving(m["arms"][ARMS["random"]], rows).mean
             ratios.append(r)
             minus.append(r - saving(m["arms"][ARMS["random"]], m["arms"][ARMS["svpp"]][:len(rows)]).mean)
-        lines.append(f"| {n:,} | {len(ratios)} | {_ci(ratios)} | {_ci(minus)} |")
+        lines.append(f"| {n:,} | {len(ratios)} | {ci(ratios)} | {ci(minus)} |")
     return lines
 
 
@@ -139,9 +130,9 @@ def switch_table(runs: dict[str, list[dict]]) -> list[str]:
         hold = [v[v["holdout"]["method"]] for v in vals]
         best = ft if np.mean(ft) >= np.mean(lpft) else lpft
         picks = ", ".join(v["holdout"]["method"] for v in vals)
-        lines.append(f"| {arm.split('_')[0]} | {_ci(ft, signed=False)} | {_ci(lpft, signed=False)} | "
-                     f"{_ci(rule, signed=False)} | {_ci(hold, signed=False)} | "
-                     f"{_ci([h - b for h, b in zip(hold, best)])} | {picks} |")
+        lines.append(f"| {arm.split('_')[0]} | {ci(ft, signed=False)} | {ci(lpft, signed=False)} | "
+                     f"{ci(rule, signed=False)} | {ci(hold, signed=False)} | "
+                     f"{ci([h - b for h, b in zip(hold, best)])} | {picks} |")
     return lines
 
 
@@ -209,7 +200,7 @@ def calibration_lines(by_data: dict[str, tuple[list[dict], dict]]) -> list[str]:
             modal = max(set(fired), key=fired.count)
             best = ranked[0]
             lines.append(f"| {a} | {tau:.4f} | {b} | {', '.join(str(p or 'never') for p in fired)} | "
-                         f"{_ci(got)} | {best or 'never'} ({100 * means[best]:+.1f}) | "
+                         f"{ci(got)} | {best or 'never'} ({100 * means[best]:+.1f}) | "
                          f"{'yes' if modal in ranked[:2] else 'no'} |")
     return lines + [""]
 

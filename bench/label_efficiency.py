@@ -30,7 +30,6 @@ import argparse
 import gzip
 import io
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -44,8 +43,11 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-from raal.metrics import mean_ci, saving_curve  # noqa: E402
+from _tables import ci  # noqa: E402
+
+from raal.metrics import saving_curve  # noqa: E402
 
 RUNS = ROOT / "bench" / "runs" / "label_efficiency"
 OUT = ROOT / "bench" / "results"
@@ -189,15 +191,6 @@ def alignment_ablation(data: str, seed: int) -> dict | None:
     return out
 
 
-def _ci(values, scale=100.0, signed=True) -> str:
-    m, lo, hi = mean_ci(values)
-    if not math.isfinite(m):
-        return "n/a"
-    fmt = "+.1f" if signed else ".1f"
-    return (f"{scale * m:{fmt}} [{scale * lo:{fmt}}, {scale * hi:{fmt}}]" if math.isfinite(lo)
-            else f"{scale * m:{fmt}}")
-
-
 def write(results: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "label_efficiency.json").write_text(json.dumps(results, indent=1, default=float))
@@ -218,9 +211,9 @@ def write(results: dict) -> None:
         for name in ("asvp", "svpp", "standard", "random"):
             d = m[name]
             ratio = "baseline" if name == "random" else (
-                f"{_ci(d['ratio'])} ({sum(d['n_used'])} / {sum(d['n_extrap'])})")
-            acc = _ci(d["final_acc"], signed=False)
-            comp = _ci(d["select_s"], 1.0, signed=False)
+                f"{ci(d['ratio'])} ({sum(d['n_used'])} / {sum(d['n_extrap'])})")
+            acc = ci(d["final_acc"], signed=False)
+            comp = ci(d["select_s"], 1.0, signed=False)
             ft = f"{np.mean(d['fine_tunes']):.1f} / {np.mean(d['re_embeds']):.1f}" if d["fine_tunes"] else "n/a"
             refresh = "; ".join(str(x) for x in d["refreshes"]) if name == "asvp" else "-"
             lines.append(f"| {name} | {ratio} | {acc} | {comp} | {ft} | {refresh} |")
@@ -228,7 +221,7 @@ def write(results: dict) -> None:
                   "", "| labels | " + " | ".join(("asvp", "svpp", "standard")) + " |", "|---|---|---|---|"]
         budgets = sorted({n for name in ("asvp", "svpp", "standard") for n in m[name]["diffs"]})
         for n in budgets:
-            lines.append(f"| {n} | " + " | ".join(_ci(m[name]["diffs"].get(n, [])) for name in
+            lines.append(f"| {n} | " + " | ".join(ci(m[name]["diffs"].get(n, [])) for name in
                                                    ("asvp", "svpp", "standard")) + " |")
         abl = {k: v for k, v in res.get("ablation", {}).items() if v}
         if abl:
@@ -238,7 +231,7 @@ def write(results: dict) -> None:
             for seed, v in abl.items():
                 lines.append(f"| {seed} | {100 * v['lpft']:.2f} | {100 * v['ft']:.2f} | {v['rule']} |")
             diff = [v["ft"] - v["lpft"] for v in abl.values()]
-            lines.append(f"| FT - LP-FT | | {_ci(diff)} | |")
+            lines.append(f"| FT - LP-FT | | {ci(diff)} | |")
         lines += ["", "Curves per seed: (labels, evaluator accuracy, selector's own accuracy):", ""]
         for name, by_seed in res["curves"].items():
             for seed, curve in by_seed.items():

@@ -7,19 +7,11 @@ import math
 from pathlib import Path
 
 import numpy as np
+from _tables import ci
 
-from raal.metrics import mean_ci, saving_curve
+from raal.metrics import saving_curve
 
 RANDOM = "svpp_random"
-
-
-def _ci(values, scale: float = 100.0, signed: bool = True, digits: int = 1) -> str:
-    m, lo, hi = mean_ci(values)
-    if not math.isfinite(m):
-        return "n/a"
-    fmt = f"{'+' if signed else ''}.{digits}f"
-    return (f"{scale * m:{fmt}} [{scale * lo:{fmt}}, {scale * hi:{fmt}}]" if math.isfinite(lo)
-            else f"{scale * m:{fmt}}")
 
 
 def _load(out: Path, part: str) -> dict[int, dict[str, dict]]:
@@ -93,25 +85,25 @@ def part_tables(out: Path, part: str, spec: dict) -> list[str]:
              + (" minority-class recall % (rounds 1.., mean) |" if rare else ""),
              "|---|---|---|---|---|" + ("---|" if rare else "")]
     for name, s in stats.items():
-        ratio = "baseline" if name == RANDOM else f"{_ci(s['ratio'])} ({sum(s['used'])} / {sum(s['extrap'])})"
-        row = (f"| {name} | {ratio} | {_ci(s['final'], signed=False)} | {np.nanmean(s['scored']):,.0f} | "
-               f"{_ci(s['select_s'], 1.0, signed=False, digits=2)} |")
-        lines.append(row + (f" {_ci(s['rare'], signed=False)} |" if rare else ""))
+        ratio = "baseline" if name == RANDOM else f"{ci(s['ratio'])} ({sum(s['used'])} / {sum(s['extrap'])})"
+        row = (f"| {name} | {ratio} | {ci(s['final'], signed=False)} | {np.nanmean(s['scored']):,.0f} | "
+               f"{ci(s['select_s'], 1.0, signed=False, digits=2)} |")
+        lines.append(row + (f" {ci(s['rare'], signed=False)} |" if rare else ""))
     if "svpp_margin+seals" in stats and "svpp_margin" in stats:
         gap = np.asarray(stats["svpp_margin+seals"]["ratio"]) - np.asarray(stats["svpp_margin"]["ratio"])
-        lines += ["", f"Paired saving difference, margin+SEALS - full-scan margin: {_ci(gap)} points "
+        lines += ["", f"Paired saving difference, margin+SEALS - full-scan margin: {ci(gap)} points "
                   "(bar: within 2 points of full-scan margin's mean saving)."]
     if "svpp_cluster_margin" in stats:
-        lines += ["", f"Cluster-Margin saving {_ci(stats['svpp_cluster_margin']['ratio'])} % "
+        lines += ["", f"Cluster-Margin saving {ci(stats['svpp_cluster_margin']['ratio'])} % "
                   "(bar: >= random + 15 %)."]
     if rare:
         lines += ["", f"Rare classes (the 5 with <= 152 pool images): {rare}. Paired minority-class recall "
                   "difference against plain margin, mean over rounds 1.. (points, mean [95 % CI over seeds]):", ""]
-        lines += [f"- {name}: {_ci(v)}" for name, v in rare_diffs.items()]
+        lines += [f"- {name}: {ci(v)}" for name, v in rare_diffs.items()]
     lines += ["", "Paired accuracy difference vs random at the same labeled-set size (points):", "",
               "| labels | " + " | ".join(diffs) + " |", "|---|" + "---|" * len(diffs)]
     for n in sorted({n for d in diffs.values() for n in d}):
-        lines.append(f"| {n} | " + " | ".join(_ci(d.get(n, [])) for d in diffs.values()) + " |")
+        lines.append(f"| {n} | " + " | ".join(ci(d.get(n, [])) for d in diffs.values()) + " |")
     return lines + [""]
 
 
