@@ -6,14 +6,14 @@ labeled-set size)), 64 px MobileNetV2, SVPp's proxy selecting:
 
 - `animal` — Animal-MNIST (pool 8,000 / test 2,000), 100 -> 200 -> 400 -> 700 -> 1,100 labels, 5 seeds. Run `full`:
   margin over the whole pool, Cluster-Margin (`svpp/cluster_margin`) and the random baseline (measured past every
-  arm's best). Run `seals`: margin on SEALS' candidates (`al.candidates=seals`, k = 100), alone; its saving is read
-  against run `full`'s random curve of the same seed (same seed, same random picks, same evaluator: the very curve
-  it would have measured), and its round 0 is `full`'s (the evaluator's memo is copied, so it is not trained twice).
+  arm's best). Run `seals`: margin on SEALS' candidates (`al.candidates=seals`, k = 100) with its own random
+  baseline: the same seed draws the same random picks as run `full`'s and the evaluator's memo is copied from it, so
+  only the rounds past `full`'s random curve (when SEALS reaches higher) and SEALS' own sets are trained.
 - `longtail` — Animal-MNIST subsampled to a 1:20 long tail: class c keeps 800 * 20^(-rank_c / 9) pool images
   (800 ... 40, 2,729 in all; the ranks a fixed permutation of the classes), tested on a balanced 200 per class, so
   that a rare class weighs as much as a common one. 100 -> 200 -> 300 -> 500 -> 700 labels, 5 seeds. Run `plain`:
   margin, Cluster-Margin, random; run `balanced`: margin with `al.balanced=true` (picks round-robin over the
-  predicted classes). Per round the evaluator's test recall of every class (kept with each fit); minority-class
+  predicted classes) and its random baseline (again from the memo). Per round the evaluator's test recall of every class (kept with each fit); minority-class
   recall = mean recall of the 5 rarest classes (<= 152 pool images each).
 
 Each finished (part, run, seed) is written to bench/results/scale/<part>/<run>_seed<k>.json (every round of every
@@ -49,7 +49,7 @@ RUNS = ROOT / "bench" / "runs" / "scale"
 OUT = ROOT / "bench" / "results" / "scale"
 COMMON = ["conf=demo", "data.image_size=64", "al.initial=100", "eval.every_round=evaluator", "report=false",
           "al.pipeline=svpp", "al.strategy=margin"]
-ALONE = ["al.compare=[]", "al.baseline=false"]
+ALONE = ["al.compare=[]"]  # the random baseline stays: the same picks as the first run's, its fits from the memo
 PARTS = {
     "animal": {"args": ["data.test_size=2000", "al.schedule=[100]+[200]+[300]+[400]"],
                "runs": {"full": ["al.compare=[svpp/cluster_margin]"], "seals": [*ALONE, "al.candidates=seals"]},

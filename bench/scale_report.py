@@ -23,13 +23,18 @@ def _load(out: Path, part: str) -> dict[int, dict[str, dict]]:
     return by_seed
 
 
-def _arms(runs: dict[str, dict]) -> dict[str, list[dict]]:
-    """(label, rounds) of every arm over the runs of one seed; an arm alone in its run is named after the run."""
-    arms: dict[str, list[dict]] = {}
-    for run, rec in runs.items():
-        for arm, rows in rec["arms"].items():
-            alone = len(rec["arms"]) == 1
-            arms[f"{arm}+{run}" if alone else arm] = rows
+def _arms(runs: dict[str, dict]) -> dict[str, tuple[list[dict], list[dict]]]:
+    """Every AL arm of one seed's runs -> (its rounds, its run's random rounds); an arm that is alone in its run
+    is named after the run. The random arm is the first run's (every run draws the same random picks; a later run
+    may extend it further, and is read against its own)."""
+    arms: dict[str, tuple[list[dict], list[dict]]] = {}
+    for i, (run, rec) in enumerate(runs.items()):
+        base = rec["arms"][RANDOM]
+        al = {arm: rows for arm, rows in rec["arms"].items() if arm != RANDOM}
+        if i == 0:
+            arms[RANDOM] = (base, base)
+        for arm, rows in al.items():
+            arms[f"{arm}+{run}" if len(al) == 1 and i > 0 else arm] = (rows, base)
     return arms
 
 
@@ -47,14 +52,13 @@ def part_tables(out: Path, part: str, spec: dict) -> list[str]:
     rare_diffs: dict[str, list[float]] = {}
     rare: list[int] = []
     for _seed, runs in sorted(by_seed.items()):
-        arms = _arms(runs)
-        base = arms[RANDOM]
-        rcurve = [(r["n_labeled"], r["accuracy"]) for r in base]
-        racc = {r["n_labeled"]: r["accuracy"] for r in base}
-        n_al = len(next(rows for name, rows in arms.items() if name != RANDOM))
+        arms = _arms({run: runs[run] for run in spec["runs"]})
+        n_al = len(next(rows for name, (rows, _) in arms.items() if name != RANDOM))
         rare = next(iter(runs.values())).get("rare_classes", [])
-        margin_rare = _minority(arms.get("svpp_margin", [])[:n_al], rare) if rare else []
-        for name, rows in arms.items():
+        margin_rare = _minority(arms["svpp_margin"][0][:n_al], rare) if rare else []
+        for name, (rows, base) in arms.items():
+            rcurve = [(r["n_labeled"], r["accuracy"]) for r in base]
+            racc = {r["n_labeled"]: r["accuracy"] for r in base}
             s = stats.setdefault(name, {"ratio": [], "used": [], "extrap": [], "final": [], "scored": [],
                                         "rare": [], "select_s": []})
             al_rows = rows[:n_al]
