@@ -21,9 +21,9 @@ is raal's proxy (`ProxyMLP` d -> d -> c, fixed random weights: sharded_select.py
   its first `select` does), then `select` per round (1,000 and 10,000 labeled: proxy margins of every unlabeled
   row, the round-robin); and on SEALS' candidates of the 1,000 labeled, where it clusters those rows each round.
 - coreset: `CoreSet(project_dim=--project-dim)` (al.coreset_dim) at --budget with 1,000 labeled, timed; on the first
-  --kn rows (budget --kbudget), exact greedy against the projection to each --kdims width and the projection with 2
+  --kn rows (budget --kbudget, at most a tenth of them; 1,000 of them labeled), exact greedy against the projection to each --kdims width and the projection with 2
   composable parts (al.select_workers): their k-center objective (largest distance of a row to its nearest labeled
-  row or pick, `kcenter_radius`, in the ORIGINAL space) over exact greedy's. Bar: <= 10 min at the full size,
+  row or pick, `kcenter_radius`, in the original space) over exact greedy's. Bar: <= 10 min at the full size,
   objective <= 2x exact greedy's.
 - projection: docs/scale.md from the JSON: nodes, memory per node and time per round at 10^7, 10^8 and 10^9 images.
 Results: bench/results/scale_million.json (date and load average per part) and .md, written atomically.
@@ -327,23 +327,32 @@ def render_scale(res: dict) -> str:
     for r in rows:
         lines.append(f"| 10^{round(math.log10(r['N']))} | {r['method']} | {r['nodes']:,} | {r['mem_gb']:,.1f} GB | "
                      f"{_dur(r['once_s']) if r['once_s'] else '-'} | {_dur(r['round_s'])} | {r['read_gb']:,.{0 if r['read_gb'] >= 100 else 1}f} GB |")
-    top = {r["method"].split(" (")[0]: r for r in rows if r["N"] == SCALES[-1]}
-    sc, se, cl = top["sharded scoring"], top["margin + SEALS"], top["Cluster-Margin"]
+    at = {(r["method"].split(" (")[0], r["N"]): r for r in rows}
+    lo, hi = SCALES[0], SCALES[-1]
+    sc, se, cl = (at[(m, hi)] for m in ("sharded scoring", "margin + SEALS", "Cluster-Margin"))
     net_share = sc["read_gb"] * 1e9 / (NODE["net_gbps"] / 8 * 1e9) / (sc["round_s"] * sc["nodes"])
+    e = f"10^{round(math.log10(hi))}"
     lines += ["", "## Reading it", "",
-              f"- Sharded scoring and Cluster-Margin read and score every row every round, so their rounds grow "
-              f"with N: at 10^{round(math.log10(SCALES[-1]))} images {sc['nodes']:,} and {cl['nodes']:,} nodes "
+              f"- Sharded scoring and Cluster-Margin read and score every row every round, so their cost grows with "
+              f"N: at {e} images it takes {sc['nodes']:,} nodes (scoring) and {cl['nodes']:,} (Cluster-Margin) to "
               f"keep a round near {TARGET_S // 60} minutes, reading {sc['read_gb']:,.0f} GB per round "
               f"({100 * net_share:.0f}% of the scoring round is that read).",
-              f"- margin + SEALS scores a set that grows with the labels, not with the pool: after the one-time "
-              f"index its round stays at {_dur(se['round_s'])} at 10^{round(math.log10(SCALES[-1]))} images (the "
-              f"search grows as sqrt N). Its price is RAM for the index ({se['nodes']:,} node(s) hold "
-              f"{se['mem_gb']:,.0f} GB each; a product-quantised code would cut that) and random reads of the "
-              "candidates' rows; and it sees only the labeled rows' neighbourhoods (a region no label is near "
-              "is never scored).",
+              f"- margin + SEALS scores a set that grows with the labels, not with the pool: a round takes "
+              f"{_dur(at[('margin + SEALS', lo)]['round_s'])} at 10^{round(math.log10(lo))} images and "
+              f"{_dur(se['round_s'])} at {e} (only the search grows, as sqrt N). Its price is RAM for the index "
+              f"({se['nodes']:,} node(s) of {se['mem_gb']:,.0f} GB at {e}) and random reads of the candidates' "
+              "rows; and it sees only the labeled rows' neighbourhoods (a region no label is near is never "
+              "scored).",
               "- CoreSet: see `bench/results/scale_million.md`. With `al.coreset_dim` its greedy works on an "
               "in-memory N x dim copy (N x 512 bytes at dim 128: 0.5 TB at 10^9), so past one node it needs "
-              "`al.select_workers` (composable k-center, each worker projecting its own part) as well.", ""]
+              "`al.select_workers` (composable k-center, each worker projecting its own part) as well.", "",
+              "## What raal does not do yet (needed past one node)", "",
+              "- A sharded SEALS index: `PoolIndex` is one faiss IVF in one process; past one node's RAM it needs "
+              "per-node shards searched together (faiss `IndexShards`), or PQ codes (tens of bytes a row, not d).",
+              "- Cluster-Margin on workers: its margin pass runs in the driver's process; the exact sharded merge "
+              "exists for margin (`select_scores`) and would carry over (each worker's k_m x budget smallest).",
+              "- Smaller stored features: every full pass reads 4 x d bytes a row; float16 or a fixed projection "
+              "of the stored features would cut that read (and the index's memory) 2x or more.", ""]
     return "\n".join(lines)
 
 
@@ -411,6 +420,8 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the pool memmap under --tmp (and reuse it)")
     ap.add_argument("--scale-md", default=str(ROOT / "docs" / "scale.md"))
     a = ap.parse_args()
+    if max(a.labeled) + a.budget > a.n:
+        ap.error(f"--labeled {max(a.labeled)} + --budget {a.budget} exceed --n {a.n}")
     parts = a.parts.split(",")
     results = json.loads(OUT.read_text()) if OUT.exists() else {}
     work = [p for p in parts if p != "projection"]
