@@ -105,6 +105,13 @@ class ALConfig:
     # k-center for coreset (docs/selection.md#selection-spread-over-ray-workers). Arms with other strategies select
     # in process.
     select_workers: int = 0
+    # 0: coreset arms run exact greedy k-center on their embeddings. N > 0: on the embeddings times a fixed Gaussian
+    # random projection to N dimensions (when N is below the embeddings' width): D/N times less work per distance and
+    # an N-wide copy in memory instead of re-reading the pool; each distance kept within about sqrt(2/N) (12.5% at
+    # 128); the k-center objective, measured in the original space, has stayed within about 1.1x exact greedy's
+    # (bench/scale_million.py). On workers too (al.select_workers). Needs a coreset arm
+    # (docs/selection.md#coreset-at-scale-alcoreset_dim)
+    coreset_dim: int = 0
 
 
 @dataclass

@@ -153,6 +153,11 @@ def validate(cfg: RunConfig) -> None:
         parts = str(arm).split("/")
         _check(len(parts) == 2 and parts[0] in PIPELINES and parts[1] in known, "al.compare",
                f"entries look like pipeline/strategy with pipeline in {PIPELINES} and strategy in {known}", arm)
+    _check(isinstance(a.coreset_dim, int) and not isinstance(a.coreset_dim, bool) and a.coreset_dim >= 0,
+           "al.coreset_dim", "must be an integer >= 0 (0 = exact greedy k-center)", a.coreset_dim)
+    _check(a.coreset_dim == 0 or "coreset" in [a.strategy] + [str(arm).split("/")[-1] for arm in a.compare],
+           "al.coreset_dim", "only coreset arms use it (al.strategy or an al.compare entry)",
+           f"{a.coreset_dim} with al.strategy={a.strategy}, al.compare={list(a.compare)}")
     _check(a.baseline_pipeline in ("",) + PIPELINES, "al.baseline_pipeline", f"allowed: '' or {PIPELINES}",
            a.baseline_pipeline)
     _check(a.initial >= 1, "al.initial", "must be >= 1 (round 0's batch trains every arm's first model)",

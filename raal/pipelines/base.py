@@ -194,7 +194,8 @@ class Pipeline:
         self.arm = arm
         self.store = ctx.store.child(layout.arm(arm.name))
         self.state = ArmState.open(self.store)
-        self.strategy = strategies.for_run(arm.strategy, num_classes=ctx.num_classes, balanced=ctx.cfg.al.balanced)
+        self.strategy = strategies.for_run(arm.strategy, num_classes=ctx.num_classes, balanced=ctx.cfg.al.balanced,
+                                           project_dim=ctx.cfg.al.coreset_dim)
         self.pool_ids = ctx.data.pool.ids
         self.extra_rounds = max(0, self.state.completed_rounds - len(ctx.sizes())) if arm.baseline else 0
         self.candidates: KnnCandidates | None = None  # al.candidates=seals: this arm's candidate pool, grown per round

@@ -11,7 +11,9 @@ the driver's disk only), runs the round's proxy on them one shard at a time and 
   is lost).
 - for coreset: its part's picks of greedy k-center seeded with the labeled rows, with their embeddings; the driver
   runs greedy k-center on their union (`raal.index._composable`: a 4-approximation, so at most 4x the objective
-  of single-process greedy).
+  of single-process greedy). With `al.coreset_dim` both rounds run on the embeddings' fixed random projection
+  (`raal.index.random_projection`: the same matrix on every worker and on the driver), and the picks come back
+  projected.
 Tasks hold one CPU each, run torch on one thread, and are retried by Ray if a worker dies (they only read).
 """
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from raal.features import ShardedSet
-from raal.index import merge_round, part_round
+from raal.index import merge_round, part_round, projected_width, random_projection
 from raal.strategies.scored import ScoreStrategy, keep_ranked
 
 log = logging.getLogger(__name__)
@@ -97,18 +99,20 @@ def _fold(pos, score, cls, strategy: ScoreStrategy, budget: int):
 
 
 def coreset_part(store, rel: str, records: list[dict], dim: int, labeled: np.ndarray, proxy_state: dict,
-                 centres: np.ndarray, budget: int, batch: int) -> dict:
+                 centres: np.ndarray, budget: int, batch: int, project_dim: int = 0) -> dict:
     """Ray task: round 1 of composable k-center on one part: the proxy embeddings of the part's unlabeled rows, in
     one buffer after the labeled centres (the part's labeled rows are among them), greedy k-center there. Returns
     the picks' pool positions (ascending), their embeddings, and the embedding sum of the part's rows (the merge's
-    start when nothing is labeled, and then every row is unlabeled)."""
+    start when nothing is labeled, and then every row is unlabeled). With `project_dim` (see
+    `raal.index.projected_width`) the embeddings are projected as they are made, and `centres` come projected."""
     from raal.train import load_proxy, predict
 
     t0, c0 = time.perf_counter(), time.process_time()
     target, model = _open_part(store, rel, 1), load_proxy(proxy_state)
     base, n_c = int(records[0]["start"]), len(centres)
     rows = base + np.flatnonzero(~labeled)
-    buf = np.empty((n_c + len(rows), model.in_dim), dtype=np.float32)
+    width = projected_width(project_dim, model.in_dim)
+    buf = np.empty((n_c + len(rows), width), dtype=np.float32)
     buf[:n_c] = centres
     t_proxy, at, read = 0.0, n_c, 0
     for rec in records:
@@ -119,7 +123,8 @@ def coreset_part(store, rel: str, records: list[dict], dim: int, labeled: np.nda
         t1 = time.perf_counter()
         feats = target.read_shard(rec, "features", dim)
         emb = predict(model, feats if keep.all() else feats[keep], batch_size=batch, want=("embeddings",))
-        buf[at:at + int(keep.sum())] = emb["embeddings"]
+        h = emb["embeddings"]
+        buf[at:at + int(keep.sum())] = h if width == model.in_dim else random_projection(h, width)
         at += int(keep.sum())
         read += e - s
         t_proxy += time.perf_counter() - t1
@@ -182,14 +187,19 @@ def select_scores(target: ShardedSet, proxy_state: dict, strategy: ScoreStrategy
 
 
 def select_coreset(target: ShardedSet, proxy_state: dict, centres: np.ndarray, budget: int,
-                   labeled_mask: np.ndarray, *, workers: int, batch: int = 16384) -> Sharded:
+                   labeled_mask: np.ndarray, *, workers: int, batch: int = 16384, project_dim: int = 0) -> Sharded:
     """CoreSet's `budget` picks by composable greedy k-center: each of `workers` Ray tasks picks `budget` in its
-    part (seeded with the labeled rows' proxy embeddings `centres`), the driver picks `budget` from their union."""
+    part (seeded with the labeled rows' proxy embeddings `centres`), the driver picks `budget` from their union.
+    `project_dim`: CoreSet's option of the same name (both rounds on the fixed random projection)."""
     unlabeled = int((~labeled_mask).sum())
     if not 0 < int(budget) <= unlabeled:
         raise ValueError(f"strategy 'coreset': budget {budget} exceeds the {unlabeled} unlabeled items")
     centres = np.ascontiguousarray(centres, dtype=np.float32)
-    results, stats = _run(coreset_part, target, labeled_mask, workers, (proxy_state, centres, int(budget), batch))
+    width = projected_width(project_dim, centres.shape[1])
+    if width < centres.shape[1]:
+        centres = random_projection(centres, width)
+    results, stats = _run(coreset_part, target, labeled_mask, workers,
+                          (proxy_state, centres, int(budget), batch, width))
     t0 = time.perf_counter()
     pos = np.concatenate([r["pos"] for r in results])
     origin = None if len(centres) else (sum(r["sum"] for r in results) / len(labeled_mask)).astype(np.float32)

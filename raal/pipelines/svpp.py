@@ -132,7 +132,7 @@ class SVPpPipeline(Pipeline):
             x, _ = self.labeled_rows(v)
             centres = predict(proxy, x, batch_size=batch, want=("embeddings",))["embeddings"]
             out = sharded.select_coreset(target, proxy_state_dict(proxy), centres, size, mask, workers=workers,
-                                         batch=batch)
+                                         batch=batch, project_dim=int(getattr(self.strategy, "project_dim", 0)))
         else:
             assert isinstance(self.strategy, ScoreStrategy), "SHARDED_STRATEGIES: coreset and score strategies"
             out = sharded.select_scores(target, proxy_state_dict(proxy), self.strategy, size, mask, workers=workers,

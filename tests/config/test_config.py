@@ -41,6 +41,8 @@ def test_demo_loads_with_overrides():
     (["al.select_workers=2", "al.strategy=badge"], "al.select_workers"),  # no merge for BADGE
     (["al.select_workers=2", "al.pipeline=standard"], "al.select_workers"),  # no proxy over stored features
     (["al.select_workers=2", "al.candidates=seals"], "al.select_workers"),  # SEALS scores in the driver
+    (["al.coreset_dim=-1", "al.strategy=coreset"], "al.coreset_dim"),  # negative width
+    (["al.coreset_dim=128"], "al.coreset_dim"),      # no coreset arm would use it
     (["justaword"], "justaword"),                    # malformed override
 ])
 def test_bad_values_name_the_key(override, key):
@@ -58,6 +60,20 @@ def test_select_workers_takes_the_strategies_with_a_merge():
         for strategy in SHARDED_STRATEGIES:
             cfg = load_config("demo", ["al.select_workers=3", f"al.pipeline={pipeline}", f"al.strategy={strategy}"])
             assert cfg.al.select_workers == 3
+
+
+def test_coreset_dim_reaches_the_coreset_arms():
+    """al.coreset_dim is taken with a coreset arm, main or compared, and the pipelines hand it to CoreSet as its
+    project_dim (strategies.for_run, as raal.pipelines.base does); strategies without the option ignore it."""
+    from raal import strategies
+
+    assert load_config("demo").al.coreset_dim == 0  # exact unless asked
+    for extra in (["al.strategy=coreset"], ["al.compare=[svpp/coreset]"]):
+        cfg = load_config("demo", ["al.coreset_dim=128", *extra])
+        assert cfg.al.coreset_dim == 128
+    assert strategies.for_run("coreset", balanced=False, project_dim=128).project_dim == 128
+    assert strategies.for_run("coreset", project_dim=0) is strategies.get("coreset")  # 0: the default instance
+    assert not hasattr(strategies.for_run("margin", project_dim=128), "project_dim")
 
 
 def test_missing_config_lists_the_available_ones():

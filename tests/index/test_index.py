@@ -242,3 +242,27 @@ def test_pool_index_recall_exact_distances_and_filters():
     ref_lims, ref_ids = index.range_search(x, x, r2, query_rows=q, normalize=True)
     np.testing.assert_array_equal(lims, ref_lims)
     np.testing.assert_array_equal(ids, ref_ids)
+
+
+def test_random_projection_is_fixed_chunked_and_keeps_distances(tmp_path):
+    """The projection for al.coreset_dim: one matrix per (seed, D, m) whatever the process, applied chunk by chunk
+    to an array, a memmap or a row subset alike; it keeps squared norms in expectation (variance 1/m entries); and
+    `projected_width` projects only to fewer dimensions."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((500, 64)).astype(np.float32)
+    r = index.projection_matrix(64, 16)
+    assert r.shape == (64, 16) and r.dtype == np.float32
+    assert np.array_equal(r, index.projection_matrix(64, 16))
+    assert not np.array_equal(r, index.projection_matrix(64, 16, seed=1))
+    ref = x @ r
+    mm = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float32, shape=x.shape)
+    mm[:] = x
+    for src, chunk in ((x, index.CHUNK_BYTES), (mm, 64 * 4 * 7)):  # one chunk; 7-row chunks of a memmap
+        np.testing.assert_allclose(index.random_projection(src, 16, chunk_bytes=chunk), ref, rtol=1e-5, atol=1e-5)
+    rows = np.array([4, 2, 499])
+    np.testing.assert_allclose(index.random_projection(x, 16, rows=rows), ref[rows], rtol=1e-5, atol=1e-5)
+    big = index.random_projection(rng.standard_normal((2000, 256)).astype(np.float32), 128)
+    assert abs(float((big ** 2).sum(1).mean()) / 256 - 1) < 0.05  # E|Rx|^2 = |x|^2 = 256 on average
+    assert [index.projected_width(m, 64) for m in (0, 16, 64, 100)] == [64, 16, 64, 64]
+    with pytest.raises(ValueError, match="dim >= 1"):
+        index.projection_matrix(64, 0)

@@ -67,8 +67,8 @@ def arm(tmp_path_factory):
     return p, x[:N]
 
 
-def _select(p, name, workers, balanced=False):
-    p.strategy = strategies.for_run(name, balanced=balanced)
+def _select(p, name, workers, balanced=False, project_dim=0):
+    p.strategy = strategies.for_run(name, balanced=balanced, project_dim=project_dim)
     p.ctx.cfg.al.select_workers = workers
     p.last_spread = {}
     timer = PhaseTimer()
@@ -116,6 +116,28 @@ def test_coreset_is_composable_greedy_within_its_bound(ray_local, arm):
         assert objective <= APPROX_FACTOR * greedy, (workers, objective, greedy)
         assert stats["candidates"] == 50 * workers  # each part's picks ...
         assert stats["bytes_returned"] == stats["candidates"] * (8 + 4 * emb.shape[1])  # ... and their embeddings
+
+
+def test_coreset_dim_projects_on_the_workers_too(ray_local, arm):
+    """al.coreset_dim: in process, greedy on the proxy embeddings' fixed projection; on workers, composable greedy
+    there (each task projects its part, the driver the labeled centres, with the same matrix), so only the
+    projected picks come back; the objective in the ORIGINAL embedding space stays within 4x exact greedy's."""
+    from raal.index import random_projection
+    from raal.train import predict
+
+    p, x = arm
+    emb = predict(p.proxy_after(0, PhaseTimer()), x, want=("embeddings",))["embeddings"]
+    mask = p.labeled_mask()
+    lab = np.flatnonzero(mask)
+    q, _, _ = _select(p, "coreset", 0, project_dim=16)
+    np.testing.assert_array_equal(p.positions(q.ids), kcenter_greedy(random_projection(emb, 16), 50,
+                                                                     labeled_mask=mask))
+    greedy = kcenter_radius(emb, np.r_[lab, kcenter_greedy(emb, 50, labeled_mask=mask)])
+    q, _, stats = _select(p, "coreset", 2, project_dim=16)
+    picks = p.positions(q.ids)
+    assert len(set(picks)) == 50 and not mask[picks].any()
+    assert kcenter_radius(emb, np.r_[lab, picks]) <= APPROX_FACTOR * greedy
+    assert stats["bytes_returned"] == stats["candidates"] * (8 + 4 * 16)  # projected embeddings came back
 
 
 def test_a_worker_reads_only_the_shards_it_needs(ray_local, arm):

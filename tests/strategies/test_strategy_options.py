@@ -150,6 +150,26 @@ def test_option_kcenter_block_rows(name):
     refused(name, rf"strategy '{name}': block_rows=0 is not allowed; must be >= 1", block_rows=0)
 
 
+@covers(("coreset", "project_dim"))
+def test_option_coreset_project_dim():
+    """project_dim=0 (the default) or >= D: exact greedy, the same picks; 0 < project_dim < D: greedy k-center on
+    the embeddings' fixed random projection (kcenter_greedy's picks there), the same picks on every call and in a
+    fresh instance. Not an integer >= 0: refused. Reached from a config through al.coreset_dim (tests/config)."""
+    from raal.index import kcenter_greedy, random_projection
+
+    ref, _ = pick("coreset", 12)
+    for dim in (0, D, D + 5):
+        got, s = pick("coreset", 12, project_dim=dim)
+        assert s.project_dim == dim and np.array_equal(got, ref), dim
+    low, s = pick("coreset", 12, project_dim=4)
+    assert np.array_equal(low, s.select(12, labeled_mask=SOME, embeddings=EMB))
+    assert np.array_equal(low, pick("coreset", 12, project_dim=4)[0])
+    assert np.array_equal(low, kcenter_greedy(random_projection(EMB, 4), 12, labeled_mask=SOME))
+    for bad in (-1, 1.5, True, "8"):
+        refused("coreset", r"strategy 'coreset': project_dim=.* is not allowed; must be an integer >= 0",
+                project_dim=bad)
+
+
 # -- badge ------------------------------------------------------------------------------------------------------------
 @covers(("badge", "min_accept"))
 def test_option_badge_min_accept(monkeypatch):
