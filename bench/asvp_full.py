@@ -31,11 +31,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -43,6 +40,8 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+
+from _runs import copy_memo, finished, run_raal, write_json  # noqa: E402
 
 RUNS = ROOT / "bench" / "runs" / "asvp_full"
 OUT = ROOT / "bench" / "results" / "asvp_full"
@@ -83,12 +82,7 @@ def seed_donors(data: str, run: str, seed: int) -> None:
                     and (p / "features" / "v0" / "test" / "manifest.json").exists())
     if donors and not (target / "features" / "v0").exists():
         shutil.copytree(donors[0] / "features" / "v0", target / "features" / "v0")
-    main = run_dir(data, "main", seed) / "eval_memo"
-    if run != "main" and main.is_dir():
-        (target / "eval_memo").mkdir(parents=True, exist_ok=True)
-        for f in main.iterdir():
-            if not (target / "eval_memo" / f.name).exists():
-                shutil.copy2(f, target / "eval_memo" / f.name)
+    copy_memo(run_dir(data, "main", seed), target)
 
 
 def svpp_signals(base: Path) -> dict[int, float]:
@@ -122,9 +116,7 @@ def add_signals(data: str, seed: int) -> None:
     rec = json.loads(res.read_text())
     if "svpp_signals" not in rec:
         rec["svpp_signals"] = svpp_signals(run_dir(data, "main", seed))
-        tmp = res.with_suffix(".tmp")
-        tmp.write_text(json.dumps(rec, indent=1, default=float))
-        os.replace(tmp, res)
+        write_json(res, rec)
 
 
 def export(data: str, run: str, seed: int) -> dict:
@@ -147,28 +139,16 @@ def run_one(data: str, run: str, seed: int) -> None:
         print(f"{data} {run} seed {seed}: done already", flush=True)
         return
     target = run_dir(data, run, seed)
-    status = target / "status.json"
-    if not (status.exists() and json.loads(status.read_text()).get("state") == "done"):
+    if not finished(target):
         seed_donors(data, run, seed)
         extra = []
         if data == "mnist":
             from label_efficiency import mnist_manifest
 
             extra = [f"data.root={mnist_manifest()}"]
-        cmd = [sys.executable, "-m", "raal.run", *COMMON, *DATASETS[data]["args"], *extra, *run_args(run),
-               f"al.seed={seed}", f"run_dir={target}"]
-        t0 = time.perf_counter()
-        log_path = RUNS / data / f"{run}_seed{seed}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "a") as log:
-            proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, TQDM_DISABLE="1"), stdout=log, stderr=log)
-        if proc.returncode != 0:
-            raise SystemExit(f"{data} {run} seed {seed} failed (exit {proc.returncode}); see {log_path}")
-        print(f"{data} {run} seed {seed}: {time.perf_counter() - t0:.0f} s wall", flush=True)
-    res.parent.mkdir(parents=True, exist_ok=True)
-    tmp = res.with_suffix(".tmp")
-    tmp.write_text(json.dumps(export(data, run, seed), indent=1, default=float))
-    os.replace(tmp, res)
+        run_raal([*COMMON, *DATASETS[data]["args"], *extra, *run_args(run), f"al.seed={seed}"], target,
+                 RUNS / data / f"{run}_seed{seed}.log", f"{data} {run} seed {seed}")
+    write_json(res, export(data, run, seed))
 
 
 def switch_one(data: str, seed: int) -> None:
@@ -209,9 +189,7 @@ def switch_one(data: str, seed: int) -> None:
                             "rule": "ft" if refreshed else "lpft"}
         print(f"{data} seed {seed} {arm}: FT {acc['ft']:.4f} LP-FT {acc['lpft']:.4f} holdout picks "
               f"{hold['method']}", flush=True)
-    tmp = res.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=1, default=float))
-    os.replace(tmp, res)
+    write_json(res, out)
 
 
 def main() -> None:

@@ -29,12 +29,9 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +41,8 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+
+from _runs import copy_memo, finished, run_raal, write_json  # noqa: E402
 
 RUNS = ROOT / "bench" / "runs" / "scale"
 OUT = ROOT / "bench" / "results" / "scale"
@@ -113,12 +112,7 @@ def seed_donors(part: str, run: str, seed: int) -> None:
     for rel in ("features/v0", "eval_cache"):
         if donors and (donors[0] / rel).is_dir() and not (target / rel).exists():
             shutil.copytree(donors[0] / rel, target / rel)
-    first = run_dir(part, next(iter(PARTS[part]["runs"])), seed) / "eval_memo"
-    if first.is_dir() and first.parent != target:
-        (target / "eval_memo").mkdir(parents=True, exist_ok=True)
-        for f in first.iterdir():
-            if not (target / "eval_memo" / f.name).exists():
-                shutil.copy2(f, target / "eval_memo" / f.name)
+    copy_memo(run_dir(part, next(iter(PARTS[part]["runs"])), seed), target)
 
 
 def class_recalls(base: Path, seed: int) -> dict[str, list[list[float]]]:
@@ -168,27 +162,15 @@ def run_one(part: str, run: str, seed: int) -> None:
         print(f"{part} {run} seed {seed}: done already", flush=True)
         return
     target = run_dir(part, run, seed)
-    status = target / "status.json"
-    if not (status.exists() and json.loads(status.read_text()).get("state") == "done"):
+    if not finished(target):
         seed_donors(part, run, seed)
         extra = []
         if part == "longtail":
             pool, test, _ = longtail_manifests()
             extra = [f"data.root={pool}", f"data.test_root={test}"]
-        cmd = [sys.executable, "-m", "raal.run", *COMMON, *PARTS[part]["args"], *extra, *PARTS[part]["runs"][run],
-               f"al.seed={seed}", f"run_dir={target}"]
-        log_path = RUNS / part / f"{run}_seed{seed}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        with open(log_path, "a") as log:
-            proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, TQDM_DISABLE="1"), stdout=log, stderr=log)
-        if proc.returncode != 0:
-            raise SystemExit(f"{part} {run} seed {seed} failed (exit {proc.returncode}); see {log_path}")
-        print(f"{part} {run} seed {seed}: {time.perf_counter() - t0:.0f} s wall", flush=True)
-    res.parent.mkdir(parents=True, exist_ok=True)
-    tmp = res.with_suffix(".tmp")
-    tmp.write_text(json.dumps(export(part, run, seed), indent=1, default=float))
-    os.replace(tmp, res)
+        run_raal([*COMMON, *PARTS[part]["args"], *extra, *PARTS[part]["runs"][run], f"al.seed={seed}"], target,
+                 RUNS / part / f"{run}_seed{seed}.log", f"{part} {run} seed {seed}")
+    write_json(res, export(part, run, seed))
 
 
 def main() -> None:
